@@ -1,0 +1,12 @@
+//! servicenow-operator: keeps `ServiceNowConnection`s healthy — OAuth consent and token refresh,
+//! the integration's identity, the webhook Business Rule and its callback property on the
+//! instance — and reports their health where people look.
+//!
+//! Layering (enforced by `tests/architecture.rs`): `api` is the Kubernetes API and imports only
+//! the pure URL rules of `servicenow::instance_url`; `servicenow` is the ServiceNow client and
+//! knows nothing of Kubernetes.
+
+pub mod api;
+pub mod cli;
+pub mod crd;
+pub mod servicenow;

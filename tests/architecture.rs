@@ -1,0 +1,45 @@
+//! The layering rules of `src/` (see `src/lib.rs`), checked by reading the imports.
+
+use std::{fs, path::Path};
+
+/// Every `.rs` file under `dir`, with its text.
+fn sources(dir: &Path) -> Vec<(String, String)> {
+    let mut files = Vec::new();
+    for entry in fs::read_dir(dir).unwrap_or_else(|e| panic!("read {}: {e}", dir.display())) {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            files.extend(sources(&path));
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            files.push((path.display().to_string(), fs::read_to_string(&path).unwrap()));
+        }
+    }
+    files
+}
+
+fn violations(dir: &str, forbidden: &[&str], allowed: &[&str]) -> Vec<String> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("src").join(dir);
+    let files = sources(&root);
+    assert!(!files.is_empty(), "no sources under {}", root.display());
+    files
+        .iter()
+        .flat_map(|(path, text)| {
+            text.lines()
+                .filter(|line| {
+                    forbidden.iter().any(|f| line.contains(f)) && !allowed.iter().any(|a| line.contains(a))
+                })
+                .map(move |line| format!("{path}: {}", line.trim()))
+        })
+        .collect()
+}
+
+#[test]
+fn the_servicenow_client_knows_nothing_of_kubernetes_or_the_rest_of_the_crate() {
+    let found = violations("servicenow", &["kube", "k8s_openapi", "crate::"], &["crate::servicenow"]);
+    assert!(found.is_empty(), "src/servicenow must stay a leaf:\n{}", found.join("\n"));
+}
+
+#[test]
+fn the_api_imports_only_the_instance_url_rules_of_the_crate() {
+    let found = violations("api", &["crate::"], &["crate::api", "crate::servicenow::instance_url"]);
+    assert!(found.is_empty(), "src/api must stay a leaf:\n{}", found.join("\n"));
+}
