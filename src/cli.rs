@@ -1,6 +1,9 @@
-//! Command-line interface: the subcommands and their flags.
+//! Command-line interface: the subcommands and their flags. Every flag of `run` can also be set
+//! through the environment variable named in its help.
 
-use clap::{Parser, Subcommand};
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use clap::{Args, Parser, Subcommand};
 
 /// The servicenow-operator binary.
 #[derive(Debug, Parser)]
@@ -15,21 +18,80 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the controller and its HTTP listeners.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Print the ServiceNowConnection CustomResourceDefinition as YAML.
     Crd,
     /// Print the version.
     Version,
 }
 
-/// Flags of `run`.
-#[derive(Debug, clap::Args)]
+/// Flags of `run`, in groups.
+#[derive(Debug, Args)]
 pub struct RunArgs {
+    /// The HTTP listeners.
+    #[command(flatten)]
+    pub http: HttpArgs,
+    /// How the operator reaches ServiceNow.
+    #[command(flatten)]
+    pub servicenow: ServiceNowArgs,
+    /// The controller.
+    #[command(flatten)]
+    pub controller: ControllerArgs,
+    /// Logs.
+    #[command(flatten)]
+    pub telemetry: TelemetryArgs,
+}
+
+/// The HTTP listeners.
+#[derive(Debug, Args)]
+pub struct HttpArgs {
+    /// The operator's externally reachable base URL (through the Ingress), e.g.
+    /// `https://neo.example.com`. The consent redirect URL is this + `/oauth/servicenow/callback`
+    /// and the webhook callback is this + `/callback/servicenow`.
+    #[arg(long, env = "PUBLIC_URL")]
+    pub public_url: url::Url,
+    /// Address of the public listener (consent and webhook endpoints).
+    #[arg(long, env = "LISTEN", default_value = "0.0.0.0:8080")]
+    pub listen: SocketAddr,
+    /// Address of the admin listener (`/healthz`, `/readyz`, `/metrics`).
+    #[arg(long, env = "ADMIN_LISTEN", default_value = "0.0.0.0:8081")]
+    pub admin_listen: SocketAddr,
+}
+
+/// How the operator reaches ServiceNow.
+#[derive(Debug, Args)]
+pub struct ServiceNowArgs {
+    /// A PEM file of extra CA certificates to trust for ServiceNow (TLS verification stays on).
+    #[arg(long, env = "CA_BUNDLE")]
+    pub ca_bundle: Option<PathBuf>,
+    /// Resolve HOST to IP:PORT instead of asking DNS, e.g. `acme.service-now.com=127.0.0.1:8443`.
+    /// Repeatable. For tests and for instances reached through a fixed address.
+    #[arg(long = "resolve", env = "RESOLVE", value_delimiter = ',', value_parser = parse_resolve)]
+    pub resolve: Vec<(String, SocketAddr)>,
+    /// Timeout of one call to ServiceNow.
+    #[arg(long, env = "REQUEST_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub request_timeout: Duration,
+}
+
+/// The controller.
+#[derive(Debug, Args)]
+pub struct ControllerArgs {
+    /// How many connections are reconciled at once.
+    #[arg(long, env = "CONCURRENCY", default_value_t = 8)]
+    pub concurrency: u16,
+    /// Watch only this namespace (default: all namespaces).
+    #[arg(long, env = "WATCH_NAMESPACE")]
+    pub namespace: Option<String>,
+}
+
+/// Logs.
+#[derive(Debug, Args)]
+pub struct TelemetryArgs {
     /// Log format.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "plain")]
     pub log_format: LogFormat,
     /// Log filter, in `tracing` EnvFilter syntax.
-    #[arg(long, env = "RUST_LOG", default_value = "info")]
+    #[arg(long, env = "LOG_FILTER", default_value = "info")]
     pub log_filter: String,
 }
 
@@ -40,4 +102,65 @@ pub enum LogFormat {
     Plain,
     /// One JSON object per line.
     Json,
+}
+
+fn parse_resolve(value: &str) -> Result<(String, SocketAddr), String> {
+    let (host, address) =
+        value.split_once('=').ok_or_else(|| format!("--resolve {value:?}: expected HOST=IP:PORT"))?;
+    let address = address.parse().map_err(|e| format!("--resolve {value:?}: {address:?} is not IP:PORT ({e})"))?;
+    if host.is_empty() {
+        return Err(format!("--resolve {value:?}: the host is empty"));
+    }
+    Ok((host.to_owned(), address))
+}
+
+/// Parses `90s`, `10m`, `1h`, `1h30m` (whole units of h, m, s, ms).
+pub fn parse_duration(value: &str) -> Result<Duration, String> {
+    let invalid = || format!("{value:?} is not a duration such as 90s, 10m or 1h30m");
+    let mut total = Duration::ZERO;
+    let mut rest = value;
+    if rest.is_empty() {
+        return Err(invalid());
+    }
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !c.is_ascii_digit()).ok_or_else(invalid)?;
+        let number: u64 = rest[..digits].parse().map_err(|_| invalid())?;
+        rest = &rest[digits..];
+        let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+        let unit = match &rest[..unit_len] {
+            "h" => Duration::from_secs(3600),
+            "m" => Duration::from_secs(60),
+            "s" => Duration::from_secs(1),
+            "ms" => Duration::from_millis(1),
+            _ => return Err(invalid()),
+        };
+        total += unit.checked_mul(u32::try_from(number).map_err(|_| invalid())?).ok_or_else(invalid)?;
+        rest = &rest[unit_len..];
+    }
+    Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_like_the_crd_accepts_them() {
+        assert_eq!(parse_duration("10m"), Ok(Duration::from_secs(600)));
+        assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
+        assert!(parse_duration("").is_err());
+        assert!(parse_duration("10").is_err());
+        assert!(parse_duration("m").is_err());
+        assert!(parse_duration("5d").is_err());
+    }
+
+    #[test]
+    fn resolve_takes_host_equals_address() {
+        let (host, address) = parse_resolve("acme.service-now.com=127.0.0.1:8443").unwrap();
+        assert_eq!(host, "acme.service-now.com");
+        assert_eq!(address.port(), 8443);
+        assert!(parse_resolve("acme.service-now.com").is_err());
+        assert!(parse_resolve("acme=localhost").is_err());
+    }
 }

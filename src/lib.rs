@@ -9,4 +9,8 @@
 pub mod api;
 pub mod cli;
 pub mod crd;
+pub mod http;
+pub mod reconcile;
+pub mod secrets;
 pub mod servicenow;
+pub mod telemetry;

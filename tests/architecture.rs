@@ -24,6 +24,7 @@ fn violations(dir: &str, forbidden: &[&str], allowed: &[&str]) -> Vec<String> {
         .iter()
         .flat_map(|(path, text)| {
             text.lines()
+                .filter(|line| !line.trim_start().starts_with("//"))
                 .filter(|line| {
                     forbidden.iter().any(|f| line.contains(f)) && !allowed.iter().any(|a| line.contains(a))
                 })

@@ -168,9 +168,11 @@ async fn kubectl_get_snc_shows_the_printer_columns() {
     });
     api.patch_status("acme", &PatchParams::apply("crd-test").force(), &Patch::Apply(&status)).await.unwrap();
     let plane = control_plane().await;
-    let output = plane.kubectl(&["get", "snc", "-n", ns.name()]);
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "kubectl get snc failed: {}", String::from_utf8_lossy(&output.stderr));
+    let stdout = poll_until(Duration::from_secs(30), "kubectl get snc to list the connection", || async {
+        let output = plane.kubectl(&["get", "snc", "-n", ns.name()]);
+        output.status.success().then(|| String::from_utf8_lossy(&output.stdout).into_owned())
+    })
+    .await;
     let mut lines = stdout.lines();
     let header: Vec<&str> = lines.next().unwrap_or_default().split_whitespace().collect();
     assert_eq!(header, ["NAME", "INSTANCE", "STATE", "IDENTITY", "READY", "AGE"], "kubectl get snc:\n{stdout}");
@@ -182,9 +184,12 @@ async fn kubectl_get_snc_shows_the_printer_columns() {
 async fn kubectl_explain_prints_the_doc_comments() {
     installed().await;
     let plane = control_plane().await;
-    let output = plane.kubectl(&["explain", "servicenowconnection.spec.instanceUrl"]);
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "kubectl explain failed: {}", String::from_utf8_lossy(&output.stderr));
+    // The API server publishes a new CRD's OpenAPI a moment after it is Established.
+    let stdout = poll_until(Duration::from_secs(30), "kubectl explain to know the CRD", || async {
+        let output = plane.kubectl(&["explain", "servicenowconnection.spec.instanceUrl"]);
+        output.status.success().then(|| String::from_utf8_lossy(&output.stdout).into_owned())
+    })
+    .await;
     assert!(
         stdout.contains("The instance's address") && stdout.contains("servicenowservices.com"),
         "kubectl explain did not print the doc comment:\n{stdout}"

@@ -52,3 +52,152 @@ impl ConditionType {
         }
     }
 }
+
+/// Why a condition is what it is: the closed vocabulary of reasons. Each reason's
+/// [`Reason::remedy`] tells the person on call what to do, in the words of the connect guide.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reason {
+    /// Everything is in place.
+    ReadyToSync,
+    /// The connection is suspended by `spec.suspend`.
+    Suspended,
+    /// The operator is still working towards the desired state.
+    Progressing,
+    /// The spec breaks a rule the API server could not check.
+    InvalidSpec,
+    /// The credentials Secret or one of its keys is missing.
+    CredentialsMissing,
+    /// A credentials value is empty or has stray whitespace or a newline.
+    CredentialsMalformed,
+    /// No refresh token yet: consent has not been given.
+    ConsentRequired,
+    /// The person asked to consent clicked Deny.
+    ConsentDenied,
+    /// The instance refused the client id/secret or the refresh token.
+    TokenRejected,
+    /// The credentials changed since the last good refresh and the instance refuses them.
+    CredentialsChanged,
+    /// The refresh token is past its lifespan.
+    RefreshTokenExpired,
+    /// The refresh token expires soon: consent must be renewed.
+    RefreshTokenExpiring,
+    /// The token is good.
+    TokenValid,
+    /// The instance could not be reached (DNS, TCP, TLS, timeout, 5xx).
+    Unreachable,
+    /// The instance answered 429.
+    RateLimited,
+    /// The identity is known and has the roles it needs.
+    IdentityResolved,
+    /// The OAuth user lacks a role or a right the operator needs.
+    InsufficientPrivileges,
+    /// Consent was given by another user than `spec.expectedUserName`.
+    IdentityMismatch,
+    /// The rule and the property are as desired.
+    Provisioned,
+    /// Drift on the instance was found and repaired.
+    DriftRepaired,
+    /// The legacy incident rule was removed.
+    LegacyRuleRemoved,
+    /// The callback property belongs to another live connection.
+    InstanceClaimedElsewhere,
+    /// Provisioning failed for a reason other than rights.
+    ProvisioningFailed,
+    /// The account holds `email_api_send`.
+    EmailApiSendGranted,
+    /// `notifications.emailViaPsa` is set but the account lacks `email_api_send`.
+    MissingEmailApiSendRole,
+}
+
+impl Reason {
+    /// The `reason` string of a condition (also the Event reason).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::ReadyToSync => "ReadyToSync",
+            Reason::Suspended => "Suspended",
+            Reason::Progressing => "Progressing",
+            Reason::InvalidSpec => "InvalidSpec",
+            Reason::CredentialsMissing => "CredentialsMissing",
+            Reason::CredentialsMalformed => "CredentialsMalformed",
+            Reason::ConsentRequired => "ConsentRequired",
+            Reason::ConsentDenied => "ConsentDenied",
+            Reason::TokenRejected => "TokenRejected",
+            Reason::CredentialsChanged => "CredentialsChanged",
+            Reason::RefreshTokenExpired => "RefreshTokenExpired",
+            Reason::RefreshTokenExpiring => "RefreshTokenExpiring",
+            Reason::TokenValid => "TokenValid",
+            Reason::Unreachable => "Unreachable",
+            Reason::RateLimited => "RateLimited",
+            Reason::IdentityResolved => "IdentityResolved",
+            Reason::InsufficientPrivileges => "InsufficientPrivileges",
+            Reason::IdentityMismatch => "IdentityMismatch",
+            Reason::Provisioned => "Provisioned",
+            Reason::DriftRepaired => "DriftRepaired",
+            Reason::LegacyRuleRemoved => "LegacyRuleRemoved",
+            Reason::InstanceClaimedElsewhere => "InstanceClaimedElsewhere",
+            Reason::ProvisioningFailed => "ProvisioningFailed",
+            Reason::EmailApiSendGranted => "EmailApiSendGranted",
+            Reason::MissingEmailApiSendRole => "MissingEmailApiSendRole",
+        }
+    }
+
+    /// What to do about it, appended to the condition's message. Empty for reasons that need
+    /// nothing from a person.
+    pub fn remedy(self) -> &'static str {
+        match self {
+            Reason::ReadyToSync
+            | Reason::Progressing
+            | Reason::TokenValid
+            | Reason::IdentityResolved
+            | Reason::Provisioned
+            | Reason::DriftRepaired
+            | Reason::LegacyRuleRemoved
+            | Reason::EmailApiSendGranted => "",
+            Reason::Suspended => "Set spec.suspend to false to resume.",
+            Reason::InvalidSpec => "Correct the field named above and apply the connection again.",
+            Reason::CredentialsMissing => {
+                "Create the Secret named in spec.credentialsSecretRef in the connection's namespace with the keys clientId and clientSecret from the instance's Application Registry (System OAuth > Application Registry)."
+            }
+            Reason::CredentialsMalformed => {
+                "Write the value again without surrounding whitespace or a trailing newline (use `kubectl create secret generic --from-literal`, or `echo -n` when encoding)."
+            }
+            Reason::ConsentRequired => {
+                "Open status.consentUrl in a browser, sign in to the instance as the integration's service account (not as yourself) and click Allow."
+            }
+            Reason::ConsentDenied => {
+                "Consent was denied. Open status.consentUrl again, sign in as the service account and click Allow."
+            }
+            Reason::TokenRejected => {
+                "The instance rejected the client id/secret or the refresh token. Check that clientId and clientSecret match the Application Registry entry and that it is active; if they do, the refresh token was revoked or expired: annotate the connection with neoagent.io/reconsent=true and consent again."
+            }
+            Reason::CredentialsChanged => {
+                "The credentials Secret changed since the last good refresh and the instance rejects the new values. Copy clientId and clientSecret again from the Application Registry entry; if the application was recreated, consent again (annotate with neoagent.io/reconsent=true)."
+            }
+            Reason::RefreshTokenExpired => {
+                "The refresh token is past its lifespan. Annotate the connection with neoagent.io/reconsent=true and consent again; raise the Refresh Token Lifespan of the Application Registry entry to avoid this."
+            }
+            Reason::RefreshTokenExpiring => {
+                "Renew consent before then: annotate the connection with neoagent.io/reconsent=true and open status.consentUrl."
+            }
+            Reason::Unreachable => {
+                "Check that spec.instanceUrl is right, that the instance is awake (developer instances hibernate) and that this cluster can reach it (egress, proxy, CA bundle). The operator keeps retrying."
+            }
+            Reason::RateLimited => {
+                "The instance's inbound REST rate limit was hit; the operator waits for Retry-After. Raise the rate limit rule for the service account if this persists."
+            }
+            Reason::InsufficientPrivileges => {
+                "Grant the missing role or rights to the service account on the instance (User Administration > Users > the account > Roles), then annotate the connection with neoagent.io/reconcile-requested-at=<now> or wait for the next resync."
+            }
+            Reason::IdentityMismatch => {
+                "Consent must be given signed in as the service account named in spec.expectedUserName. Sign out of the instance, annotate the connection with neoagent.io/reconsent=true and consent again as that account."
+            }
+            Reason::InstanceClaimedElsewhere => {
+                "Another connection owns this instance's webhook. Delete that connection, or set spec.webhook.takeOver to true if it is gone for good."
+            }
+            Reason::ProvisioningFailed => "See the message; the operator retries with backoff.",
+            Reason::MissingEmailApiSendRole => {
+                "Grant the email_api_send role to the service account, or set spec.notifications.emailViaPsa to false."
+            }
+        }
+    }
+}

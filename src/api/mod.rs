@@ -13,6 +13,10 @@ pub use conditions::{ConditionType, SyncState};
 
 /// The API group of the operator's resources.
 pub const GROUP: &str = "neoagent.io";
+/// Annotation: any new value asks for a reconcile now; echoed in `status.lastHandledReconcileAt`.
+pub const RECONCILE_REQUESTED_AT: &str = "neoagent.io/reconcile-requested-at";
+/// Annotation: any new value re-provisions from scratch; echoed in `status.lastHandledReconnectAt`.
+pub const RECONNECT: &str = "neoagent.io/reconnect";
 
 /// A connection from this cluster to one ServiceNow instance: the OAuth application to use, the
 /// service account whose consent it runs under, and the webhook Business Rule the operator keeps
@@ -203,6 +207,11 @@ pub struct ServiceNowConnectionStatus {
     /// The value of the `neoagent.io/reconcile-requested-at` annotation last acted on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_handled_reconcile_at: Option<String>,
+
+    /// The value of the `neoagent.io/reconnect` annotation last acted on (a reconnect drops the
+    /// cached access token and re-checks identity, rule and property from scratch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_handled_reconnect_at: Option<String>,
 }
 
 /// The ServiceNow user a connection acts as.

@@ -1,5 +1,125 @@
-//! The ServiceNow client library. No Kubernetes types here.
+//! The ServiceNow client library. No Kubernetes types here, nothing else of the crate imported.
+//!
+//! The [`ServiceNow`] trait is what the reconciler and the consent endpoints need from an
+//! instance (agreed interface — implement it in `Client`; refine signatures if needed, keeping
+//! the method set). Every method takes the instance explicitly; table methods take an access
+//! token obtained through `refresh_token` (the caller caches it per connection).
 
+pub mod error;
 pub mod instance_url;
+pub mod records;
+pub mod secret;
 
+pub use error::{Error, ErrorKind};
 pub use instance_url::{InstanceUrl, InvalidInstanceUrl, UrlRule};
+pub use records::{
+    BusinessRule, BusinessRuleFields, ClientCredentials, SystemProperty, SystemPropertyFields, TokenGrant, User,
+};
+pub use secret::SecretString;
+
+/// What the operator needs from a ServiceNow instance.
+pub trait ServiceNow: Send + Sync + 'static {
+    /// The `refresh_token` grant at `/oauth_token.do` (client credentials as form fields).
+    fn refresh_token(
+        &self,
+        instance: &InstanceUrl,
+        credentials: &ClientCredentials,
+        refresh_token: &SecretString,
+    ) -> impl Future<Output = Result<TokenGrant, Error>> + Send;
+
+    /// The `authorization_code` grant at `/oauth_token.do`, with the PKCE verifier.
+    fn exchange_code(
+        &self,
+        instance: &InstanceUrl,
+        credentials: &ClientCredentials,
+        code: &SecretString,
+        redirect_uri: &str,
+        pkce_verifier: &SecretString,
+    ) -> impl Future<Output = Result<TokenGrant, Error>> + Send;
+
+    /// Revokes `token` at `/oauth_revoke_token.do`.
+    fn revoke(
+        &self,
+        instance: &InstanceUrl,
+        credentials: &ClientCredentials,
+        token: &SecretString,
+    ) -> impl Future<Output = Result<(), Error>> + Send;
+
+    /// The OAuth user (`/api/now/ui/user/current_user`, then its `sys_user` record).
+    fn current_user(&self, instance: &InstanceUrl, access_token: &SecretString)
+    -> impl Future<Output = Result<User, Error>> + Send;
+
+    /// The names of the active roles of `user_sys_id` (`sys_user_has_role`).
+    fn user_roles(
+        &self,
+        instance: &InstanceUrl,
+        access_token: &SecretString,
+        user_sys_id: &str,
+    ) -> impl Future<Output = Result<Vec<String>, Error>> + Send;
+
+    /// The Business Rules named any of `names`, in one read.
+    fn business_rules(
+        &self,
+        instance: &InstanceUrl,
+        access_token: &SecretString,
+        names: &[&str],
+    ) -> impl Future<Output = Result<Vec<BusinessRule>, Error>> + Send;
+
+    /// Creates a Business Rule.
+    fn create_business_rule(
+        &self,
+        instance: &InstanceUrl,
+        access_token: &SecretString,
+        fields: &BusinessRuleFields,
+    ) -> impl Future<Output = Result<BusinessRule, Error>> + Send;
+
+    /// Overwrites the managed fields of the Business Rule `sys_id`.
+    fn update_business_rule(
+        &self,
+        instance: &InstanceUrl,
+        access_token: &SecretString,
+        sys_id: &str,
+        fields: &BusinessRuleFields,
+    ) -> impl Future<Output = Result<BusinessRule, Error>> + Send;
+
+    /// Deletes the Business Rule `sys_id` (a missing one is fine).
+    fn delete_business_rule(
+        &self,
+        instance: &InstanceUrl,
+        access_token: &SecretString,
+        sys_id: &str,
+    ) -> impl Future<Output = Result<(), Error>> + Send;
+
+    /// The System Properties named `name`.
+    fn properties(
+        &self,
+        instance: &InstanceUrl,
+        access_token: &SecretString,
+        name: &str,
+    ) -> impl Future<Output = Result<Vec<SystemProperty>, Error>> + Send;
+
+    /// Creates a System Property.
+    fn create_property(
+        &self,
+        instance: &InstanceUrl,
+        access_token: &SecretString,
+        fields: &SystemPropertyFields,
+    ) -> impl Future<Output = Result<SystemProperty, Error>> + Send;
+
+    /// Overwrites the managed fields of the System Property `sys_id`.
+    fn update_property(
+        &self,
+        instance: &InstanceUrl,
+        access_token: &SecretString,
+        sys_id: &str,
+        fields: &SystemPropertyFields,
+    ) -> impl Future<Output = Result<SystemProperty, Error>> + Send;
+
+    /// Deletes the System Property `sys_id` (a missing one is fine).
+    fn delete_property(
+        &self,
+        instance: &InstanceUrl,
+        access_token: &SecretString,
+        sys_id: &str,
+    ) -> impl Future<Output = Result<(), Error>> + Send;
+}

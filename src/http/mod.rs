@@ -1,0 +1,19 @@
+//! The operator's HTTP surface (axum): the admin listener; handlers stay thin.
+
+pub mod admin;
+pub mod consent_state;
+
+use std::net::SocketAddr;
+
+use tokio::net::TcpListener;
+
+/// Serves `router` on `address` until `shutdown` resolves.
+pub async fn serve(
+    address: SocketAddr,
+    router: axum::Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let listener = TcpListener::bind(address).await?;
+    tracing::info!(%address, "listening");
+    axum::serve(listener, router).with_graceful_shutdown(shutdown).await
+}

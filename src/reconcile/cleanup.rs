@@ -1,0 +1,75 @@
+//! Deletion behind the finalizer. `deletionPolicy: Delete` removes the Business Rule and the
+//! callback property (only when this connection owns it) and revokes the refresh token;
+//! `Orphan` leaves them. An instance that cannot be reached is retried with backoff; to let go
+//! anyway, set `deletionPolicy: Orphan` (the spec stays editable while the object is deleted).
+
+use k8s_openapi::api::core::v1::Secret;
+use kube::{Api, ResourceExt, runtime::controller::Action};
+
+use super::{Context, Error, authorize::credentials, error::kube, key, pipeline::Halt};
+use crate::{
+    api::{DeletionPolicy, ServiceNowConnection},
+    provision,
+    secrets,
+    servicenow::{InstanceUrl, ServiceNow},
+};
+
+/// Cleans up after `connection` according to its deletion policy.
+pub async fn cleanup<S: ServiceNow>(connection: &ServiceNowConnection, context: &Context<S>) -> Result<Action, Error> {
+    let connection_key = key(connection);
+    if connection.spec.deletion_policy == DeletionPolicy::Orphan || connection.spec.suspend {
+        tracing::info!(connection = %connection_key, "deleted; leaving the instance as it is (Orphan or suspended)");
+        context.tokens.forget(&connection_key);
+        return Ok(Action::await_change());
+    }
+    let Ok(instance) = InstanceUrl::parse(&connection.spec.instance_url) else {
+        return Ok(Action::await_change());
+    };
+    let namespace = connection.namespace().unwrap_or_default();
+    let secrets_api: Api<Secret> = Api::namespaced(context.kube.clone(), &namespace);
+    let Some(stored) = secrets::read_token(&secrets_api, &secrets::token_secret_name(connection))
+        .await
+        .map_err(kube("read the token Secret"))?
+    else {
+        // Never consented: nothing was provisioned under this connection.
+        return Ok(Action::await_change());
+    };
+    let credentials = match credentials(context, &namespace, &connection.spec.credentials_secret_ref.name).await {
+        Ok(credentials) => credentials,
+        Err(Halt::Failed(error)) => return Err(error),
+        Err(Halt::Stop(stop)) => {
+            return Err(Error::Cleanup(format!(
+                "{} Restore the credentials Secret, or set spec.deletionPolicy to Orphan to leave the instance as it is",
+                stop.verdict.message
+            )));
+        }
+    };
+    let servicenow = &context.servicenow;
+    let failed = |error: crate::servicenow::Error| {
+        Error::Cleanup(format!("{error}; set spec.deletionPolicy to Orphan to stop trying"))
+    };
+    let grant = servicenow.refresh_token(&instance, &credentials, &stored.refresh_token).await.map_err(failed)?;
+    let token = grant.access_token;
+    let owner = provision::Owner {
+        public_url: context.public_url.to_string(),
+        connection: connection_key.clone(),
+    };
+    let properties = servicenow.properties(&instance, &token, provision::PROPERTY_NAME).await.map_err(failed)?;
+    // The rule serves whoever owns the property: leave both to another owner.
+    if provision::claimed_by_other(&properties, &owner).is_none() {
+        let rules = servicenow
+            .business_rules(&instance, &token, &[provision::RULE_NAME, provision::LEGACY_RULE_NAME])
+            .await
+            .map_err(failed)?;
+        for rule in &rules {
+            servicenow.delete_business_rule(&instance, &token, &rule.sys_id).await.map_err(failed)?;
+        }
+        for property in &properties {
+            servicenow.delete_property(&instance, &token, &property.sys_id).await.map_err(failed)?;
+        }
+    }
+    servicenow.revoke(&instance, &credentials, &stored.refresh_token).await.map_err(failed)?;
+    context.tokens.forget(&connection_key);
+    tracing::info!(connection = %connection_key, "deleted; removed the webhook and revoked the token");
+    Ok(Action::await_change())
+}

@@ -1,0 +1,168 @@
+//! The reconcile of a live connection: the steps in order, then one status write (only when the
+//! status changed) and Events for the transitions.
+
+use std::time::{Duration, Instant};
+
+use k8s_openapi::jiff::Timestamp;
+use kube::{
+    Api, ResourceExt,
+    api::{Patch, PatchParams},
+    runtime::controller::Action,
+};
+
+use super::{
+    Context, Error, FIELD_MANAGER, authorize, backoff,
+    error::{Retry, Stop, kube},
+    events, identity, key, publish,
+    status::{self, Progress, Truth, Verdict},
+    webhook,
+};
+use crate::{
+    api::{ConditionType, RECONCILE_REQUESTED_AT, RECONNECT, ServiceNowConnection, conditions::Reason},
+    cli::parse_duration,
+    servicenow::{InstanceUrl, ServiceNow},
+};
+
+/// Why the steps ended early.
+pub enum Halt {
+    /// An outcome for the status.
+    Stop(Stop),
+    /// A Kubernetes API failure: retried with backoff.
+    Failed(Error),
+}
+
+impl From<Stop> for Halt {
+    fn from(stop: Stop) -> Self {
+        Halt::Stop(stop)
+    }
+}
+
+impl From<Error> for Halt {
+    fn from(error: Error) -> Self {
+        Halt::Failed(error)
+    }
+}
+
+/// What the steps share while they run.
+pub struct Run<'a, S> {
+    /// The connection.
+    pub connection: &'a ServiceNowConnection,
+    /// The controller's context.
+    pub context: &'a Context<S>,
+    /// The status being built (starts as the stored one).
+    pub status: crate::api::ServiceNowConnectionStatus,
+    /// The conditions decided so far.
+    pub verdicts: Vec<Verdict>,
+    /// The wall clock at the start of the run.
+    pub now: Timestamp,
+    /// The earliest moment something is due (token refresh, expiry warning), if any.
+    pub due: Option<Instant>,
+}
+
+impl<S> Run<'_, S> {
+    /// Records a condition that holds.
+    pub fn holds(&mut self, verdict: Verdict) {
+        self.verdicts.push(verdict);
+    }
+
+    /// Brings the next reconcile forward to `at` if it is earlier than what is already due.
+    pub fn due_at(&mut self, at: Instant) {
+        self.due = Some(self.due.map_or(at, |due| due.min(at)));
+    }
+}
+
+/// Reconciles a connection that is not being deleted.
+pub async fn apply<S: ServiceNow>(connection: &ServiceNowConnection, context: &Context<S>) -> Result<Action, Error> {
+    let old = connection.status.clone().unwrap_or_default();
+    let mut run = Run {
+        connection,
+        context,
+        status: old.clone(),
+        verdicts: Vec::new(),
+        now: Timestamp::now(),
+        due: None,
+    };
+    let outcome = steps(&mut run).await;
+    let Run { mut status, verdicts, now, due, .. } = run;
+    let generation = connection.metadata.generation;
+    for verdict in &verdicts {
+        status::set_condition(&mut status.conditions, verdict, generation, now);
+    }
+    let annotations = connection.annotations();
+    status.last_handled_reconcile_at = annotations.get(RECONCILE_REQUESTED_AT).cloned().or(old.last_handled_reconcile_at.clone());
+    let resync = parse_duration(&connection.spec.resync_interval).unwrap_or(Duration::from_secs(600));
+    let action = match outcome {
+        Ok(()) => {
+            status.last_handled_reconnect_at = annotations.get(RECONNECT).cloned();
+            status::summarise(&mut status, Progress::Ready, None, generation, now);
+            context.backoff.reset(&key(connection));
+            let mut delay = backoff::jittered_resync(resync);
+            if let Some(due) = due {
+                delay = delay.min(due.saturating_duration_since(Instant::now()));
+            }
+            Action::requeue(super::capped(delay.max(Duration::from_secs(1))))
+        }
+        Err(Halt::Stop(stop)) => {
+            status::set_condition(&mut status.conditions, &stop.verdict, generation, now);
+            status::summarise(&mut status, stop.progress, Some(&stop.verdict), generation, now);
+            match stop.retry {
+                Retry::After(delay) => Action::requeue(delay.max(Duration::from_secs(1))),
+                Retry::Backoff => Action::requeue(context.backoff.next_delay(&key(connection))),
+                Retry::Resync => Action::requeue(super::capped(backoff::jittered_resync(resync))),
+                Retry::OnChange => Action::await_change(),
+            }
+        }
+        Err(Halt::Failed(error)) => return Err(error),
+    };
+    if status::changed(connection.status.as_ref(), &status) {
+        let transitions = events::transitions(&old.conditions, &status.conditions);
+        write_status(connection, context, &status).await?;
+        publish(context, connection, transitions).await;
+    }
+    Ok(action)
+}
+
+async fn steps<S: ServiceNow>(run: &mut Run<'_, S>) -> Result<(), Halt> {
+    let connection = run.connection;
+    let spec = &connection.spec;
+    if spec.suspend {
+        return Err(Stop {
+            verdict: Verdict::new(ConditionType::Ready, Truth::False, Reason::Suspended, "spec.suspend is true: no calls to ServiceNow."),
+            progress: Progress::Suspended,
+            retry: Retry::OnChange,
+        }
+        .into());
+    }
+    let instance = InstanceUrl::parse(&spec.instance_url).map_err(|error| {
+        Stop::terminal(ConditionType::Ready, Reason::InvalidSpec, format!("spec.instanceUrl: {error}."))
+    })?;
+    parse_duration(&spec.resync_interval).map_err(|error| {
+        Stop::terminal(ConditionType::Ready, Reason::InvalidSpec, format!("spec.resyncInterval: {error}."))
+    })?;
+    let reconnect = connection.annotations().get(RECONNECT);
+    if reconnect.is_some() && reconnect != run.status.last_handled_reconnect_at.as_ref() {
+        run.context.tokens.forget(&key(connection));
+    }
+    let access_token = authorize::authorize(run, &instance).await?;
+    identity::resolve(run, &instance, &access_token).await?;
+    webhook::provision(run, &instance, &access_token).await?;
+    Ok(())
+}
+
+async fn write_status<S>(
+    connection: &ServiceNowConnection,
+    context: &Context<S>,
+    status: &crate::api::ServiceNowConnectionStatus,
+) -> Result<(), Error> {
+    let api: Api<ServiceNowConnection> =
+        Api::namespaced(context.kube.clone(), &connection.namespace().unwrap_or_default());
+    let patch = serde_json::json!({
+        "apiVersion": "neoagent.io/v1alpha1",
+        "kind": "ServiceNowConnection",
+        "status": status,
+    });
+    api.patch_status(&connection.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch))
+        .await
+        .map_err(kube("write the connection's status"))?;
+    Ok(())
+}

@@ -1,0 +1,263 @@
+//! The three Secrets of a connection — credentials (the user's), token and webhook token (the
+//! operator's, owned by the connection) — read and written with typed values. Every value is a
+//! [`SecretString`], so none can reach a log, an event or a status by accident.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::{ByteString, api::core::v1::Secret, jiff::Timestamp};
+use kube::{
+    Api, Resource, ResourceExt,
+    api::{ObjectMeta, Patch, PatchParams},
+};
+
+use crate::{api::ServiceNowConnection, servicenow::SecretString};
+
+/// Key of the OAuth client id in the credentials Secret.
+pub const CLIENT_ID_KEY: &str = "clientId";
+/// Key of the OAuth client secret in the credentials Secret.
+pub const CLIENT_SECRET_KEY: &str = "clientSecret";
+/// Key of the refresh token in the token Secret.
+pub const REFRESH_TOKEN_KEY: &str = "refreshToken";
+/// Key of the refresh token's expiry (RFC 3339) in the token Secret.
+pub const REFRESH_TOKEN_EXPIRES_AT_KEY: &str = "refreshTokenExpiresAt";
+/// Key of the per-connection webhook token.
+pub const WEBHOOK_TOKEN_KEY: &str = "token";
+/// The field manager the operator writes Secrets with.
+pub const FIELD_MANAGER: &str = "servicenow-operator";
+
+pub use crate::servicenow::ClientCredentials;
+
+/// Why the credentials could not be read. The messages name the Secret and key, never a value.
+#[derive(Debug, thiserror::Error)]
+pub enum CredentialsError {
+    /// The Secret does not exist.
+    #[error("the credentials Secret {secret:?} does not exist in the connection's namespace")]
+    SecretMissing {
+        /// The Secret's name.
+        secret: String,
+    },
+    /// The Secret lacks a key.
+    #[error("the credentials Secret {secret:?} has no key {key:?}")]
+    KeyMissing {
+        /// The Secret's name.
+        secret: String,
+        /// The missing key.
+        key: &'static str,
+    },
+    /// A value is unusable.
+    #[error("the value of {key:?} in the credentials Secret {secret:?} {problem}")]
+    Malformed {
+        /// The Secret's name.
+        secret: String,
+        /// The key whose value is wrong.
+        key: &'static str,
+        /// What is wrong with it.
+        problem: &'static str,
+    },
+    /// The API server could not be asked.
+    #[error("failed to read the credentials Secret {secret:?}: {source}")]
+    Kube {
+        /// The Secret's name.
+        secret: String,
+        /// What the API server said.
+        source: kube::Error,
+    },
+}
+
+impl CredentialsError {
+    /// `true` when retrying without a change may help (the API server failed).
+    pub fn is_transient(&self) -> bool {
+        matches!(self, CredentialsError::Kube { .. })
+    }
+}
+
+/// Reads and checks the credentials Secret `name`.
+pub async fn read_credentials(secrets: &Api<Secret>, name: &str) -> Result<ClientCredentials, CredentialsError> {
+    let secret = secrets
+        .get_opt(name)
+        .await
+        .map_err(|source| CredentialsError::Kube { secret: name.to_owned(), source })?
+        .ok_or_else(|| CredentialsError::SecretMissing { secret: name.to_owned() })?;
+    credentials_from(name, secret.data.as_ref())
+}
+
+/// Pure: the credentials in a Secret's `data`, checked key by key.
+pub fn credentials_from(
+    name: &str,
+    data: Option<&BTreeMap<String, ByteString>>,
+) -> Result<ClientCredentials, CredentialsError> {
+    let value = |key: &'static str| -> Result<SecretString, CredentialsError> {
+        let bytes = data
+            .and_then(|d| d.get(key))
+            .ok_or_else(|| CredentialsError::KeyMissing { secret: name.to_owned(), key })?;
+        let malformed = |problem| CredentialsError::Malformed { secret: name.to_owned(), key, problem };
+        let text = std::str::from_utf8(&bytes.0).map_err(|_| malformed("is not UTF-8 text"))?;
+        if text.is_empty() {
+            return Err(malformed("is empty"));
+        }
+        if text.ends_with('\n') || text.ends_with("\r\n") {
+            return Err(malformed("ends with a newline"));
+        }
+        if text.trim() != text {
+            return Err(malformed("has leading or trailing whitespace"));
+        }
+        if text.chars().any(char::is_control) {
+            return Err(malformed("contains control characters"));
+        }
+        Ok(SecretString::new(text))
+    };
+    Ok(ClientCredentials { client_id: value(CLIENT_ID_KEY)?, client_secret: value(CLIENT_SECRET_KEY)? })
+}
+
+/// The refresh token the operator keeps, and when it expires if known.
+#[derive(Clone, Debug)]
+pub struct StoredToken {
+    /// The refresh token.
+    pub refresh_token: SecretString,
+    /// When it expires, as the instance told at issue time.
+    pub expires_at: Option<Timestamp>,
+}
+
+/// The name of the token Secret of `connection`.
+pub fn token_secret_name(connection: &ServiceNowConnection) -> String {
+    match &connection.spec.token_secret_ref {
+        Some(reference) => reference.name.clone(),
+        None => format!("{}-token", connection.name_any()),
+    }
+}
+
+/// The name of the webhook-token Secret of `connection`.
+pub fn webhook_secret_name(connection: &ServiceNowConnection) -> String {
+    format!("{}-webhook", connection.name_any())
+}
+
+/// Reads the stored refresh token; `None` when there is none (no Secret, or no key).
+pub async fn read_token(secrets: &Api<Secret>, name: &str) -> Result<Option<StoredToken>, kube::Error> {
+    let Some(secret) = secrets.get_opt(name).await? else { return Ok(None) };
+    let data = secret.data.unwrap_or_default();
+    let text = |key: &str| data.get(key).and_then(|v| String::from_utf8(v.0.clone()).ok());
+    Ok(text(REFRESH_TOKEN_KEY).filter(|t| !t.is_empty()).map(|token| StoredToken {
+        refresh_token: SecretString::new(token),
+        expires_at: text(REFRESH_TOKEN_EXPIRES_AT_KEY).and_then(|t| t.parse().ok()),
+    }))
+}
+
+/// Stores `token` in the token Secret `name`, owned by `owner` (server-side apply).
+pub async fn write_token(
+    secrets: &Api<Secret>,
+    name: &str,
+    owner: &ServiceNowConnection,
+    token: &StoredToken,
+) -> Result<(), kube::Error> {
+    let mut data = BTreeMap::from([(REFRESH_TOKEN_KEY.to_owned(), ByteString(token.refresh_token.expose().into()))]);
+    if let Some(expires_at) = token.expires_at {
+        data.insert(REFRESH_TOKEN_EXPIRES_AT_KEY.to_owned(), ByteString(expires_at.to_string().into_bytes()));
+    }
+    apply_owned(secrets, name, owner, data).await
+}
+
+/// Deletes the token Secret's refresh token (re-consent). A missing Secret is fine.
+pub async fn forget_token(secrets: &Api<Secret>, name: &str) -> Result<(), kube::Error> {
+    match secrets.delete(name, &Default::default()).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
+        Err(error) => Err(error),
+    }
+}
+
+/// The connection's webhook token: read, or generated (32 random bytes, URL-safe) and stored once.
+pub async fn ensure_webhook_token(
+    secrets: &Api<Secret>,
+    owner: &ServiceNowConnection,
+) -> Result<SecretString, kube::Error> {
+    let name = webhook_secret_name(owner);
+    if let Some(secret) = secrets.get_opt(&name).await? {
+        let existing = secret.data.and_then(|mut d| d.remove(WEBHOOK_TOKEN_KEY)).and_then(|v| String::from_utf8(v.0).ok());
+        if let Some(token) = existing.filter(|t| !t.is_empty()) {
+            return Ok(SecretString::new(token));
+        }
+    }
+    let token = new_webhook_token();
+    let data = BTreeMap::from([(WEBHOOK_TOKEN_KEY.to_owned(), ByteString(token.expose().into()))]);
+    apply_owned(secrets, &name, owner, data).await?;
+    Ok(token)
+}
+
+/// 32 random bytes as unpadded URL-safe base64.
+pub fn new_webhook_token() -> SecretString {
+    use base64::Engine as _;
+    let bytes: [u8; 32] = rand::random();
+    SecretString::new(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
+}
+
+async fn apply_owned(
+    secrets: &Api<Secret>,
+    name: &str,
+    owner: &ServiceNowConnection,
+    data: BTreeMap<String, ByteString>,
+) -> Result<(), kube::Error> {
+    let secret = Secret {
+        metadata: ObjectMeta {
+            name: Some(name.to_owned()),
+            owner_references: owner.controller_owner_ref(&()).map(|r| vec![r]),
+            labels: Some(BTreeMap::from([(
+                "app.kubernetes.io/managed-by".to_owned(),
+                "servicenow-operator".to_owned(),
+            )])),
+            ..Default::default()
+        },
+        data: Some(data),
+        type_: Some("Opaque".to_owned()),
+        ..Default::default()
+    };
+    let patch = serde_json::json!({"apiVersion": "v1", "kind": "Secret", "metadata": secret.metadata, "data": secret.data, "type": secret.type_});
+    secrets.patch(name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch)).await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn data(pairs: &[(&str, &str)]) -> BTreeMap<String, ByteString> {
+        pairs.iter().map(|(k, v)| (k.to_string(), ByteString(v.as_bytes().to_vec()))).collect()
+    }
+
+    #[test]
+    fn good_credentials_are_read() {
+        let creds = credentials_from("acme-oauth", Some(&data(&[("clientId", "abc"), ("clientSecret", "xyz")]))).unwrap();
+        assert_eq!(creds.client_id.expose(), "abc");
+        assert_eq!(creds.client_secret.expose(), "xyz");
+    }
+
+    #[test]
+    fn a_trailing_newline_is_named_without_showing_the_value() {
+        let error = credentials_from("acme-oauth", Some(&data(&[("clientId", "abc"), ("clientSecret", "hunter2\n")])))
+            .unwrap_err();
+        let message = error.to_string();
+        assert_eq!(message, "the value of \"clientSecret\" in the credentials Secret \"acme-oauth\" ends with a newline");
+        assert!(!message.contains("hunter2"));
+    }
+
+    #[test]
+    fn a_missing_key_is_named() {
+        let error = credentials_from("acme-oauth", Some(&data(&[("clientId", "abc")]))).unwrap_err();
+        assert_eq!(error.to_string(), "the credentials Secret \"acme-oauth\" has no key \"clientSecret\"");
+    }
+
+    #[test]
+    fn the_fingerprint_changes_with_either_value_and_hides_both() {
+        let a = ClientCredentials { client_id: SecretString::new("id"), client_secret: SecretString::new("one") };
+        let b = ClientCredentials { client_id: SecretString::new("id"), client_secret: SecretString::new("two") };
+        assert_ne!(a.fingerprint(), b.fingerprint());
+        assert_eq!(a.fingerprint().len(), 32);
+        assert!(!a.fingerprint().contains("one"));
+    }
+
+    #[test]
+    fn webhook_tokens_are_long_and_fresh() {
+        let (a, b) = (new_webhook_token(), new_webhook_token());
+        assert_ne!(a.expose(), b.expose());
+        assert_eq!(a.expose().len(), 43);
+    }
+}

@@ -1,0 +1,117 @@
+//! The records the operator reads and writes, as plain structs (the Table API sends every value
+//! as a string; booleans arrive as `"true"` / `"false"`).
+
+use std::time::Duration;
+
+use super::SecretString;
+
+/// A Business Rule (`sys_script`) as read from the instance.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BusinessRule {
+    /// The record's `sys_id`.
+    pub sys_id: String,
+    /// `sys_created_on`, `YYYY-MM-DD HH:MM:SS` UTC (to keep the oldest of duplicates).
+    pub sys_created_on: String,
+    /// The rule's content.
+    pub fields: BusinessRuleFields,
+}
+
+/// The fields of a Business Rule the operator manages.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BusinessRuleFields {
+    /// `name`.
+    pub name: String,
+    /// `collection`: the table the rule runs on.
+    pub collection: String,
+    /// `when`: `before`, `after`, `async` or `display`.
+    pub when: String,
+    /// `order`.
+    pub order: String,
+    /// `active`.
+    pub active: bool,
+    /// `advanced`.
+    pub advanced: bool,
+    /// `action_insert`.
+    pub action_insert: bool,
+    /// `action_update`.
+    pub action_update: bool,
+    /// `action_delete`.
+    pub action_delete: bool,
+    /// `action_query`.
+    pub action_query: bool,
+    /// `filter_condition` (an encoded query; empty: always).
+    pub filter_condition: String,
+    /// `description`.
+    pub description: String,
+    /// `script`.
+    pub script: String,
+}
+
+/// A System Property (`sys_properties`) as read from the instance.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SystemProperty {
+    /// The record's `sys_id`.
+    pub sys_id: String,
+    /// `sys_created_on`.
+    pub sys_created_on: String,
+    /// The property's content.
+    pub fields: SystemPropertyFields,
+}
+
+/// The fields of a System Property the operator manages.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SystemPropertyFields {
+    /// `name`, e.g. `x_neoagent.callback_url`.
+    pub name: String,
+    /// `value`.
+    pub value: String,
+    /// `type`, e.g. `string`.
+    pub property_type: String,
+    /// `description`.
+    pub description: String,
+}
+
+/// A user (`sys_user`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct User {
+    /// `sys_id`.
+    pub sys_id: String,
+    /// `user_name`, e.g. `neo.agent`.
+    pub user_name: String,
+    /// `name`: the display name.
+    pub name: String,
+}
+
+/// What the token endpoint granted.
+#[derive(Clone, Debug)]
+pub struct TokenGrant {
+    /// The access token.
+    pub access_token: SecretString,
+    /// The refresh token, when the answer carried one.
+    pub refresh_token: Option<SecretString>,
+    /// `expires_in`: how long the access token lives from now.
+    pub expires_in: Duration,
+}
+
+/// An OAuth application's client credentials.
+#[derive(Clone, Debug)]
+pub struct ClientCredentials {
+    /// The Application Registry's Client ID.
+    pub client_id: SecretString,
+    /// The Application Registry's Client Secret.
+    pub client_secret: SecretString,
+}
+
+impl ClientCredentials {
+    /// A one-way hash of both values, kept in status to notice a rotation. Reveals nothing of
+    /// the values: SHA-256 over a domain-separated encoding, first 16 bytes in hex.
+    pub fn fingerprint(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let mut hash = Sha256::new();
+        hash.update(b"servicenow-operator/credentials/v1\0");
+        hash.update(self.client_id.expose().as_bytes());
+        hash.update(b"\0");
+        hash.update(self.client_secret.expose().as_bytes());
+        hash.finalize()[..16].iter().map(|b| format!("{b:02x}")).collect()
+    }
+}

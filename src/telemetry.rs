@@ -1,0 +1,68 @@
+//! Logs and metrics: tracing initialisation and the Prometheus metric families.
+
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{counter::Counter, family::Family, histogram::Histogram},
+    registry::Registry,
+};
+
+use crate::cli::{LogFormat, TelemetryArgs};
+
+/// Installs the global tracing subscriber.
+pub fn init_logging(args: &TelemetryArgs) {
+    let builder = tracing_subscriber::fmt().with_env_filter(args.log_filter.as_str()).with_writer(std::io::stderr);
+    match args.log_format {
+        LogFormat::Plain => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// Labels of a reconcile outcome.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReconcileLabels {
+    /// `ok`, `requeue` or `error`.
+    pub outcome: &'static str,
+}
+
+/// Labels of one call to ServiceNow.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CallLabels {
+    /// What the call did, e.g. `refresh_token`, `list_sys_script`.
+    pub action: &'static str,
+    /// The HTTP status, or 0 when there was no answer.
+    pub status: u16,
+}
+
+/// The operator's metrics.
+#[derive(Clone)]
+pub struct Metrics {
+    /// Reconciles by outcome.
+    pub reconciles: Family<ReconcileLabels, Counter>,
+    /// Reconcile duration in seconds.
+    pub reconcile_seconds: Histogram,
+    /// Calls to ServiceNow by action and status.
+    pub servicenow_calls: Family<CallLabels, Counter>,
+}
+
+impl Metrics {
+    /// Creates the metric families and registers them in `registry`.
+    pub fn register(registry: &mut Registry) -> Self {
+        let metrics = Metrics {
+            reconciles: Family::default(),
+            reconcile_seconds: Histogram::new([0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
+            servicenow_calls: Family::default(),
+        };
+        registry.register("servicenow_operator_reconciles", "Reconciles by outcome", metrics.reconciles.clone());
+        registry.register(
+            "servicenow_operator_reconcile_duration_seconds",
+            "Time one reconcile took",
+            metrics.reconcile_seconds.clone(),
+        );
+        registry.register(
+            "servicenow_operator_servicenow_calls",
+            "Calls to ServiceNow by action and HTTP status (0: no answer)",
+            metrics.servicenow_calls.clone(),
+        );
+        metrics
+    }
+}

@@ -1,0 +1,199 @@
+//! Conformance: servicenow-api.md §2.7 (rate limits), §6 item 15; plus the management interface:
+//! injected faults and the request log.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use snowsim::{Fault, FaultAction, RateLimitRule, RateLimitTarget};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s2_7_rate_limits_answer_429_with_retry_after_and_rate_limit_headers() {
+    let (server, client) = start().await;
+    let rule = server.admin().add_rate_limit(RateLimitRule {
+        name: "itil table reads".into(),
+        method: Some("GET".into()),
+        resource: "/api/now/table/incident".into(),
+        applies_to: RateLimitTarget::Role("itil".into()),
+        requests_per_hour: 2,
+        sys_id: None,
+    });
+    for _ in 0..2 {
+        let ok = client
+            .get(url("/api/now/v2/table/incident"))
+            .basic_auth("neo.agent", Some("neo.agent"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(ok.status(), 200);
+        assert_eq!(ok.headers()["x-ratelimit-limit"], "2");
+        assert_eq!(ok.headers()["x-ratelimit-rule"].to_str().unwrap(), rule);
+        assert!(ok.headers().contains_key("x-ratelimit-reset"));
+    }
+    let refused = client
+        .get(url("/api/now/table/incident"))
+        .basic_auth("neo.agent", Some("neo.agent"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 429);
+    let retry_after: i64 = refused.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=3600).contains(&retry_after));
+    let body: serde_json::Value = refused.json().await.unwrap();
+    assert_eq!(body["error"]["message"], "Rate limit exceeded");
+    assert_eq!(
+        body["error"]["detail"],
+        "Rate limit of 2 requests per hour for Table API exceeded"
+    );
+    assert_eq!(
+        get_json(&client, "admin", "/api/now/table/incident").await.0,
+        200,
+        "admin lacks the role"
+    );
+    server.admin().advance_clock(Duration::from_secs(retry_after as u64));
+    assert_eq!(
+        get_json(&client, "neo.agent", "/api/now/table/incident").await.0,
+        200,
+        "new window"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn faults_inject_a_status_for_a_share_of_requests_latency_and_dropped_connections() {
+    let (server, client) = start().await;
+    server.admin().inject_fault(Fault {
+        share: 0.5,
+        ..Fault::new("/api/now/table/incident", FaultAction::Status { code: 503, body: None })
+    });
+    let mut statuses = Vec::new();
+    for _ in 0..4 {
+        statuses.push(get_json(&client, "neo.agent", "/api/now/table/incident").await.0);
+    }
+    assert_eq!(statuses, vec![200, 503, 200, 503]);
+    server.admin().clear_faults();
+    server
+        .admin()
+        .inject_fault(Fault::new("/oauth_token.do", FaultAction::Latency { ms: 300 }));
+    let start = Instant::now();
+    client
+        .post(url("/oauth_token.do"))
+        .form(&[("grant_type", "x")])
+        .send()
+        .await
+        .unwrap();
+    assert!(start.elapsed() >= Duration::from_millis(300));
+    server.admin().clear_faults();
+    server.admin().inject_fault(Fault {
+        times: Some(1),
+        ..Fault::new("/api/now/table", FaultAction::DropConnection)
+    });
+    let dropped = client
+        .get(url("/api/now/table/incident"))
+        .basic_auth("neo.agent", Some("neo.agent"))
+        .send()
+        .await;
+    assert!(dropped.is_err(), "connection should drop: {dropped:?}");
+    assert_eq!(
+        get_json(&client, "neo.agent", "/api/now/table/incident").await.0,
+        200,
+        "fault used up"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn management_revokes_tokens_and_removes_roles() {
+    let (server, client) = start().await;
+    let app = server.admin().oauth_app("Neo Agent").unwrap();
+    let tokens: serde_json::Value = client
+        .post(url("/oauth_token.do"))
+        .form(&[
+            ("grant_type", "password"),
+            ("username", "neo.agent"),
+            ("password", "neo.agent"),
+            ("client_id", app.client_id.as_str()),
+            ("client_secret", app.client_secret.as_str()),
+        ])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let access = tokens["access_token"].as_str().unwrap();
+    let call = || client.get(url("/api/now/table/incident")).bearer_auth(access).send();
+    assert_eq!(call().await.unwrap().status(), 200);
+    assert_eq!(server.admin().revoke_tokens(Some("neo.agent")).unwrap(), 2);
+    assert_eq!(call().await.unwrap().status(), 401);
+    server.admin().remove_role("neo.agent", "itil").unwrap();
+    let (status, _) = post_json(&client, "neo.agent", "/api/now/table/incident", serde_json::json!({})).await;
+    assert_eq!(status, 403);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_request_log_counts_exactly_the_calls_made() {
+    let (server, client) = start().await;
+    server.admin().clear_request_log();
+    get_json(&client, "neo.agent", "/api/now/table/sys_script?sysparm_query=name=x").await;
+    client.get(url("/api/now/table/incident")).send().await.unwrap();
+    let log = server.admin().request_log();
+    assert_eq!(log.len(), 2);
+    assert_eq!(
+        (log[0].method.as_str(), log[0].path.as_str()),
+        ("GET", "/api/now/table/sys_script")
+    );
+    assert_eq!(log[0].query, "sysparm_query=name=x");
+    assert_eq!((log[0].user.as_deref(), log[0].status), (Some("neo.agent"), 200));
+    assert_eq!((log[1].user.as_deref(), log[1].status), (None, 401));
+    let via_http: serde_json::Value = client
+        .get(url("/snowsim/requests"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(via_http.as_array().unwrap().len(), 2, "management calls are not logged");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_instances_are_chosen_by_host_and_keep_their_own_data() {
+    let mut config = snowsim::Config::default();
+    config
+        .instances
+        .push(snowsim::InstanceConfig::new("globex.servicenowservices.com"));
+    let (server, client) = start_with(config).await;
+    post_json(
+        &client,
+        "neo.agent",
+        "/api/now/table/incident",
+        serde_json::json!({"short_description": "acme only"}),
+    )
+    .await;
+    let globex = client
+        .get("https://globex.servicenowservices.com/api/now/table/incident")
+        .basic_auth("neo.agent", Some("neo.agent"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(globex.status(), 200);
+    let body: serde_json::Value = globex.json().await.unwrap();
+    assert_eq!(body["result"], serde_json::json!([]));
+    assert_eq!(
+        server
+            .instance("globex.servicenowservices.com")
+            .unwrap()
+            .request_log()
+            .len(),
+        1
+    );
+    assert_ne!(
+        server.admin().oauth_app("Neo Agent").unwrap().client_id,
+        server
+            .instance("globex.servicenowservices.com")
+            .unwrap()
+            .oauth_app("Neo Agent")
+            .unwrap()
+            .client_id
+    );
+}
