@@ -7,7 +7,11 @@ use clap::{Args, Parser, Subcommand};
 
 /// The servicenow-operator binary.
 #[derive(Debug, Parser)]
-#[command(name = "servicenow-operator", version, about = "Kubernetes operator for ServiceNow connections")]
+#[command(
+    name = "servicenow-operator",
+    version,
+    about = "Kubernetes operator for ServiceNow connections"
+)]
 pub struct Cli {
     /// What to do.
     #[command(subcommand)]
@@ -56,6 +60,13 @@ pub struct HttpArgs {
     /// Address of the admin listener (`/healthz`, `/readyz`, `/metrics`).
     #[arg(long, env = "ADMIN_LISTEN", default_value = "0.0.0.0:8081")]
     pub admin_listen: SocketAddr,
+    /// The namespace the operator runs in (where its own Secret lives).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    pub operator_namespace: String,
+    /// The operator's own Secret holding the key that signs consent states (created if missing;
+    /// shared by all replicas).
+    #[arg(long, env = "STATE_KEY_SECRET", default_value = "servicenow-operator-consent-key")]
+    pub state_key_secret: String,
 }
 
 /// How the operator reaches ServiceNow.
@@ -71,6 +82,10 @@ pub struct ServiceNowArgs {
     /// Timeout of one call to ServiceNow.
     #[arg(long, env = "REQUEST_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub request_timeout: Duration,
+    /// The Refresh Token Lifespan of the instances' Application Registry entries (the token
+    /// endpoint does not tell it); ServiceNow's default is 100 days.
+    #[arg(long, env = "REFRESH_TOKEN_LIFESPAN", default_value = "2400h", value_parser = parse_duration)]
+    pub refresh_token_lifespan: Duration,
 }
 
 /// The controller.
@@ -105,9 +120,12 @@ pub enum LogFormat {
 }
 
 fn parse_resolve(value: &str) -> Result<(String, SocketAddr), String> {
-    let (host, address) =
-        value.split_once('=').ok_or_else(|| format!("--resolve {value:?}: expected HOST=IP:PORT"))?;
-    let address = address.parse().map_err(|e| format!("--resolve {value:?}: {address:?} is not IP:PORT ({e})"))?;
+    let (host, address) = value
+        .split_once('=')
+        .ok_or_else(|| format!("--resolve {value:?}: expected HOST=IP:PORT"))?;
+    let address = address
+        .parse()
+        .map_err(|e| format!("--resolve {value:?}: {address:?} is not IP:PORT ({e})"))?;
     if host.is_empty() {
         return Err(format!("--resolve {value:?}: the host is empty"));
     }
@@ -134,7 +152,9 @@ pub fn parse_duration(value: &str) -> Result<Duration, String> {
             "ms" => Duration::from_millis(1),
             _ => return Err(invalid()),
         };
-        total += unit.checked_mul(u32::try_from(number).map_err(|_| invalid())?).ok_or_else(invalid)?;
+        total += unit
+            .checked_mul(u32::try_from(number).map_err(|_| invalid())?)
+            .ok_or_else(invalid)?;
         rest = &rest[unit_len..];
     }
     Ok(total)

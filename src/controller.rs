@@ -1,7 +1,7 @@
 //! Controller wiring: watch connections and the metadata of Secrets (never their values), map a
 //! Secret change to the connections that reference it, reconcile with bounded concurrency.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
@@ -20,6 +20,7 @@ use crate::{
     api::ServiceNowConnection,
     reconcile::{self, Context},
     secrets,
+    servicenow::ServiceNow,
 };
 
 /// The connections that reference the Secret `secret` (credentials, token or webhook Secret).
@@ -43,11 +44,11 @@ pub fn connections_using(
 
 /// Runs the controller until `shutdown` resolves. `on_synced` is called once the connection
 /// cache has its first full list.
-pub async fn run(
+pub async fn run<S: ServiceNow>(
     client: Client,
     namespace: Option<&str>,
     concurrency: u16,
-    context: Arc<Context>,
+    context: Arc<Context<S>>,
     on_synced: impl FnOnce() + Send + 'static,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
@@ -63,14 +64,22 @@ pub async fn run(
     let store = controller.store();
     let mapper_store = store.clone();
     tokio::spawn(async move {
-        if store.wait_until_ready().await.is_ok() {
-            on_synced();
+        // The store's readiness signal wakes only its last waiter (the controller's runner), so
+        // look again now and then rather than wait once.
+        loop {
+            match tokio::time::timeout(Duration::from_millis(200), store.wait_until_ready()).await {
+                Ok(Ok(())) => break on_synced(),
+                Ok(Err(_)) => break,
+                Err(_) => continue,
+            }
         }
     });
     controller
-        .watches(secret_metadata, watcher::Config::default().any_semantic(), move |secret| {
-            connections_using(&mapper_store, &secret)
-        })
+        .watches(
+            secret_metadata,
+            watcher::Config::default().any_semantic(),
+            move |secret| connections_using(&mapper_store, &secret),
+        )
         .graceful_shutdown_on(shutdown)
         .run(reconcile::reconcile, reconcile::error_policy, context)
         .for_each(|result| async move {

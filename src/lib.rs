@@ -8,9 +8,12 @@
 
 pub mod api;
 pub mod cli;
+pub mod controller;
 pub mod crd;
 pub mod http;
+pub mod provision;
 pub mod reconcile;
+pub mod run;
 pub mod secrets;
 pub mod servicenow;
 pub mod telemetry;

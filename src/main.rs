@@ -20,9 +20,21 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Run(args) => {
-            servicenow_operator::telemetry::init_logging(&args.telemetry);
-            tracing::error!("the controller is not wired yet");
-            ExitCode::FAILURE
+            let runtime = match tokio::runtime::Runtime::new() {
+                Ok(runtime) => runtime,
+                Err(error) => {
+                    eprintln!("failed to start the async runtime: {error}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match runtime.block_on(servicenow_operator::run::run(*args)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(error) => {
+                    tracing::error!(%error, "servicenow-operator stopped");
+                    eprintln!("servicenow-operator: {error}");
+                    ExitCode::FAILURE
+                }
+            }
         }
     }
 }

@@ -5,15 +5,17 @@ use std::sync::{
     atomic::{AtomicBool, Ordering},
 };
 
+use k8s_openapi::api::core::v1::Secret;
+use kube::Api;
 use prometheus_client::registry::Registry;
 use tokio::sync::watch;
 
 use crate::{
-    cli::{ControllerArgs, HttpArgs, RunArgs, ServiceNowArgs, TelemetryArgs},
+    cli::{ControllerArgs, HttpArgs, RunArgs, ServiceNowArgs},
     controller,
-    http::{self, admin::AdminState},
+    http::{self, admin::AdminState, consent::ConsentContext},
     reconcile::Context,
-    servicenow,
+    secrets, servicenow,
     telemetry::{self, Metrics},
 };
 
@@ -26,6 +28,14 @@ pub enum StartError {
     /// The ServiceNow client could not be built (e.g. an unreadable CA bundle).
     #[error("failed to configure the ServiceNow client: {0}")]
     ServiceNow(#[source] servicenow::Error),
+    /// The consent-state key could not be read or created.
+    #[error("failed to read or create the consent-state key Secret {secret}: {source}")]
+    StateKey {
+        /// `namespace/name` of the Secret.
+        secret: String,
+        /// Why.
+        source: kube::Error,
+    },
     /// A listener failed.
     #[error("failed to serve HTTP on {address}: {source}")]
     Listen {
@@ -38,15 +48,29 @@ pub enum StartError {
 
 /// Runs the operator until SIGINT or SIGTERM.
 pub async fn run(args: RunArgs) -> Result<(), StartError> {
-    let RunArgs { http: http_args, servicenow: servicenow_args, controller: controller_args, telemetry: telemetry_args } =
-        args;
-    let TelemetryArgs { .. } = &telemetry_args;
+    let RunArgs {
+        http: http_args,
+        servicenow: servicenow_args,
+        controller: controller_args,
+        telemetry: telemetry_args,
+    } = args;
     telemetry::init_logging(&telemetry_args);
     let _ = rustls::crypto::ring::default_provider().install_default();
 
-    let HttpArgs { public_url, listen, admin_listen } = http_args;
+    let HttpArgs {
+        public_url,
+        listen,
+        admin_listen,
+        operator_namespace,
+        state_key_secret,
+    } = http_args;
     let ControllerArgs { concurrency, namespace } = controller_args;
-    let ServiceNowArgs { ca_bundle, resolve, request_timeout } = servicenow_args;
+    let ServiceNowArgs {
+        ca_bundle,
+        resolve,
+        request_timeout,
+        refresh_token_lifespan,
+    } = servicenow_args;
 
     let mut registry = Registry::default();
     let metrics = Metrics::register(&mut registry);
@@ -73,19 +97,38 @@ pub async fn run(args: RunArgs) -> Result<(), StartError> {
     });
 
     let ready = Arc::new(AtomicBool::new(false));
-    let admin = http::admin::router(AdminState { ready: ready.clone(), registry: Arc::new(registry) });
+    let admin = http::admin::router(AdminState {
+        ready: ready.clone(),
+        registry: Arc::new(registry),
+    });
     let admin_server = tokio::spawn(http::serve(admin_listen, admin, stopped()));
-    let _ = listen;
+
+    let secrets_api: Api<Secret> = Api::namespaced(client.clone(), &operator_namespace);
+    let state_key = secrets::ensure_state_key(&secrets_api, &state_key_secret)
+        .await
+        .map_err(|source| StartError::StateKey {
+            secret: format!("{operator_namespace}/{state_key_secret}"),
+            source,
+        })?;
+    let consent = http::consent::router(Arc::new(ConsentContext {
+        kube: client.clone(),
+        servicenow: servicenow.clone(),
+        public_url: public_url.clone(),
+        state_key,
+        refresh_token_lifespan,
+    }));
+    let public_server = tokio::spawn(http::serve(listen, consent, stopped()));
 
     let context = Arc::new(Context::new(client.clone(), servicenow, public_url, metrics));
     let synced = move || ready.store(true, Ordering::Release);
     controller::run(client, namespace.as_deref(), concurrency, context, synced, stopped()).await;
 
-    match admin_server.await {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(source)) => Err(StartError::Listen { address: admin_listen, source }),
-        Err(_) => Ok(()),
+    for (address, server) in [(admin_listen, admin_server), (listen, public_server)] {
+        if let Ok(Err(source)) = server.await {
+            return Err(StartError::Listen { address, source });
+        }
     }
+    Ok(())
 }
 
 async fn shutdown_signal() {

@@ -76,8 +76,13 @@ pub async fn read_credentials(secrets: &Api<Secret>, name: &str) -> Result<Clien
     let secret = secrets
         .get_opt(name)
         .await
-        .map_err(|source| CredentialsError::Kube { secret: name.to_owned(), source })?
-        .ok_or_else(|| CredentialsError::SecretMissing { secret: name.to_owned() })?;
+        .map_err(|source| CredentialsError::Kube {
+            secret: name.to_owned(),
+            source,
+        })?
+        .ok_or_else(|| CredentialsError::SecretMissing {
+            secret: name.to_owned(),
+        })?;
     credentials_from(name, secret.data.as_ref())
 }
 
@@ -89,8 +94,15 @@ pub fn credentials_from(
     let value = |key: &'static str| -> Result<SecretString, CredentialsError> {
         let bytes = data
             .and_then(|d| d.get(key))
-            .ok_or_else(|| CredentialsError::KeyMissing { secret: name.to_owned(), key })?;
-        let malformed = |problem| CredentialsError::Malformed { secret: name.to_owned(), key, problem };
+            .ok_or_else(|| CredentialsError::KeyMissing {
+                secret: name.to_owned(),
+                key,
+            })?;
+        let malformed = |problem| CredentialsError::Malformed {
+            secret: name.to_owned(),
+            key,
+            problem,
+        };
         let text = std::str::from_utf8(&bytes.0).map_err(|_| malformed("is not UTF-8 text"))?;
         if text.is_empty() {
             return Err(malformed("is empty"));
@@ -106,7 +118,10 @@ pub fn credentials_from(
         }
         Ok(SecretString::new(text))
     };
-    Ok(ClientCredentials { client_id: value(CLIENT_ID_KEY)?, client_secret: value(CLIENT_SECRET_KEY)? })
+    Ok(ClientCredentials {
+        client_id: value(CLIENT_ID_KEY)?,
+        client_secret: value(CLIENT_SECRET_KEY)?,
+    })
 }
 
 /// The refresh token the operator keeps, and when it expires if known.
@@ -133,13 +148,17 @@ pub fn webhook_secret_name(connection: &ServiceNowConnection) -> String {
 
 /// Reads the stored refresh token; `None` when there is none (no Secret, or no key).
 pub async fn read_token(secrets: &Api<Secret>, name: &str) -> Result<Option<StoredToken>, kube::Error> {
-    let Some(secret) = secrets.get_opt(name).await? else { return Ok(None) };
+    let Some(secret) = secrets.get_opt(name).await? else {
+        return Ok(None);
+    };
     let data = secret.data.unwrap_or_default();
     let text = |key: &str| data.get(key).and_then(|v| String::from_utf8(v.0.clone()).ok());
-    Ok(text(REFRESH_TOKEN_KEY).filter(|t| !t.is_empty()).map(|token| StoredToken {
-        refresh_token: SecretString::new(token),
-        expires_at: text(REFRESH_TOKEN_EXPIRES_AT_KEY).and_then(|t| t.parse().ok()),
-    }))
+    Ok(text(REFRESH_TOKEN_KEY)
+        .filter(|t| !t.is_empty())
+        .map(|token| StoredToken {
+            refresh_token: SecretString::new(token),
+            expires_at: text(REFRESH_TOKEN_EXPIRES_AT_KEY).and_then(|t| t.parse().ok()),
+        }))
 }
 
 /// Stores `token` in the token Secret `name`, owned by `owner` (server-side apply).
@@ -149,9 +168,15 @@ pub async fn write_token(
     owner: &ServiceNowConnection,
     token: &StoredToken,
 ) -> Result<(), kube::Error> {
-    let mut data = BTreeMap::from([(REFRESH_TOKEN_KEY.to_owned(), ByteString(token.refresh_token.expose().into()))]);
+    let mut data = BTreeMap::from([(
+        REFRESH_TOKEN_KEY.to_owned(),
+        ByteString(token.refresh_token.expose().into()),
+    )]);
     if let Some(expires_at) = token.expires_at {
-        data.insert(REFRESH_TOKEN_EXPIRES_AT_KEY.to_owned(), ByteString(expires_at.to_string().into_bytes()));
+        data.insert(
+            REFRESH_TOKEN_EXPIRES_AT_KEY.to_owned(),
+            ByteString(expires_at.to_string().into_bytes()),
+        );
     }
     apply_owned(secrets, name, owner, data).await
 }
@@ -172,7 +197,10 @@ pub async fn ensure_webhook_token(
 ) -> Result<SecretString, kube::Error> {
     let name = webhook_secret_name(owner);
     if let Some(secret) = secrets.get_opt(&name).await? {
-        let existing = secret.data.and_then(|mut d| d.remove(WEBHOOK_TOKEN_KEY)).and_then(|v| String::from_utf8(v.0).ok());
+        let existing = secret
+            .data
+            .and_then(|mut d| d.remove(WEBHOOK_TOKEN_KEY))
+            .and_then(|v| String::from_utf8(v.0).ok());
         if let Some(token) = existing.filter(|t| !t.is_empty()) {
             return Ok(SecretString::new(token));
         }
@@ -181,6 +209,56 @@ pub async fn ensure_webhook_token(
     let data = BTreeMap::from([(WEBHOOK_TOKEN_KEY.to_owned(), ByteString(token.expose().into()))]);
     apply_owned(secrets, &name, owner, data).await?;
     Ok(token)
+}
+
+/// Key of the consent-state signing key in the operator's own Secret.
+pub const STATE_KEY_KEY: &str = "stateKey";
+
+/// The key that signs consent states, shared by every replica: read from the Secret `name`, or
+/// created there (32 random bytes) by whichever replica comes first.
+pub async fn ensure_state_key(secrets: &Api<Secret>, name: &str) -> Result<SecretString, kube::Error> {
+    for _ in 0..3 {
+        if let Some(secret) = secrets.get_opt(name).await? {
+            let existing = secret
+                .data
+                .and_then(|mut d| d.remove(STATE_KEY_KEY))
+                .and_then(|v| String::from_utf8(v.0).ok());
+            if let Some(key) = existing.filter(|k| k.len() >= 32) {
+                return Ok(SecretString::new(key));
+            }
+        }
+        let key = new_webhook_token();
+        let secret = Secret {
+            metadata: ObjectMeta {
+                name: Some(name.to_owned()),
+                ..Default::default()
+            },
+            data: Some(BTreeMap::from([(
+                STATE_KEY_KEY.to_owned(),
+                ByteString(key.expose().into()),
+            )])),
+            type_: Some("Opaque".to_owned()),
+            ..Default::default()
+        };
+        match secrets.create(&Default::default(), &secret).await {
+            Ok(_) => return Ok(key),
+            // Another replica created it first: read theirs.
+            Err(kube::Error::Api(status)) if status.code == 409 => continue,
+            Err(error) => return Err(error),
+        }
+    }
+    secrets.get(name).await.and_then(|secret| {
+        let value = secret
+            .data
+            .and_then(|mut d| d.remove(STATE_KEY_KEY))
+            .and_then(|v| String::from_utf8(v.0).ok());
+        value.map(SecretString::new).ok_or_else(|| {
+            kube::Error::Api(Box::new(
+                kube::core::Status::failure(&format!("the Secret {name} has no {STATE_KEY_KEY}"), "Invalid")
+                    .with_code(422),
+            ))
+        })
+    })
 }
 
 /// 32 random bytes as unpadded URL-safe base64.
@@ -211,7 +289,9 @@ async fn apply_owned(
         ..Default::default()
     };
     let patch = serde_json::json!({"apiVersion": "v1", "kind": "Secret", "metadata": secret.metadata, "data": secret.data, "type": secret.type_});
-    secrets.patch(name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch)).await?;
+    secrets
+        .patch(name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch))
+        .await?;
     Ok(())
 }
 
@@ -220,35 +300,57 @@ mod tests {
     use super::*;
 
     fn data(pairs: &[(&str, &str)]) -> BTreeMap<String, ByteString> {
-        pairs.iter().map(|(k, v)| (k.to_string(), ByteString(v.as_bytes().to_vec()))).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), ByteString(v.as_bytes().to_vec())))
+            .collect()
     }
 
     #[test]
     fn good_credentials_are_read() {
-        let creds = credentials_from("acme-oauth", Some(&data(&[("clientId", "abc"), ("clientSecret", "xyz")]))).unwrap();
+        let creds = credentials_from(
+            "acme-oauth",
+            Some(&data(&[("clientId", "abc"), ("clientSecret", "xyz")])),
+        )
+        .unwrap();
         assert_eq!(creds.client_id.expose(), "abc");
         assert_eq!(creds.client_secret.expose(), "xyz");
     }
 
     #[test]
     fn a_trailing_newline_is_named_without_showing_the_value() {
-        let error = credentials_from("acme-oauth", Some(&data(&[("clientId", "abc"), ("clientSecret", "hunter2\n")])))
-            .unwrap_err();
+        let error = credentials_from(
+            "acme-oauth",
+            Some(&data(&[("clientId", "abc"), ("clientSecret", "hunter2\n")])),
+        )
+        .unwrap_err();
         let message = error.to_string();
-        assert_eq!(message, "the value of \"clientSecret\" in the credentials Secret \"acme-oauth\" ends with a newline");
+        assert_eq!(
+            message,
+            "the value of \"clientSecret\" in the credentials Secret \"acme-oauth\" ends with a newline"
+        );
         assert!(!message.contains("hunter2"));
     }
 
     #[test]
     fn a_missing_key_is_named() {
         let error = credentials_from("acme-oauth", Some(&data(&[("clientId", "abc")]))).unwrap_err();
-        assert_eq!(error.to_string(), "the credentials Secret \"acme-oauth\" has no key \"clientSecret\"");
+        assert_eq!(
+            error.to_string(),
+            "the credentials Secret \"acme-oauth\" has no key \"clientSecret\""
+        );
     }
 
     #[test]
     fn the_fingerprint_changes_with_either_value_and_hides_both() {
-        let a = ClientCredentials { client_id: SecretString::new("id"), client_secret: SecretString::new("one") };
-        let b = ClientCredentials { client_id: SecretString::new("id"), client_secret: SecretString::new("two") };
+        let a = ClientCredentials {
+            client_id: SecretString::new("id"),
+            client_secret: SecretString::new("one"),
+        };
+        let b = ClientCredentials {
+            client_id: SecretString::new("id"),
+            client_secret: SecretString::new("two"),
+        };
         assert_ne!(a.fingerprint(), b.fingerprint());
         assert_eq!(a.fingerprint().len(), 32);
         assert!(!a.fingerprint().contains("one"));

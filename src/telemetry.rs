@@ -10,7 +10,9 @@ use crate::cli::{LogFormat, TelemetryArgs};
 
 /// Installs the global tracing subscriber.
 pub fn init_logging(args: &TelemetryArgs) {
-    let builder = tracing_subscriber::fmt().with_env_filter(args.log_filter.as_str()).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(args.log_filter.as_str())
+        .with_writer(std::io::stderr);
     match args.log_format {
         LogFormat::Plain => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -52,7 +54,11 @@ impl Metrics {
             reconcile_seconds: Histogram::new([0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
             servicenow_calls: Family::default(),
         };
-        registry.register("servicenow_operator_reconciles", "Reconciles by outcome", metrics.reconciles.clone());
+        registry.register(
+            "servicenow_operator_reconciles",
+            "Reconciles by outcome",
+            metrics.reconciles.clone(),
+        );
         registry.register(
             "servicenow_operator_reconcile_duration_seconds",
             "Time one reconcile took",
@@ -64,5 +70,13 @@ impl Metrics {
             metrics.servicenow_calls.clone(),
         );
         metrics
+    }
+}
+
+impl crate::servicenow::CallObserver for Metrics {
+    fn observe(&self, action: &'static str, status: u16) {
+        self.servicenow_calls
+            .get_or_create(&CallLabels { action, status })
+            .inc();
     }
 }

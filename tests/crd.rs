@@ -53,7 +53,11 @@ async fn installed() -> Client {
                 let crds = crds.clone();
                 async move {
                     let crd = crds.get(CRD_NAME).await.ok()?;
-                    let established = crd.status?.conditions?.into_iter().any(|c| c.type_ == "Established" && c.status == "True");
+                    let established = crd
+                        .status?
+                        .conditions?
+                        .into_iter()
+                        .any(|c| c.type_ == "Established" && c.status == "True");
                     established.then_some(())
                 }
             })
@@ -68,7 +72,9 @@ fn connection(name: &str, instance_url: &str) -> ServiceNowConnection {
         name,
         ServiceNowConnectionSpec {
             instance_url: instance_url.to_owned(),
-            credentials_secret_ref: LocalSecretReference { name: "acme-oauth".to_owned() },
+            credentials_secret_ref: LocalSecretReference {
+                name: "acme-oauth".to_owned(),
+            },
             token_secret_ref: None,
             webhook: Default::default(),
             expected_user_name: None,
@@ -91,8 +97,14 @@ async fn the_crd_installs_and_a_valid_connection_is_accepted_with_defaults() {
         .create(&PostParams::default(), &serde_json::from_str(yaml).unwrap())
         .await
         .expect("a valid connection is accepted");
-    assert_eq!(created.spec.resync_interval, "10m", "the API server applies the default resyncInterval");
-    assert_eq!(created.spec.deletion_policy, servicenow_operator::api::DeletionPolicy::Delete);
+    assert_eq!(
+        created.spec.resync_interval, "10m",
+        "the API server applies the default resyncInterval"
+    );
+    assert_eq!(
+        created.spec.deletion_policy,
+        servicenow_operator::api::DeletionPolicy::Delete
+    );
     assert!(!created.spec.suspend);
 }
 
@@ -108,25 +120,40 @@ async fn the_api_server_and_instance_url_parse_agree_on_every_url_of_the_table()
     let client = installed().await;
     let ns = TestNamespace::new(&client).await;
     let api: Api<ServiceNowConnection> = Api::namespaced(client, ns.name());
-    let dry_run = PostParams { dry_run: true, ..Default::default() };
+    let dry_run = PostParams {
+        dry_run: true,
+        ..Default::default()
+    };
     let mut disagreements = Vec::new();
     for (index, case) in CASES.iter().enumerate() {
         let local = InstanceUrl::parse(case.url).err().map(|e| e.rule);
         assert_eq!(local, case.rejected_by, "InstanceUrl::parse on {:?}", case.url);
-        let server = api.create(&dry_run, &connection(&format!("case-{index}"), case.url)).await;
+        let server = api
+            .create(&dry_run, &connection(&format!("case-{index}"), case.url))
+            .await;
         match (server, case.rejected_by) {
             (Ok(_), None) => {}
             (Err(kube::Error::Api(status)), Some(rule)) if status.code == 422 => {
                 if !status.message.contains(&rule.message()) {
-                    disagreements.push(format!("{:?}: expected {:?} in {:?}", case.url, rule.message(), status.message));
+                    disagreements.push(format!(
+                        "{:?}: expected {:?} in {:?}",
+                        case.url,
+                        rule.message(),
+                        status.message
+                    ));
                 }
             }
-            (outcome, expected) => {
-                disagreements.push(format!("{:?}: expected {expected:?}, the API server said {outcome:?}", case.url))
-            }
+            (outcome, expected) => disagreements.push(format!(
+                "{:?}: expected {expected:?}, the API server said {outcome:?}",
+                case.url
+            )),
         }
     }
-    assert!(disagreements.is_empty(), "CEL and InstanceUrl::parse disagree:\n{}", disagreements.join("\n"));
+    assert!(
+        disagreements.is_empty(),
+        "CEL and InstanceUrl::parse disagree:\n{}",
+        disagreements.join("\n")
+    );
 }
 
 #[tokio::test]
@@ -134,7 +161,13 @@ async fn a_status_patch_does_not_bump_the_generation() {
     let client = installed().await;
     let ns = TestNamespace::new(&client).await;
     let api: Api<ServiceNowConnection> = Api::namespaced(client, ns.name());
-    let created = api.create(&PostParams::default(), &connection("acme", "https://acme.service-now.com")).await.unwrap();
+    let created = api
+        .create(
+            &PostParams::default(),
+            &connection("acme", "https://acme.service-now.com"),
+        )
+        .await
+        .unwrap();
     let generation = created.metadata.generation;
     let status = serde_json::json!({
         "apiVersion": "neoagent.io/v1alpha1", "kind": "ServiceNowConnection",
@@ -144,14 +177,24 @@ async fn a_status_patch_does_not_bump_the_generation() {
         .patch_status("acme", &PatchParams::apply("crd-test").force(), &Patch::Apply(&status))
         .await
         .expect("status patch");
-    assert_eq!(patched.metadata.generation, generation, "a status patch must not bump metadata.generation");
+    assert_eq!(
+        patched.metadata.generation, generation,
+        "a status patch must not bump metadata.generation"
+    );
     assert_eq!(
         patched.status.and_then(|s| s.sync_state),
         Some(servicenow_operator::api::SyncState::AwaitingConsent)
     );
     let spec = serde_json::json!({"spec": {"suspend": true}});
-    let changed = api.patch("acme", &PatchParams::default(), &Patch::Merge(&spec)).await.unwrap();
-    assert_eq!(changed.metadata.generation, generation.map(|g| g + 1), "a spec change bumps the generation");
+    let changed = api
+        .patch("acme", &PatchParams::default(), &Patch::Merge(&spec))
+        .await
+        .unwrap();
+    assert_eq!(
+        changed.metadata.generation,
+        generation.map(|g| g + 1),
+        "a spec change bumps the generation"
+    );
 }
 
 #[tokio::test]
@@ -159,25 +202,53 @@ async fn kubectl_get_snc_shows_the_printer_columns() {
     let client = installed().await;
     let ns = TestNamespace::new(&client).await;
     let api: Api<ServiceNowConnection> = Api::namespaced(client, ns.name());
-    api.create(&PostParams::default(), &connection("acme", "https://acme.service-now.com")).await.unwrap();
+    api.create(
+        &PostParams::default(),
+        &connection("acme", "https://acme.service-now.com"),
+    )
+    .await
+    .unwrap();
     let status = serde_json::json!({
         "apiVersion": "neoagent.io/v1alpha1", "kind": "ServiceNowConnection",
         "status": {"syncState": "READY_TO_SYNC", "identity": {"sysId": "abc", "userName": "neo.agent"},
                    "conditions": [{"type": "Ready", "status": "True", "reason": "Ready", "message": "ready",
                                    "lastTransitionTime": "2026-11-24T10:00:00Z"}]}
     });
-    api.patch_status("acme", &PatchParams::apply("crd-test").force(), &Patch::Apply(&status)).await.unwrap();
+    api.patch_status("acme", &PatchParams::apply("crd-test").force(), &Patch::Apply(&status))
+        .await
+        .unwrap();
     let plane = control_plane().await;
-    let stdout = poll_until(Duration::from_secs(30), "kubectl get snc to list the connection", || async {
-        let output = plane.kubectl(&["get", "snc", "-n", ns.name()]);
-        output.status.success().then(|| String::from_utf8_lossy(&output.stdout).into_owned())
-    })
+    let stdout = poll_until(
+        Duration::from_secs(30),
+        "kubectl get snc to list the connection",
+        || async {
+            let output = plane.kubectl(&["get", "snc", "-n", ns.name()]);
+            output
+                .status
+                .success()
+                .then(|| String::from_utf8_lossy(&output.stdout).into_owned())
+        },
+    )
     .await;
     let mut lines = stdout.lines();
     let header: Vec<&str> = lines.next().unwrap_or_default().split_whitespace().collect();
-    assert_eq!(header, ["NAME", "INSTANCE", "STATE", "IDENTITY", "READY", "AGE"], "kubectl get snc:\n{stdout}");
+    assert_eq!(
+        header,
+        ["NAME", "INSTANCE", "STATE", "IDENTITY", "READY", "AGE"],
+        "kubectl get snc:\n{stdout}"
+    );
     let row: Vec<&str> = lines.next().unwrap_or_default().split_whitespace().collect();
-    assert_eq!(&row[..5], ["acme", "https://acme.service-now.com", "READY_TO_SYNC", "neo.agent", "True"], "kubectl get snc:\n{stdout}");
+    assert_eq!(
+        &row[..5],
+        [
+            "acme",
+            "https://acme.service-now.com",
+            "READY_TO_SYNC",
+            "neo.agent",
+            "True"
+        ],
+        "kubectl get snc:\n{stdout}"
+    );
 }
 
 #[tokio::test]
@@ -187,7 +258,10 @@ async fn kubectl_explain_prints_the_doc_comments() {
     // The API server publishes a new CRD's OpenAPI a moment after it is Established.
     let stdout = poll_until(Duration::from_secs(30), "kubectl explain to know the CRD", || async {
         let output = plane.kubectl(&["explain", "servicenowconnection.spec.instanceUrl"]);
-        output.status.success().then(|| String::from_utf8_lossy(&output.stdout).into_owned())
+        output
+            .status
+            .success()
+            .then(|| String::from_utf8_lossy(&output.stdout).into_owned())
     })
     .await;
     assert!(

@@ -17,11 +17,22 @@ pub const GROUP: &str = "neoagent.io";
 pub const RECONCILE_REQUESTED_AT: &str = "neoagent.io/reconcile-requested-at";
 /// Annotation: any new value re-provisions from scratch; echoed in `status.lastHandledReconnectAt`.
 pub const RECONNECT: &str = "neoagent.io/reconnect";
+/// Annotation: any new value forgets the refresh token and asks for consent again; echoed in
+/// `status.lastHandledReconsentAt`.
+pub const RECONSENT: &str = "neoagent.io/reconsent";
+/// Annotation written by the consent callback: `denied` when the person clicked Deny (removed
+/// once consent succeeds).
+pub const CONSENT_RESULT: &str = "neoagent.io/consent-result";
+/// Annotation written by the consent callback: the nonces of consent states already used, with
+/// their expiry (JSON object nonce → Unix seconds), so a state works once across replicas.
+pub const CONSENT_NONCES: &str = "neoagent.io/consent-nonces";
 
 /// A connection from this cluster to one ServiceNow instance: the OAuth application to use, the
 /// service account whose consent it runs under, and the webhook Business Rule the operator keeps
 /// on the instance. The operator runs the consent, keeps the tokens fresh, provisions the webhook
 /// and reports the connection's health in `status`.
+// kube's derive takes one `printcolumn` / `validation` attribute per column / rule.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
     group = "neoagent.io",
@@ -34,10 +45,30 @@ pub const RECONNECT: &str = "neoagent.io/reconnect";
     status = "ServiceNowConnectionStatus",
     derive = "PartialEq",
     doc = "A connection to one ServiceNow instance, kept healthy by the servicenow-operator.",
-    printcolumn(name = "Instance", type_ = "string", json_path = ".spec.instanceUrl", description = "The ServiceNow instance"),
-    printcolumn(name = "State", type_ = "string", json_path = ".status.syncState", description = "Where the connection is in its life cycle"),
-    printcolumn(name = "Identity", type_ = "string", json_path = ".status.identity.userName", description = "The service account the connection acts as"),
-    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status", description = "Whether the connection is ready"),
+    printcolumn(
+        name = "Instance",
+        type_ = "string",
+        json_path = ".spec.instanceUrl",
+        description = "The ServiceNow instance"
+    ),
+    printcolumn(
+        name = "State",
+        type_ = "string",
+        json_path = ".status.syncState",
+        description = "Where the connection is in its life cycle"
+    ),
+    printcolumn(
+        name = "Identity",
+        type_ = "string",
+        json_path = ".status.identity.userName",
+        description = "The service account the connection acts as"
+    ),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status",
+        description = "Whether the connection is ready"
+    ),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[serde(rename_all = "camelCase")]
@@ -212,6 +243,11 @@ pub struct ServiceNowConnectionStatus {
     /// cached access token and re-checks identity, rule and property from scratch).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_handled_reconnect_at: Option<String>,
+
+    /// The value of the `neoagent.io/reconsent` annotation last acted on (a re-consent forgets
+    /// the refresh token and waits for consent again, e.g. to change the identity).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_handled_reconsent_at: Option<String>,
 }
 
 /// The ServiceNow user a connection acts as.

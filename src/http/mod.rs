@@ -1,7 +1,9 @@
 //! The operator's HTTP surface (axum): the admin listener; handlers stay thin.
 
 pub mod admin;
+pub mod consent;
 pub mod consent_state;
+pub mod pages;
 
 use std::net::SocketAddr;
 

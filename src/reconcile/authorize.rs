@@ -20,7 +20,7 @@ use super::{
     tokens::{self, AccessToken},
 };
 use crate::{
-    api::{ConditionType, TokenStatus, conditions::Reason},
+    api::{CONSENT_RESULT, ConditionType, RECONSENT, TokenStatus, conditions::Reason},
     secrets::{self, CredentialsError, StoredToken},
     servicenow::{ClientCredentials, ErrorKind, InstanceUrl, SecretString, ServiceNow},
 };
@@ -31,8 +31,13 @@ pub const EXPIRY_WARNING: Duration = Duration::from_secs(14 * 24 * 3600);
 /// The consent URL of a connection: the operator's public URL + `/oauth/servicenow/start`.
 pub fn consent_url(public_url: &url::Url, namespace: &str, name: &str) -> String {
     let mut url = public_url.clone();
-    url.set_path(&format!("{}/oauth/servicenow/start", public_url.path().trim_end_matches('/')));
-    url.query_pairs_mut().clear().append_pair("connection", &format!("{namespace}/{name}"));
+    url.set_path(&format!(
+        "{}/oauth/servicenow/start",
+        public_url.path().trim_end_matches('/')
+    ));
+    url.query_pairs_mut()
+        .clear()
+        .append_pair("connection", &format!("{namespace}/{name}"));
     url.to_string()
 }
 
@@ -43,7 +48,10 @@ pub async fn credentials<S>(context: &Context<S>, namespace: &str, name: &str) -
         let message = format!("spec.credentialsSecretRef: {error}.");
         let reason = match error {
             CredentialsError::Kube { source, .. } => {
-                return Halt::Failed(super::Error::Kube { action: "read the credentials Secret", source });
+                return Halt::Failed(super::Error::Kube {
+                    action: "read the credentials Secret",
+                    source,
+                });
             }
             CredentialsError::SecretMissing { .. } | CredentialsError::KeyMissing { .. } => Reason::CredentialsMissing,
             CredentialsError::Malformed { .. } => Reason::CredentialsMalformed,
@@ -65,17 +73,34 @@ pub async fn authorize<S: ServiceNow>(run: &mut Run<'_, S>, instance: &InstanceU
 
     let secrets_api: Api<Secret> = Api::namespaced(context.kube.clone(), &namespace);
     let token_secret = secrets::token_secret_name(connection);
-    let Some(stored) = secrets::read_token(&secrets_api, &token_secret).await.map_err(kube("read the token Secret"))?
+    let reconsent = connection.annotations().get(RECONSENT);
+    if reconsent.is_some() && reconsent != run.status.last_handled_reconsent_at.as_ref() {
+        secrets::forget_token(&secrets_api, &token_secret)
+            .await
+            .map_err(kube("delete the token Secret for re-consent"))?;
+        context.tokens.forget(&key(connection));
+        run.status.last_handled_reconsent_at = reconsent.cloned();
+    }
+    let Some(stored) = secrets::read_token(&secrets_api, &token_secret)
+        .await
+        .map_err(kube("read the token Secret"))?
     else {
         run.status.consent_url = Some(consent_url(&context.public_url, &namespace, &connection.name_any()));
         run.status.token = None;
-        return Err(Stop {
-            verdict: Verdict::new(
-                ConditionType::Authorized,
-                Truth::False,
+        let denied = connection
+            .annotations()
+            .get(CONSENT_RESULT)
+            .is_some_and(|result| result == "denied");
+        let (reason, message) = if denied {
+            (Reason::ConsentDenied, "Consent was denied on the instance.".to_owned())
+        } else {
+            (
                 Reason::ConsentRequired,
                 format!("No refresh token in Secret {token_secret:?} yet."),
-            ),
+            )
+        };
+        return Err(Stop {
+            verdict: Verdict::new(ConditionType::Authorized, Truth::False, reason, message),
             progress: Progress::AwaitingConsent,
             retry: Retry::OnChange,
         }
@@ -96,7 +121,10 @@ pub async fn authorize<S: ServiceNow>(run: &mut Run<'_, S>, instance: &InstanceU
                 .await
                 .map_err(|error| token_failure(run, &fingerprint, &stored, &error))?;
             if let Some(new) = grant.refresh_token.as_ref().filter(|new| **new != stored.refresh_token) {
-                let renewed = StoredToken { refresh_token: new.clone(), expires_at: stored.expires_at };
+                let renewed = StoredToken {
+                    refresh_token: new.clone(),
+                    expires_at: stored.expires_at,
+                };
                 secrets::write_token(&secrets_api, &token_secret, connection, &renewed)
                     .await
                     .map_err(kube("store the renewed refresh token"))?;
@@ -105,7 +133,10 @@ pub async fn authorize<S: ServiceNow>(run: &mut Run<'_, S>, instance: &InstanceU
             let token = AccessToken {
                 token: grant.access_token,
                 expires_at: Instant::now() + grant.expires_in,
-                origin: tokens::origin(&fingerprint, grant.refresh_token.as_ref().unwrap_or(&stored.refresh_token)),
+                origin: tokens::origin(
+                    &fingerprint,
+                    grant.refresh_token.as_ref().unwrap_or(&stored.refresh_token),
+                ),
             };
             let status = run.status.token.get_or_insert_with(TokenStatus::default);
             status.access_token_expires_at = Some(Time(expires_at));
@@ -116,13 +147,21 @@ pub async fn authorize<S: ServiceNow>(run: &mut Run<'_, S>, instance: &InstanceU
     };
     drop(cached);
     run.status.credentials_hash = Some(fingerprint);
-    run.status.token.get_or_insert_with(TokenStatus::default).refresh_token_expires_at = stored.expires_at.map(Time);
-    run.due_at(access.expires_at.checked_sub(tokens::REFRESH_AHEAD).unwrap_or(access.expires_at));
+    run.status
+        .token
+        .get_or_insert_with(TokenStatus::default)
+        .refresh_token_expires_at = stored.expires_at.map(Time);
+    run.due_at(
+        access
+            .expires_at
+            .checked_sub(tokens::REFRESH_AHEAD)
+            .unwrap_or(access.expires_at),
+    );
     run.holds(expiry_verdict(&stored, run.now));
-    if let Some(warn_at) = stored.expires_at.and_then(|at| at.checked_sub(EXPIRY_WARNING).ok()) {
-        if let Ok(until) = Duration::try_from(warn_at.duration_since(run.now)) {
-            run.due_at(Instant::now() + until);
-        }
+    if let Some(warn_at) = stored.expires_at.and_then(|at| at.checked_sub(EXPIRY_WARNING).ok())
+        && let Ok(until) = Duration::try_from(warn_at.duration_since(run.now))
+    {
+        run.due_at(Instant::now() + until);
     }
     Ok(access.token)
 }
@@ -136,7 +175,12 @@ fn expiry_verdict(stored: &StoredToken, now: Timestamp) -> Verdict {
             Reason::RefreshTokenExpiring,
             format!("The refresh token expires at {at}."),
         ),
-        _ => Verdict::new(ConditionType::Authorized, Truth::True, Reason::TokenValid, "The instance accepts the refresh token."),
+        _ => Verdict::new(
+            ConditionType::Authorized,
+            Truth::True,
+            Reason::TokenValid,
+            "The instance accepts the refresh token.",
+        ),
     }
 }
 
@@ -157,9 +201,15 @@ fn token_failure<S>(
             "The instance refused the token refresh with the credentials now in the Secret (they changed since the last good refresh).".to_owned(),
         )
     } else if stored.expires_at.is_some_and(|at| at <= run.now) {
-        (Reason::RefreshTokenExpired, format!("The refresh token expired at {}.", stored.expires_at.unwrap_or(run.now)))
+        (
+            Reason::RefreshTokenExpired,
+            format!("The refresh token expired at {}.", stored.expires_at.unwrap_or(run.now)),
+        )
     } else {
-        (Reason::TokenRejected, "The instance refused the token refresh (401 access_denied).".to_owned())
+        (
+            Reason::TokenRejected,
+            "The instance refused the token refresh (401 access_denied).".to_owned(),
+        )
     };
     Stop::terminal(ConditionType::Authorized, reason, message).into()
 }
@@ -185,7 +235,10 @@ mod tests {
             expires_at: Some(now + SignedDuration::from_hours(24)),
         };
         assert_eq!(expiry_verdict(&soon, now).reason, Reason::RefreshTokenExpiring);
-        let later = StoredToken { expires_at: Some(now + SignedDuration::from_hours(24 * 60)), ..soon };
+        let later = StoredToken {
+            expires_at: Some(now + SignedDuration::from_hours(24 * 60)),
+            ..soon
+        };
         assert_eq!(expiry_verdict(&later, now).reason, Reason::TokenValid);
     }
 }

@@ -29,7 +29,10 @@ impl Backoff {
 
     /// Forgets the failures of `key` after a successful reconcile.
     pub fn reset(&self, key: &str) {
-        self.failures.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).remove(key);
+        self.failures
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .remove(key);
     }
 }
 

@@ -9,8 +9,7 @@ use kube::{Api, ResourceExt, runtime::controller::Action};
 use super::{Context, Error, authorize::credentials, error::kube, key, pipeline::Halt};
 use crate::{
     api::{DeletionPolicy, ServiceNowConnection},
-    provision,
-    secrets,
+    provision, secrets,
     servicenow::{InstanceUrl, ServiceNow},
 };
 
@@ -48,13 +47,19 @@ pub async fn cleanup<S: ServiceNow>(connection: &ServiceNowConnection, context: 
     let failed = |error: crate::servicenow::Error| {
         Error::Cleanup(format!("{error}; set spec.deletionPolicy to Orphan to stop trying"))
     };
-    let grant = servicenow.refresh_token(&instance, &credentials, &stored.refresh_token).await.map_err(failed)?;
+    let grant = servicenow
+        .refresh_token(&instance, &credentials, &stored.refresh_token)
+        .await
+        .map_err(failed)?;
     let token = grant.access_token;
     let owner = provision::Owner {
         public_url: context.public_url.to_string(),
         connection: connection_key.clone(),
     };
-    let properties = servicenow.properties(&instance, &token, provision::PROPERTY_NAME).await.map_err(failed)?;
+    let properties = servicenow
+        .properties(&instance, &token, provision::PROPERTY_NAME)
+        .await
+        .map_err(failed)?;
     // The rule serves whoever owns the property: leave both to another owner.
     if provision::claimed_by_other(&properties, &owner).is_none() {
         let rules = servicenow
@@ -62,13 +67,22 @@ pub async fn cleanup<S: ServiceNow>(connection: &ServiceNowConnection, context: 
             .await
             .map_err(failed)?;
         for rule in &rules {
-            servicenow.delete_business_rule(&instance, &token, &rule.sys_id).await.map_err(failed)?;
+            servicenow
+                .delete_business_rule(&instance, &token, &rule.sys_id)
+                .await
+                .map_err(failed)?;
         }
         for property in &properties {
-            servicenow.delete_property(&instance, &token, &property.sys_id).await.map_err(failed)?;
+            servicenow
+                .delete_property(&instance, &token, &property.sys_id)
+                .await
+                .map_err(failed)?;
         }
     }
-    servicenow.revoke(&instance, &credentials, &stored.refresh_token).await.map_err(failed)?;
+    servicenow
+        .revoke(&instance, &credentials, &stored.refresh_token)
+        .await
+        .map_err(failed)?;
     context.tokens.forget(&connection_key);
     tracing::info!(connection = %connection_key, "deleted; removed the webhook and revoked the token");
     Ok(Action::await_change())

@@ -106,7 +106,11 @@ mod tests {
     use super::*;
 
     fn error(kind: ErrorKind) -> servicenow::Error {
-        servicenow::Error { action: "list sys_script".into(), host: "acme.service-now.com".into(), kind }
+        servicenow::Error {
+            action: "list sys_script".into(),
+            host: "acme.service-now.com".into(),
+            kind,
+        }
     }
 
     #[test]
@@ -114,7 +118,9 @@ mod tests {
         let stop = classify(
             ConditionType::WebhookProvisioned,
             Reason::ProvisioningFailed,
-            &error(ErrorKind::RateLimited { retry_after: Some(Duration::from_secs(7)) }),
+            &error(ErrorKind::RateLimited {
+                retry_after: Some(Duration::from_secs(7)),
+            }),
         );
         assert_eq!(stop.retry, Retry::After(Duration::from_secs(7)));
         assert_eq!(stop.verdict.reason, Reason::RateLimited);
@@ -141,7 +147,9 @@ mod tests {
         let stop = classify(
             ConditionType::Authorized,
             Reason::TokenRejected,
-            &error(ErrorKind::Unreachable { reason: "timed out".into() }),
+            &error(ErrorKind::Unreachable {
+                reason: "timed out".into(),
+            }),
         );
         assert_eq!((stop.retry, stop.verdict.truth), (Retry::Backoff, Truth::Unknown));
     }

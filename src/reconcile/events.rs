@@ -21,7 +21,8 @@ pub fn transitions(old: &[Condition], new: &[Condition]) -> Vec<Transition> {
     new.iter()
         .filter(|c| c.type_ != "Reconciling" && c.type_ != "Stalled" && c.type_ != "Ready")
         .filter(|c| {
-            !old.iter().any(|o| o.type_ == c.type_ && o.status == c.status && o.reason == c.reason)
+            !old.iter()
+                .any(|o| o.type_ == c.type_ && o.status == c.status && o.reason == c.reason)
         })
         .map(|c| Transition {
             warning: c.status == "False",
@@ -58,7 +59,10 @@ mod tests {
     #[test]
     fn a_new_reason_is_an_event_and_a_false_status_a_warning() {
         let old = [condition("Authorized", "True", "TokenValid")];
-        let new = [condition("Authorized", "False", "TokenRejected"), condition("Ready", "False", "TokenRejected")];
+        let new = [
+            condition("Authorized", "False", "TokenRejected"),
+            condition("Ready", "False", "TokenRejected"),
+        ];
         let events = transitions(&old, &new);
         assert_eq!(events.len(), 1);
         assert!(events[0].warning);

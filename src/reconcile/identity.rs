@@ -23,18 +23,41 @@ pub async fn resolve<S: ServiceNow>(
     access_token: &SecretString,
 ) -> Result<(), Halt> {
     let servicenow = &run.context.servicenow;
-    let user = servicenow.current_user(instance, access_token).await.map_err(|e| failure(run, ConditionType::IdentityResolved, &e))?;
+    let user = servicenow
+        .current_user(instance, access_token)
+        .await
+        .map_err(|e| failure(run, ConditionType::IdentityResolved, &e))?;
     let roles = servicenow
         .user_roles(instance, access_token, &user.sys_id)
         .await
         .map_err(|e| failure(run, ConditionType::IdentityResolved, &e))?;
+    if let Some(previous) = run
+        .status
+        .identity
+        .as_ref()
+        .filter(|previous| previous.sys_id != user.sys_id)
+    {
+        run.notes.push(super::events::Transition {
+            warning: false,
+            reason: "IdentityChanged".to_owned(),
+            action: ConditionType::IdentityResolved.as_str().to_owned(),
+            note: format!(
+                "The connection now acts as {:?} ({}) instead of {:?} ({}).",
+                user.user_name, user.sys_id, previous.user_name, previous.sys_id
+            ),
+        });
+    }
     run.status.identity = Some(Identity {
         sys_id: user.sys_id.clone(),
         user_name: user.user_name.clone(),
         display_name: (!user.name.is_empty()).then(|| user.name.clone()),
     });
     let spec = &run.connection.spec;
-    if let Some(expected) = spec.expected_user_name.as_deref().filter(|expected| *expected != user.user_name) {
+    if let Some(expected) = spec
+        .expected_user_name
+        .as_deref()
+        .filter(|expected| *expected != user.user_name)
+    {
         return Err(Stop::terminal(
             ConditionType::IdentityResolved,
             Reason::IdentityMismatch,
@@ -49,7 +72,10 @@ pub async fn resolve<S: ServiceNow>(
         return Err(Stop::terminal(
             ConditionType::IdentityResolved,
             Reason::InsufficientPrivileges,
-            format!("The service account {:?} lacks the itil role, which the agent needs to work on tasks.", user.user_name),
+            format!(
+                "The service account {:?} lacks the itil role, which the agent needs to work on tasks.",
+                user.user_name
+            ),
         )
         .into());
     }
@@ -60,7 +86,9 @@ pub async fn resolve<S: ServiceNow>(
         format!("Acting as {:?} ({}).", user.user_name, user.sys_id),
     ));
     let email = roles.iter().any(|role| role == EMAIL_API_SEND);
-    run.status.capabilities = Some(Capabilities { email_via_psa: Some(email) });
+    run.status.capabilities = Some(Capabilities {
+        email_via_psa: Some(email),
+    });
     if !spec.notifications.email_via_psa {
         remove_condition(&mut run.status.conditions, ConditionType::EmailViaPsa);
         return Ok(());
@@ -69,7 +97,10 @@ pub async fn resolve<S: ServiceNow>(
         return Err(Stop::terminal(
             ConditionType::EmailViaPsa,
             Reason::MissingEmailApiSendRole,
-            format!("spec.notifications.emailViaPsa is true but {:?} lacks the email_api_send role.", user.user_name),
+            format!(
+                "spec.notifications.emailViaPsa is true but {:?} lacks the email_api_send role.",
+                user.user_name
+            ),
         )
         .into());
     }

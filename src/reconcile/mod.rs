@@ -1,7 +1,148 @@
-//! One connection's reconcile: gather → validate → plan → execute → status.
+//! One connection's reconcile, as a pipeline: the spec is checked (`validate`), credentials and
+//! tokens read and refreshed (`authorize`), the identity resolved (`identity`), the webhook
+//! planned and written (`webhook` + `crate::provision`), and the status computed (`status`) and
+//! written only when it changed. Deletion runs `cleanup` behind a finalizer.
 
+pub mod authorize;
 pub mod backoff;
+pub mod cleanup;
 pub mod error;
 pub mod events;
+pub mod identity;
+pub mod pipeline;
 pub mod status;
 pub mod tokens;
+pub mod webhook;
+
+use std::{sync::Arc, time::Duration};
+
+use kube::{
+    Api, Resource, ResourceExt,
+    runtime::{
+        controller::Action,
+        events::{Recorder, Reporter},
+        finalizer::{Event as FinalizerEvent, finalizer},
+    },
+};
+
+pub use error::Error;
+
+use crate::{api::ServiceNowConnection, servicenow::ServiceNow, telemetry::Metrics};
+
+/// The finalizer that holds a connection until its rule, property and token are cleaned up.
+pub const FINALIZER: &str = "neoagent.io/cleanup";
+/// The field manager of every write the operator makes.
+pub const FIELD_MANAGER: &str = "servicenow-operator";
+
+/// What every reconcile shares.
+pub struct Context<S> {
+    /// The Kubernetes client.
+    pub kube: kube::Client,
+    /// The ServiceNow client.
+    pub servicenow: S,
+    /// The operator's public base URL (consent and webhook endpoints).
+    pub public_url: url::Url,
+    /// Metrics.
+    pub metrics: Metrics,
+    /// Publishes Kubernetes Events.
+    pub recorder: Recorder,
+    /// Per-connection failure counts for backoff.
+    pub backoff: backoff::Backoff,
+    /// Access tokens in memory.
+    pub tokens: tokens::TokenCache,
+}
+
+impl<S: ServiceNow> Context<S> {
+    /// A context for the controller.
+    pub fn new(kube: kube::Client, servicenow: S, public_url: url::Url, metrics: Metrics) -> Self {
+        let reporter = Reporter {
+            controller: FIELD_MANAGER.to_owned(),
+            instance: std::env::var("POD_NAME").ok(),
+        };
+        Context {
+            recorder: Recorder::new(kube.clone(), reporter),
+            kube,
+            servicenow,
+            public_url,
+            metrics,
+            backoff: Default::default(),
+            tokens: Default::default(),
+        }
+    }
+}
+
+/// The key of a connection in the per-connection maps: `namespace/name`.
+pub fn key(connection: &ServiceNowConnection) -> String {
+    format!(
+        "{}/{}",
+        connection.namespace().unwrap_or_default(),
+        connection.name_any()
+    )
+}
+
+/// Reconciles one connection (kube-runtime's reconciler).
+pub async fn reconcile<S: ServiceNow>(
+    connection: Arc<ServiceNowConnection>,
+    context: Arc<Context<S>>,
+) -> Result<Action, Error> {
+    let started = std::time::Instant::now();
+    let namespace = connection.namespace().unwrap_or_default();
+    let api: Api<ServiceNowConnection> = Api::namespaced(context.kube.clone(), &namespace);
+    let result = finalizer(&api, FINALIZER, connection, |event| async {
+        match event {
+            FinalizerEvent::Apply(connection) => pipeline::apply(&connection, &context).await,
+            FinalizerEvent::Cleanup(connection) => cleanup::cleanup(&connection, &context).await,
+        }
+    })
+    .await
+    .map_err(|error| Error::Finalizer(Box::new(error)));
+    context
+        .metrics
+        .reconcile_seconds
+        .observe(started.elapsed().as_secs_f64());
+    let outcome = if result.is_ok() { "ok" } else { "error" };
+    context
+        .metrics
+        .reconciles
+        .get_or_create(&crate::telemetry::ReconcileLabels { outcome })
+        .inc();
+    result
+}
+
+/// kube-runtime's error policy: per-connection exponential backoff with jitter.
+pub fn error_policy<S: ServiceNow>(
+    connection: Arc<ServiceNowConnection>,
+    error: &Error,
+    context: Arc<Context<S>>,
+) -> Action {
+    let delay = context.backoff.next_delay(&key(&connection));
+    tracing::warn!(connection = %key(&connection), %error, retry_in = ?delay, "reconcile failed");
+    Action::requeue(delay)
+}
+
+/// Publishes `transitions` as Events on `connection` (best effort: a failed Event is logged).
+pub async fn publish<S>(context: &Context<S>, connection: &ServiceNowConnection, transitions: Vec<events::Transition>) {
+    use kube::runtime::events::{Event, EventType};
+    let reference = connection.object_ref(&());
+    for transition in transitions {
+        let event = Event {
+            type_: if transition.warning {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
+            reason: transition.reason,
+            note: Some(transition.note),
+            action: transition.action,
+            secondary: None,
+        };
+        if let Err(error) = context.recorder.publish(&event, &reference).await {
+            tracing::warn!(connection = %key(connection), %error, "failed to publish an Event");
+        }
+    }
+}
+
+/// Caps a requeue delay so a very long resync interval still re-checks daily.
+pub fn capped(delay: Duration) -> Duration {
+    delay.min(Duration::from_secs(24 * 3600))
+}

@@ -57,6 +57,8 @@ pub struct Run<'a, S> {
     pub now: Timestamp,
     /// The earliest moment something is due (token refresh, expiry warning), if any.
     pub due: Option<Instant>,
+    /// Events to publish beyond condition transitions (e.g. an identity change).
+    pub notes: Vec<events::Transition>,
 }
 
 impl<S> Run<'_, S> {
@@ -81,15 +83,26 @@ pub async fn apply<S: ServiceNow>(connection: &ServiceNowConnection, context: &C
         verdicts: Vec::new(),
         now: Timestamp::now(),
         due: None,
+        notes: Vec::new(),
     };
     let outcome = steps(&mut run).await;
-    let Run { mut status, verdicts, now, due, .. } = run;
+    let Run {
+        mut status,
+        verdicts,
+        now,
+        due,
+        notes,
+        ..
+    } = run;
     let generation = connection.metadata.generation;
     for verdict in &verdicts {
         status::set_condition(&mut status.conditions, verdict, generation, now);
     }
     let annotations = connection.annotations();
-    status.last_handled_reconcile_at = annotations.get(RECONCILE_REQUESTED_AT).cloned().or(old.last_handled_reconcile_at.clone());
+    status.last_handled_reconcile_at = annotations
+        .get(RECONCILE_REQUESTED_AT)
+        .cloned()
+        .or(old.last_handled_reconcile_at.clone());
     let resync = parse_duration(&connection.spec.resync_interval).unwrap_or(Duration::from_secs(600));
     let action = match outcome {
         Ok(()) => {
@@ -115,7 +128,8 @@ pub async fn apply<S: ServiceNow>(connection: &ServiceNowConnection, context: &C
         Err(Halt::Failed(error)) => return Err(error),
     };
     if status::changed(connection.status.as_ref(), &status) {
-        let transitions = events::transitions(&old.conditions, &status.conditions);
+        let mut transitions = events::transitions(&old.conditions, &status.conditions);
+        transitions.extend(notes);
         write_status(connection, context, &status).await?;
         publish(context, connection, transitions).await;
     }
@@ -127,17 +141,30 @@ async fn steps<S: ServiceNow>(run: &mut Run<'_, S>) -> Result<(), Halt> {
     let spec = &connection.spec;
     if spec.suspend {
         return Err(Stop {
-            verdict: Verdict::new(ConditionType::Ready, Truth::False, Reason::Suspended, "spec.suspend is true: no calls to ServiceNow."),
+            verdict: Verdict::new(
+                ConditionType::Ready,
+                Truth::False,
+                Reason::Suspended,
+                "spec.suspend is true: no calls to ServiceNow.",
+            ),
             progress: Progress::Suspended,
             retry: Retry::OnChange,
         }
         .into());
     }
     let instance = InstanceUrl::parse(&spec.instance_url).map_err(|error| {
-        Stop::terminal(ConditionType::Ready, Reason::InvalidSpec, format!("spec.instanceUrl: {error}."))
+        Stop::terminal(
+            ConditionType::Ready,
+            Reason::InvalidSpec,
+            format!("spec.instanceUrl: {error}."),
+        )
     })?;
     parse_duration(&spec.resync_interval).map_err(|error| {
-        Stop::terminal(ConditionType::Ready, Reason::InvalidSpec, format!("spec.resyncInterval: {error}."))
+        Stop::terminal(
+            ConditionType::Ready,
+            Reason::InvalidSpec,
+            format!("spec.resyncInterval: {error}."),
+        )
     })?;
     let reconnect = connection.annotations().get(RECONNECT);
     if reconnect.is_some() && reconnect != run.status.last_handled_reconnect_at.as_ref() {
@@ -161,8 +188,12 @@ async fn write_status<S>(
         "kind": "ServiceNowConnection",
         "status": status,
     });
-    api.patch_status(&connection.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch))
-        .await
-        .map_err(kube("write the connection's status"))?;
+    api.patch_status(
+        &connection.name_any(),
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await
+    .map_err(kube("write the connection's status"))?;
     Ok(())
 }

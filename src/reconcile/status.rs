@@ -46,7 +46,12 @@ pub struct Verdict {
 impl Verdict {
     /// A verdict on `condition`.
     pub fn new(condition: ConditionType, truth: Truth, reason: Reason, message: impl Into<String>) -> Self {
-        Verdict { condition, truth, reason, message: message.into() }
+        Verdict {
+            condition,
+            truth,
+            reason,
+            message: message.into(),
+        }
     }
 
     fn full_message(&self) -> String {
@@ -113,13 +118,26 @@ pub fn summarise(
     let (state, ready) = match progress {
         Progress::Ready => (
             SyncState::ReadyToSync,
-            Verdict::new(ConditionType::Ready, Truth::True, Reason::ReadyToSync, "The connection is ready to sync."),
+            Verdict::new(
+                ConditionType::Ready,
+                Truth::True,
+                Reason::ReadyToSync,
+                "The connection is ready to sync.",
+            ),
         ),
         Progress::Suspended => (
             SyncState::Suspended,
-            Verdict::new(ConditionType::Ready, Truth::False, Reason::Suspended, "The connection is suspended."),
+            Verdict::new(
+                ConditionType::Ready,
+                Truth::False,
+                Reason::Suspended,
+                "The connection is suspended.",
+            ),
         ),
-        Progress::AwaitingConsent => (SyncState::AwaitingConsent, summary_of(first_failure, Reason::ConsentRequired)),
+        Progress::AwaitingConsent => (
+            SyncState::AwaitingConsent,
+            summary_of(first_failure, Reason::ConsentRequired),
+        ),
         Progress::Working => (SyncState::Provisioning, summary_of(first_failure, Reason::Progressing)),
         Progress::Stalled => (SyncState::Error, summary_of(first_failure, Reason::ProvisioningFailed)),
     };
@@ -128,14 +146,22 @@ pub fn summarise(
     set_condition(&mut status.conditions, &ready, generation, now);
     match progress {
         Progress::Working | Progress::AwaitingConsent => {
-            let reconciling = Verdict { condition: ConditionType::Reconciling, truth: Truth::True, ..ready.clone() };
+            let reconciling = Verdict {
+                condition: ConditionType::Reconciling,
+                truth: Truth::True,
+                ..ready.clone()
+            };
             set_condition(&mut status.conditions, &reconciling, generation, now);
         }
         _ => remove_condition(&mut status.conditions, ConditionType::Reconciling),
     }
     match progress {
         Progress::Stalled => {
-            let stalled = Verdict { condition: ConditionType::Stalled, truth: Truth::True, ..ready };
+            let stalled = Verdict {
+                condition: ConditionType::Stalled,
+                truth: Truth::True,
+                ..ready
+            };
             set_condition(&mut status.conditions, &stalled, generation, now);
         }
         _ => remove_condition(&mut status.conditions, ConditionType::Stalled),
@@ -144,7 +170,11 @@ pub fn summarise(
 
 fn summary_of(first_failure: Option<&Verdict>, fallback: Reason) -> Verdict {
     match first_failure {
-        Some(failure) => Verdict { condition: ConditionType::Ready, truth: Truth::False, ..failure.clone() },
+        Some(failure) => Verdict {
+            condition: ConditionType::Ready,
+            truth: Truth::False,
+            ..failure.clone()
+        },
         None => Verdict::new(ConditionType::Ready, Truth::False, fallback, ""),
     }
 }
@@ -167,7 +197,10 @@ mod tests {
         let mut conditions = Vec::new();
         let authorized = Verdict::new(ConditionType::Authorized, Truth::True, Reason::TokenValid, "ok");
         set_condition(&mut conditions, &authorized, Some(1), at(0));
-        let later = Verdict { message: "still ok".into(), ..authorized.clone() };
+        let later = Verdict {
+            message: "still ok".into(),
+            ..authorized.clone()
+        };
         set_condition(&mut conditions, &later, Some(2), at(60));
         assert_eq!(conditions.len(), 1);
         assert_eq!(conditions[0].last_transition_time, Time(at(0)));
@@ -184,20 +217,39 @@ mod tests {
             Some(1),
             at(0),
         );
-        let rejected = Verdict::new(ConditionType::Authorized, Truth::False, Reason::TokenRejected, "refused.");
+        let rejected = Verdict::new(
+            ConditionType::Authorized,
+            Truth::False,
+            Reason::TokenRejected,
+            "refused.",
+        );
         set_condition(&mut conditions, &rejected, Some(1), at(30));
         assert_eq!(conditions[0].last_transition_time, Time(at(30)));
         assert_eq!(conditions[0].reason, "TokenRejected");
-        assert!(conditions[0].message.starts_with("refused. The instance rejected the client id/secret"));
+        assert!(
+            conditions[0]
+                .message
+                .starts_with("refused. The instance rejected the client id/secret")
+        );
     }
 
     #[test]
     fn a_ready_summary_drops_reconciling_and_stalled() {
         let mut status = ServiceNowConnectionStatus::default();
-        let failure = Verdict::new(ConditionType::Authorized, Truth::False, Reason::TokenRejected, "refused.");
+        let failure = Verdict::new(
+            ConditionType::Authorized,
+            Truth::False,
+            Reason::TokenRejected,
+            "refused.",
+        );
         summarise(&mut status, Progress::Stalled, Some(&failure), Some(3), at(0));
         assert_eq!(status.sync_state, Some(SyncState::Error));
-        assert!(status.conditions.iter().any(|c| c.type_ == "Stalled" && c.reason == "TokenRejected"));
+        assert!(
+            status
+                .conditions
+                .iter()
+                .any(|c| c.type_ == "Stalled" && c.reason == "TokenRejected")
+        );
         summarise(&mut status, Progress::Ready, None, Some(3), at(5));
         let types: Vec<&str> = status.conditions.iter().map(|c| c.type_.as_str()).collect();
         assert_eq!(types, ["Ready"]);

@@ -47,7 +47,10 @@ impl TokenCache {
 
     /// Forgets the token of `key` (deleted connection, rejected token, reconnect).
     pub fn forget(&self, key: &str) {
-        self.slots.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).remove(key);
+        self.slots
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .remove(key);
     }
 }
 
@@ -79,6 +82,9 @@ mod tests {
 
     #[test]
     fn the_origin_changes_with_the_refresh_token() {
-        assert_ne!(origin("c", &SecretString::new("a")), origin("c", &SecretString::new("b")));
+        assert_ne!(
+            origin("c", &SecretString::new("a")),
+            origin("c", &SecretString::new("b"))
+        );
     }
 }

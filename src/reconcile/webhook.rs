@@ -21,7 +21,10 @@ use crate::{
 /// The callback URL of a connection: public URL + `/callback/servicenow?connection=<ns>/<name>&token=<t>`.
 pub fn callback_url(public_url: &url::Url, namespace: &str, name: &str, token: &SecretString) -> String {
     let mut url = public_url.clone();
-    url.set_path(&format!("{}/callback/servicenow", public_url.path().trim_end_matches('/')));
+    url.set_path(&format!(
+        "{}/callback/servicenow",
+        public_url.path().trim_end_matches('/')
+    ));
     url.query_pairs_mut()
         .clear()
         .append_pair("connection", &format!("{namespace}/{name}"))
@@ -44,12 +47,19 @@ pub async fn provision<S: ServiceNow>(
         .await
         .map_err(kube("create the webhook token Secret"))?;
     let callback = callback_url(&context.public_url, &namespace, &name, &webhook_token);
-    let owner = provision::Owner { public_url: context.public_url.to_string(), connection: format!("{namespace}/{name}") };
+    let owner = provision::Owner {
+        public_url: context.public_url.to_string(),
+        connection: format!("{namespace}/{name}"),
+    };
     let desired = provision::desired(&callback, &owner);
 
     let servicenow = &context.servicenow;
     let rules = servicenow
-        .business_rules(instance, access_token, &[provision::RULE_NAME, provision::LEGACY_RULE_NAME])
+        .business_rules(
+            instance,
+            access_token,
+            &[provision::RULE_NAME, provision::LEGACY_RULE_NAME],
+        )
         .await
         .map_err(|e| failure_on_webhook(run, &e))?;
     let properties = servicenow
@@ -57,15 +67,18 @@ pub async fn provision<S: ServiceNow>(
         .await
         .map_err(|e| failure_on_webhook(run, &e))?;
 
-    if let Some(other) = provision::claimed_by_other(&properties, &owner) {
-        if !connection.spec.webhook.take_over {
-            return Err(Stop::terminal(
-                ConditionType::WebhookProvisioned,
-                Reason::InstanceClaimedElsewhere,
-                format!("The callback property {} on this instance belongs to {other}.", provision::PROPERTY_NAME),
-            )
-            .into());
-        }
+    if let Some(other) = provision::claimed_by_other(&properties, &owner)
+        && !connection.spec.webhook.take_over
+    {
+        return Err(Stop::terminal(
+            ConditionType::WebhookProvisioned,
+            Reason::InstanceClaimedElsewhere,
+            format!(
+                "The callback property {} on this instance belongs to {other}.",
+                provision::PROPERTY_NAME
+            ),
+        )
+        .into());
     }
 
     let plan = provision::plan(&rules, &properties, &desired);
@@ -77,9 +90,10 @@ pub async fn provision<S: ServiceNow>(
                 .create_business_rule(instance, access_token, &desired.rule)
                 .await
                 .map(|rule| rule_id = Some(rule.sys_id)),
-            Step::RepairRule { sys_id } => {
-                servicenow.update_business_rule(instance, access_token, sys_id, &desired.rule).await.map(|_| ())
-            }
+            Step::RepairRule { sys_id } => servicenow
+                .update_business_rule(instance, access_token, sys_id, &desired.rule)
+                .await
+                .map(|_| ()),
             Step::DeleteDuplicateRule { sys_id } | Step::DeleteLegacyRule { sys_id } => {
                 servicenow.delete_business_rule(instance, access_token, sys_id).await
             }
@@ -87,10 +101,13 @@ pub async fn provision<S: ServiceNow>(
                 .create_property(instance, access_token, &desired.property)
                 .await
                 .map(|property| property_id = Some(property.sys_id)),
-            Step::UpdateProperty { sys_id } => {
-                servicenow.update_property(instance, access_token, sys_id, &desired.property).await.map(|_| ())
+            Step::UpdateProperty { sys_id } => servicenow
+                .update_property(instance, access_token, sys_id, &desired.property)
+                .await
+                .map(|_| ()),
+            Step::DeleteDuplicateProperty { sys_id } => {
+                servicenow.delete_property(instance, access_token, sys_id).await
             }
-            Step::DeleteDuplicateProperty { sys_id } => servicenow.delete_property(instance, access_token, sys_id).await,
         };
         result.map_err(|e| failure_on_webhook(run, &e))?;
     }
@@ -109,16 +126,34 @@ pub async fn provision<S: ServiceNow>(
         return Ok(());
     }
     let (reason, message) = if plan.iter().any(|step| matches!(step, Step::DeleteLegacyRule { .. })) {
-        (Reason::LegacyRuleRemoved, format!("Provisioned; removed the legacy rule {:?}.", provision::LEGACY_RULE_NAME))
+        (
+            Reason::LegacyRuleRemoved,
+            format!(
+                "Provisioned; removed the legacy rule {:?}.",
+                provision::LEGACY_RULE_NAME
+            ),
+        )
     } else if !plan.is_empty() && !first_time {
-        (Reason::DriftRepaired, format!("Repaired on the instance: {}.", provision::describe(&plan)))
+        (
+            Reason::DriftRepaired,
+            format!("Repaired on the instance: {}.", provision::describe(&plan)),
+        )
     } else {
         (
             Reason::Provisioned,
-            format!("Business Rule {:?} on task and property {} are in place.", provision::RULE_NAME, provision::PROPERTY_NAME),
+            format!(
+                "Business Rule {:?} on task and property {} are in place.",
+                provision::RULE_NAME,
+                provision::PROPERTY_NAME
+            ),
         )
     };
-    run.holds(Verdict::new(ConditionType::WebhookProvisioned, Truth::True, reason, message));
+    run.holds(Verdict::new(
+        ConditionType::WebhookProvisioned,
+        Truth::True,
+        reason,
+        message,
+    ));
     Ok(())
 }
 

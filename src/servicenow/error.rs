@@ -4,8 +4,11 @@
 use std::time::Duration;
 
 /// A failed call to an instance: what was being done, and how it failed.
+///
+/// Displays as `failed to <action> on <host>: <kind>`; without a host (setting the client up,
+/// before any instance is involved) as `failed to <action>: <kind>`.
 #[derive(Debug, thiserror::Error)]
-#[error("failed to {action} on {host}: {kind}")]
+#[error("failed to {action}{}: {kind}", on_host(host))]
 pub struct Error {
     /// What the call did, e.g. `refresh the access token`, `create a record in sys_script`.
     pub action: String,
@@ -59,18 +62,31 @@ pub enum ErrorKind {
         /// The status code.
         status: u16,
     },
-    /// Another status or a body the client does not understand.
-    #[error("unexpected answer: {reason}")]
+    /// Another status or a body the client does not understand (or, from `Client::new`, a
+    /// setting it cannot use, such as a CA bundle without certificates). Not transient.
+    #[error("{reason}")]
     Protocol {
-        /// What was unexpected.
+        /// What was unexpected, as a whole clause (e.g. `unexpected answer HTTP 400: Invalid
+        /// table x`). Never a body that may hold a secret.
         reason: String,
     },
+}
+
+fn on_host(host: &str) -> String {
+    if host.is_empty() {
+        String::new()
+    } else {
+        format!(" on {host}")
+    }
 }
 
 impl Error {
     /// `true` when trying again later, unchanged, may succeed.
     pub fn is_transient(&self) -> bool {
-        matches!(self.kind, ErrorKind::RateLimited { .. } | ErrorKind::Unreachable { .. } | ErrorKind::Server { .. })
+        matches!(
+            self.kind,
+            ErrorKind::RateLimited { .. } | ErrorKind::Unreachable { .. } | ErrorKind::Server { .. }
+        )
     }
 
     /// How long the instance asked to wait, for a 429.
@@ -78,6 +94,77 @@ impl Error {
         match self.kind {
             ErrorKind::RateLimited { retry_after } => retry_after,
             _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn error(kind: ErrorKind) -> Error {
+        Error {
+            action: "create a record in sys_script".into(),
+            host: "acme.service-now.com".into(),
+            kind,
+        }
+    }
+
+    #[test]
+    fn the_message_says_what_failed_where_and_how() {
+        let forbidden = error(ErrorKind::Forbidden {
+            table: "sys_script".into(),
+            operation: "create",
+            message: "Operation Failed: ACL Exception Insert Failed due to security constraints".into(),
+        });
+        assert_eq!(
+            forbidden.to_string(),
+            "failed to create a record in sys_script on acme.service-now.com: the instance refused create on table \
+             sys_script (403: Operation Failed: ACL Exception Insert Failed due to security constraints)"
+        );
+        let setup = Error {
+            action: "read the CA bundle /ca.pem".into(),
+            host: String::new(),
+            kind: protocol("no PEM"),
+        };
+        assert_eq!(setup.to_string(), "failed to read the CA bundle /ca.pem: no PEM");
+    }
+
+    fn protocol(reason: &str) -> ErrorKind {
+        ErrorKind::Protocol { reason: reason.into() }
+    }
+
+    #[test]
+    fn rate_limits_server_failures_and_silence_are_transient_the_rest_is_not() {
+        let rate_limited = error(ErrorKind::RateLimited {
+            retry_after: Some(Duration::from_secs(7)),
+        });
+        assert!(rate_limited.is_transient());
+        assert_eq!(rate_limited.retry_after(), Some(Duration::from_secs(7)));
+        assert!(error(ErrorKind::Server { status: 503 }).is_transient());
+        assert!(
+            error(ErrorKind::Unreachable {
+                reason: "connection refused".into()
+            })
+            .is_transient()
+        );
+        for kind in [
+            ErrorKind::Unauthorized {
+                detail: "server_error: access_denied".into(),
+            },
+            ErrorKind::Forbidden {
+                table: "sys_script".into(),
+                operation: "create",
+                message: String::new(),
+            },
+            ErrorKind::NotFound {
+                message: "No Record found".into(),
+            },
+            protocol("unexpected answer: HTTP 400: Invalid table x"),
+        ] {
+            let failure = error(kind);
+            assert!(!failure.is_transient(), "{failure}");
+            assert_eq!(failure.retry_after(), None);
         }
     }
 }

@@ -1,16 +1,29 @@
 //! The ServiceNow client library. No Kubernetes types here, nothing else of the crate imported.
 //!
 //! The [`ServiceNow`] trait is what the reconciler and the consent endpoints need from an
-//! instance (agreed interface — implement it in `Client`; refine signatures if needed, keeping
-//! the method set). Every method takes the instance explicitly; table methods take an access
-//! token obtained through `refresh_token` (the caller caches it per connection).
+//! instance; [`Client`] implements it over HTTPS (tests may substitute a fake). Every method
+//! takes the instance explicitly; table methods take an access token obtained through
+//! [`ServiceNow::refresh_token`] (cached by the caller, e.g. with [`session::Sessions`]).
+//!
+//! Layout: `http` (the one HTTP client: TLS, resolve, proxy, timeouts, per-instance limit, call
+//! counting, error answers), `oauth` (authorize URL, PKCE, token grants, revocation), `table`
+//! (Table API calls) with `query` (encoded queries), `client` (the [`Client`]), `session` (access
+//! token cache), `records` (plain structs), `error`, `secret`.
 
+mod client;
 pub mod error;
+pub mod http;
 pub mod instance_url;
+pub mod oauth;
+pub mod query;
 pub mod records;
 pub mod secret;
+pub mod session;
+mod table;
 
+pub use client::Client;
 pub use error::{Error, ErrorKind};
+pub use http::{CallObserver, ClientConfig, NoObserver};
 pub use instance_url::{InstanceUrl, InvalidInstanceUrl, UrlRule};
 pub use records::{
     BusinessRule, BusinessRuleFields, ClientCredentials, SystemProperty, SystemPropertyFields, TokenGrant, User,
@@ -19,7 +32,9 @@ pub use secret::SecretString;
 
 /// What the operator needs from a ServiceNow instance.
 pub trait ServiceNow: Send + Sync + 'static {
-    /// The `refresh_token` grant at `/oauth_token.do` (client credentials as form fields).
+    /// The `refresh_token` grant at `/oauth_token.do` (client credentials as form fields). The
+    /// grant always carries a refresh token: the instance's, or `refresh_token` when the
+    /// instance left it out. A refused grant is [`ErrorKind::Unauthorized`].
     fn refresh_token(
         &self,
         instance: &InstanceUrl,
@@ -37,7 +52,8 @@ pub trait ServiceNow: Send + Sync + 'static {
         pkce_verifier: &SecretString,
     ) -> impl Future<Output = Result<TokenGrant, Error>> + Send;
 
-    /// Revokes `token` at `/oauth_revoke_token.do`.
+    /// Revokes `token` (access or refresh) at `/oauth_revoke_token.do`. ServiceNow's revocation
+    /// is unauthenticated: `credentials` are not sent (kept for implementations that need them).
     fn revoke(
         &self,
         instance: &InstanceUrl,
@@ -45,11 +61,15 @@ pub trait ServiceNow: Send + Sync + 'static {
         token: &SecretString,
     ) -> impl Future<Output = Result<(), Error>> + Send;
 
-    /// The OAuth user (`/api/now/ui/user/current_user`, then its `sys_user` record).
-    fn current_user(&self, instance: &InstanceUrl, access_token: &SecretString)
-    -> impl Future<Output = Result<User, Error>> + Send;
+    /// The OAuth user, from `/api/now/ui/user/current_user` (`user_sys_id`, `user_name`, `name`).
+    fn current_user(
+        &self,
+        instance: &InstanceUrl,
+        access_token: &SecretString,
+    ) -> impl Future<Output = Result<User, Error>> + Send;
 
-    /// The names of the active roles of `user_sys_id` (`sys_user_has_role`).
+    /// The names of the active roles of `user_sys_id` (`sys_user_has_role`, `user=<id>^state=active`,
+    /// dot-walked `role.name`), sorted, without duplicates; inherited grants included.
     fn user_roles(
         &self,
         instance: &InstanceUrl,
@@ -57,7 +77,7 @@ pub trait ServiceNow: Send + Sync + 'static {
         user_sys_id: &str,
     ) -> impl Future<Output = Result<Vec<String>, Error>> + Send;
 
-    /// The Business Rules named any of `names`, in one read.
+    /// The Business Rules named any of `names`, in one read, oldest first.
     fn business_rules(
         &self,
         instance: &InstanceUrl,
@@ -90,7 +110,7 @@ pub trait ServiceNow: Send + Sync + 'static {
         sys_id: &str,
     ) -> impl Future<Output = Result<(), Error>> + Send;
 
-    /// The System Properties named `name`.
+    /// The System Properties named `name`, oldest first.
     fn properties(
         &self,
         instance: &InstanceUrl,

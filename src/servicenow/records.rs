@@ -58,8 +58,9 @@ pub struct SystemProperty {
     pub fields: SystemPropertyFields,
 }
 
-/// The fields of a System Property the operator manages.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// The fields of a System Property the operator manages. `Debug` hides the value of any
+/// `token` query parameter in `value` (the callback URL carries the webhook token).
+#[derive(Clone, Default, PartialEq, Eq)]
 pub struct SystemPropertyFields {
     /// `name`, e.g. `x_neoagent.callback_url`.
     pub name: String,
@@ -69,6 +70,32 @@ pub struct SystemPropertyFields {
     pub property_type: String,
     /// `description`.
     pub description: String,
+}
+
+impl std::fmt::Debug for SystemPropertyFields {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SystemPropertyFields")
+            .field("name", &self.name)
+            .field("value", &redact_token(&self.value))
+            .field("property_type", &self.property_type)
+            .field("description", &self.description)
+            .finish()
+    }
+}
+
+/// `value` with the value of every `token=` query parameter replaced by `[redacted]`.
+pub fn redact_token(value: &str) -> String {
+    let Some((head, query)) = value.split_once('?') else {
+        return value.to_owned();
+    };
+    let query: Vec<String> = query
+        .split('&')
+        .map(|pair| match pair.split_once('=') {
+            Some(("token", _)) => "token=[redacted]".to_owned(),
+            _ => pair.to_owned(),
+        })
+        .collect();
+    format!("{head}?{}", query.join("&"))
 }
 
 /// A user (`sys_user`).
@@ -113,5 +140,40 @@ impl ClientCredentials {
         hash.update(b"\0");
         hash.update(self.client_secret.expose().as_bytes());
         hash.finalize()[..16].iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_webhook_token_in_a_property_value_is_not_shown_by_debug() {
+        let fields = SystemPropertyFields {
+            name: "x_neoagent.callback_url".into(),
+            value: "https://neo.example.com/callback/servicenow?connection=itsm/acme&token=s3cret#x".into(),
+            property_type: "string".into(),
+            description: String::new(),
+        };
+        let shown = format!("{fields:?}");
+        assert!(!shown.contains("s3cret"), "{shown}");
+        assert!(shown.contains("connection=itsm/acme&token=[redacted]"), "{shown}");
+    }
+
+    #[test]
+    fn credentials_and_grants_show_no_secret_in_debug() {
+        let credentials = ClientCredentials {
+            client_id: SecretString::new("cid"),
+            client_secret: SecretString::new("cs"),
+        };
+        let grant = TokenGrant {
+            access_token: SecretString::new("access-value"),
+            refresh_token: Some(SecretString::new("refresh-value")),
+            expires_in: Duration::from_secs(1),
+        };
+        let shown = format!("{credentials:?} {grant:?}");
+        for secret in ["cid", "\"cs\"", "access-value", "refresh-value"] {
+            assert!(!shown.contains(secret), "{shown}");
+        }
     }
 }

@@ -12,6 +12,9 @@
 //! * [`poll_until`]: the only way to wait: a deadline, a description, and the last thing observed.
 #![allow(dead_code)] // every test binary compiles this module and uses only part of it
 
+pub mod browser;
+pub mod operator;
+
 use std::{
     collections::BTreeMap,
     fmt,

@@ -1,0 +1,148 @@
+//! Who owns an instance's webhook: the callback property's value names its connection and the
+//! operator it belongs to (`<public url>/callback/servicenow?connection=<ns>/<name>&token=…`).
+
+use std::fmt;
+
+use url::Url;
+
+use crate::servicenow::records::SystemProperty;
+
+/// The path the operator's webhook receiver serves, under its public URL.
+const CALLBACK_PATH: &str = "/callback/servicenow";
+
+/// A connection, as the owner of an instance's webhook: the operator's public URL and the
+/// connection's `<namespace>/<name>`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Owner {
+    /// The operator's public URL (a trailing `/` is not significant).
+    pub public_url: String,
+    /// `<namespace>/<name>` of the connection.
+    pub connection: String,
+}
+
+impl fmt::Display for Owner {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "connection {} of the operator at {}",
+            self.connection,
+            self.public_url.trim_end_matches('/')
+        )
+    }
+}
+
+impl Owner {
+    /// The owner a callback URL names, when it is one the operator makes.
+    pub fn of_callback(value: &str) -> Option<Owner> {
+        let url = Url::parse(value).ok()?;
+        let base = url.path().strip_suffix(CALLBACK_PATH)?;
+        let connection = url.query_pairs().find(|(key, _)| key == "connection")?.1.into_owned();
+        Some(Owner {
+            public_url: format!("{}{base}", url.origin().ascii_serialization()),
+            connection,
+        })
+    }
+
+    /// `true` when `value` is a callback URL of this owner.
+    pub fn owns(&self, value: &str) -> bool {
+        Owner::of_callback(value).is_some_and(|other| other.same_as(self))
+    }
+
+    fn same_as(&self, other: &Owner) -> bool {
+        self.connection == other.connection && normalized(&self.public_url) == normalized(&other.public_url)
+    }
+}
+
+/// A public URL compared by origin and path, without a trailing `/`.
+fn normalized(public_url: &str) -> String {
+    match Url::parse(public_url) {
+        Ok(url) => format!(
+            "{}{}",
+            url.origin().ascii_serialization(),
+            url.path().trim_end_matches('/')
+        ),
+        Err(_) => public_url.trim_end_matches('/').to_owned(),
+    }
+}
+
+/// Another owner named by any of the callback `properties`, if one is. A value that is empty or
+/// not a callback URL of this operator's shape names nobody (it is simply repaired).
+pub fn claimed_by_other(properties: &[SystemProperty], owner: &Owner) -> Option<Owner> {
+    properties
+        .iter()
+        .filter_map(|property| Owner::of_callback(&property.fields.value))
+        .find(|other| !other.same_as(owner))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::servicenow::records::SystemPropertyFields;
+
+    fn owner() -> Owner {
+        Owner {
+            public_url: "https://neo.example.com/".into(),
+            connection: "itsm/acme".into(),
+        }
+    }
+
+    fn property(value: &str) -> SystemProperty {
+        SystemProperty {
+            sys_id: "p1".into(),
+            sys_created_on: String::new(),
+            fields: SystemPropertyFields {
+                value: value.into(),
+                ..SystemPropertyFields::default()
+            },
+        }
+    }
+
+    #[test]
+    fn a_callback_url_names_its_operator_and_connection() {
+        let value = "https://neo.example.com/callback/servicenow?connection=itsm%2Facme&token=t";
+        assert_eq!(
+            Owner::of_callback(value),
+            Some(Owner {
+                public_url: "https://neo.example.com".into(),
+                connection: "itsm/acme".into()
+            })
+        );
+        assert!(owner().owns(value));
+        assert!(owner().owns("https://neo.example.com/callback/servicenow?connection=itsm/acme&token=other"));
+    }
+
+    #[test]
+    fn a_public_url_with_a_path_keeps_it() {
+        let value = "https://example.com/neo/callback/servicenow?token=t&connection=itsm%2Facme";
+        let base = Owner {
+            public_url: "https://example.com/neo/".into(),
+            connection: "itsm/acme".into(),
+        };
+        assert!(base.owns(value));
+        assert!(!owner().owns(value));
+    }
+
+    #[test]
+    fn another_connection_or_another_operator_is_another_owner() {
+        assert!(!owner().owns("https://neo.example.com/callback/servicenow?connection=itsm%2Fother&token=t"));
+        assert!(!owner().owns("https://other.example.com/callback/servicenow?connection=itsm%2Facme&token=t"));
+    }
+
+    #[test]
+    fn the_property_is_claimed_only_by_a_recognisable_other_owner() {
+        assert_eq!(claimed_by_other(&[], &owner()), None);
+        assert_eq!(claimed_by_other(&[property("")], &owner()), None);
+        assert_eq!(
+            claimed_by_other(&[property("https://hand.example.com/hook")], &owner()),
+            None
+        );
+        let mine = property("https://neo.example.com/callback/servicenow?connection=itsm%2Facme&token=t");
+        assert_eq!(claimed_by_other(std::slice::from_ref(&mine), &owner()), None);
+        let theirs = property("https://other.example.com/callback/servicenow?connection=ops%2Fsn&token=t");
+        let other = claimed_by_other(&[mine, theirs], &owner()).unwrap();
+        assert_eq!(
+            other.to_string(),
+            "connection ops/sn of the operator at https://other.example.com"
+        );
+    }
+}

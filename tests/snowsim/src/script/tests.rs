@@ -1,0 +1,516 @@
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use super::*;
+
+const CALLBACK: &str = "https://hooks.example.test/servicenow/acme";
+
+/// The webhook rule the operator provisions (DESIGN.md §1 step 3, servicenow-api.md §3.5).
+const WEBHOOK_RULE: &str = r#"(function executeRule(current, previous /*null when async*/) {
+    var url = gs.getProperty('x_neoagent.callback_url');
+    if (!url) {
+        gs.warn('Neo Agent webhook: x_neoagent.callback_url is not set');
+        return;
+    }
+    var payload = {
+        table: current.getRecordClassName(),
+        sys_id: current.getUniqueValue(),
+        number: current.getValue('number'),
+        operation: current.operation(),
+        sys_updated_on: current.getValue('sys_updated_on'),
+        sys_updated_by: current.getValue('sys_updated_by')
+    };
+    var request = new sn_ws.RESTMessageV2();
+    request.setEndpoint(url);
+    request.setHttpMethod('post');
+    request.setRequestHeader('Content-Type', 'application/json');
+    request.setRequestBody(JSON.stringify(payload));
+    request.executeAsync();
+})(current, previous);"#;
+
+fn record(fields: &[(&str, &str)]) -> BTreeMap<String, String> {
+    fields.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+}
+
+fn incident() -> BTreeMap<String, String> {
+    record(&[
+        ("sys_id", "9d385017c611228701d22104cc95c371"),
+        ("sys_class_name", "incident"),
+        ("number", "INC0010001"),
+        ("short_description", "Printer on fire"),
+        ("priority", "1"),
+        ("state", "2"),
+        ("assigned_to", ""),
+        ("sys_updated_on", "2025-01-02 03:04:05"),
+        ("sys_updated_by", "neo.agent"),
+    ])
+}
+
+fn callback_property(name: &str) -> Option<String> {
+    (name == "x_neoagent.callback_url").then(|| CALLBACK.to_string())
+}
+
+fn no_property(_: &str) -> Option<String> {
+    None
+}
+
+/// Runs `script` on `incident()` on `task`, with `previous`, no network.
+fn run_with(
+    script: &str,
+    operation: &str,
+    current: &BTreeMap<String, String>,
+    previous: Option<&BTreeMap<String, String>>,
+    property: &dyn Fn(&str) -> Option<String>,
+) -> Result<ScriptOutcome, (ScriptError, Vec<LogLine>)> {
+    let input = ScriptInput {
+        script,
+        table: "task",
+        operation,
+        current,
+        previous,
+        user_id: "6816f79cc0a8016401c5a33be04be441",
+        user_name: "admin",
+        now: "2025-01-02 03:04:05",
+        property,
+    };
+    run(&input, &mut |request| {
+        panic!("unexpected synchronous request {request:?}")
+    })
+}
+
+/// Runs `script` on an updated incident and returns the logged messages.
+fn messages(script: &str) -> Vec<String> {
+    let current = incident();
+    match run_with(script, "update", &current, None, &callback_property) {
+        Ok(outcome) => outcome.log.into_iter().map(|l| l.message).collect(),
+        Err((error, _)) => panic!("script failed: {error}"),
+    }
+}
+
+fn info(message: &str) -> LogLine {
+    LogLine {
+        level: LogLevel::Info,
+        message: message.to_string(),
+    }
+}
+
+#[test]
+fn the_standard_webhook_rule_queues_exactly_one_json_post_to_the_callback_property() {
+    let current = incident();
+    let outcome = run_with(WEBHOOK_RULE, "update", &current, None, &callback_property).expect("the webhook rule runs");
+    assert_eq!(outcome.asynchronous.len(), 1, "{outcome:?}");
+    let request = &outcome.asynchronous[0];
+    assert_eq!(request.method, "POST");
+    assert_eq!(request.endpoint, CALLBACK);
+    assert_eq!(
+        request.headers,
+        vec![("Content-Type".to_string(), "application/json".to_string())]
+    );
+    assert_eq!(request.timeout_ms, None);
+    let body: serde_json::Value = serde_json::from_str(&request.body).expect("the body is JSON");
+    assert_eq!(
+        body,
+        serde_json::json!({
+            "table": "incident",
+            "sys_id": "9d385017c611228701d22104cc95c371",
+            "number": "INC0010001",
+            "operation": "update",
+            "sys_updated_on": "2025-01-02 03:04:05",
+            "sys_updated_by": "neo.agent",
+        })
+    );
+    assert!(outcome.log.is_empty(), "{:?}", outcome.log);
+}
+
+#[test]
+fn the_webhook_rule_sends_nothing_and_warns_when_the_property_is_absent() {
+    let current = incident();
+    let outcome = run_with(WEBHOOK_RULE, "insert", &current, None, &no_property).expect("runs");
+    assert!(outcome.asynchronous.is_empty());
+    assert_eq!(
+        outcome.log,
+        vec![LogLine {
+            level: LogLevel::Warn,
+            message: "Neo Agent webhook: x_neoagent.callback_url is not set".to_string(),
+        }]
+    );
+}
+
+#[test]
+fn execute_calls_send_and_the_script_sees_the_status_and_body() {
+    let script = r#"
+        var r = new sn_ws.RESTMessageV2('Neo Agent', 'post');
+        r.setEndpoint('https://hooks.example.test/sync');
+        r.setHttpMethod('PUT');
+        r.setRequestBody('{"a":1}');
+        r.setHttpTimeout(2500);
+        var response = r.execute();
+        gs.info('status {0} body {1} error {2}', response.getStatusCode(), response.getBody(),
+            response.haveError());
+    "#;
+    let current = incident();
+    let input = ScriptInput {
+        script,
+        table: "incident",
+        operation: "update",
+        current: &current,
+        previous: None,
+        user_id: "u",
+        user_name: "n",
+        now: "2025-01-02 03:04:05",
+        property: &no_property,
+    };
+    let mut sent = Vec::new();
+    let outcome = run(&input, &mut |request| {
+        sent.push(request.clone());
+        OutboundResponse {
+            status: 202,
+            body: "accepted".to_string(),
+            error: None,
+        }
+    })
+    .expect("runs");
+    assert_eq!(
+        sent,
+        vec![OutboundRequest {
+            method: "PUT".to_string(),
+            endpoint: "https://hooks.example.test/sync".to_string(),
+            headers: Vec::new(),
+            body: r#"{"a":1}"#.to_string(),
+            timeout_ms: Some(2500),
+        }]
+    );
+    assert!(outcome.asynchronous.is_empty());
+    assert_eq!(outcome.log, vec![info("status 202 body accepted error false")]);
+}
+
+#[test]
+fn execute_reports_http_and_transport_failures_through_have_error() {
+    let script = r#"
+        var r = new sn_ws.RESTMessageV2();
+        r.setEndpoint('https://hooks.example.test/a/b?x=1');
+        r.setHttpMethod('post');
+        var first = r.execute();
+        gs.info('{0} {1} {2} {3}', first.getStatusCode(), first.haveError(),
+            first.getErrorCode(), first.getErrorMessage());
+        var second = r.execute();
+        gs.info('{0} {1} {2} {3}', second.getStatusCode(), second.haveError(),
+            second.getErrorCode(), second.getErrorMessage());
+    "#;
+    let current = incident();
+    let input = ScriptInput {
+        script,
+        table: "incident",
+        operation: "update",
+        current: &current,
+        previous: None,
+        user_id: "u",
+        user_name: "n",
+        now: "2025-01-02 03:04:05",
+        property: &no_property,
+    };
+    let mut answers = vec![
+        OutboundResponse {
+            status: 0,
+            body: String::new(),
+            error: Some("connection refused".to_string()),
+        },
+        OutboundResponse {
+            status: 404,
+            body: "{}".to_string(),
+            error: None,
+        },
+    ];
+    let outcome = run(&input, &mut |request| {
+        assert_eq!(request.method, "POST");
+        answers.pop().expect("two calls")
+    })
+    .expect("runs");
+    assert_eq!(
+        outcome.log,
+        vec![
+            info("404 true 404 Method failed: (/a/b) with code: 404"),
+            info("0 true 1 connection refused"),
+        ]
+    );
+}
+
+#[test]
+fn execute_async_answers_status_zero_and_accepts_wait_for_response() {
+    let script = r#"
+        var r = new RESTMessageV2();
+        r.setEndpoint('https://hooks.example.test/q');
+        r.setQueryParameter('table', 'incident');
+        r.setQueryParameter('q', 'a b&c');
+        r.setBasicAuth('neo.agent', 'pässword');
+        r.setRequestHeader('x-trace', '1');
+        r.setRequestHeader('X-Trace', '2');
+        r.setHttpTimeout('x');
+        var response = r.executeAsync();
+        response.waitForResponse(60);
+        gs.info('{0}|{1}|{2}|{3}|{4}', response.getStatusCode(), response.getBody(),
+            response.haveError(), response.getHeader('Content-Type'), r.getEndpoint());
+    "#;
+    let current = incident();
+    let outcome = run_with(script, "update", &current, None, &no_property).expect("runs");
+    assert_eq!(
+        outcome.asynchronous,
+        vec![OutboundRequest {
+            method: "GET".to_string(),
+            endpoint: "https://hooks.example.test/q?table=incident&q=a%20b%26c".to_string(),
+            headers: vec![
+                (
+                    "Authorization".to_string(),
+                    "Basic bmVvLmFnZW50OnDDpHNzd29yZA==".to_string()
+                ),
+                ("x-trace".to_string(), "2".to_string()),
+            ],
+            body: String::new(),
+            timeout_ms: None,
+        }]
+    );
+    assert_eq!(
+        outcome.log,
+        vec![info(
+            "0||false||https://hooks.example.test/q?table=incident&q=a%20b%26c"
+        )]
+    );
+}
+
+#[test]
+fn plain_top_level_code_runs_like_the_wrapped_form() {
+    let script = "var n = current.getValue('number'); gs.info('top level ' + n + ' by ' + gs.getUserName());";
+    assert_eq!(messages(script), vec!["top level INC0010001 by admin"]);
+}
+
+#[test]
+fn the_wrapped_form_receives_current_and_a_null_previous() {
+    let script = r#"(function executeRule(current, previous) {
+        gs.info('{0} {1}', current.number, previous === null);
+    })(current, previous);"#;
+    assert_eq!(messages(script), vec!["INC0010001 true"]);
+}
+
+#[test]
+fn a_condition_wrapped_around_the_script_compares_fields_loosely() {
+    let script = "if (current.priority == 1 && current.state != 3) {\ngs.info('urgent');\n}";
+    assert_eq!(messages(script), vec!["urgent"]);
+}
+
+#[test]
+fn a_syntax_error_is_a_parse_error() {
+    let current = incident();
+    let error =
+        run_with("var x = ;\ngs.info('never');", "update", &current, None, &no_property).expect_err("does not parse");
+    assert!(matches!(error.0, ScriptError::Parse(_)), "{error:?}");
+    assert!(error.1.is_empty());
+}
+
+#[test]
+fn an_uncaught_throw_is_reported_with_its_message_and_the_logs_before_it() {
+    let current = incident();
+    let (error, log) = run_with(
+        "gs.info('before'); throw new Error('callback misconfigured'); gs.info('after');",
+        "update",
+        &current,
+        None,
+        &no_property,
+    )
+    .expect_err("throws");
+    assert_eq!(error, ScriptError::Thrown("Error: callback misconfigured".to_string()));
+    assert_eq!(log, vec![info("before")]);
+}
+
+#[test]
+fn a_thrown_string_and_a_type_error_are_reported_as_thrown() {
+    let current = incident();
+    let thrown = |script: &str| match run_with(script, "update", &current, None, &no_property) {
+        Err((ScriptError::Thrown(message), _)) => message,
+        other => panic!("expected a throw, got {other:?}"),
+    };
+    assert_eq!(thrown("throw 'plain string';"), "plain string");
+    assert!(thrown("current.setValue('state', 3);").starts_with("TypeError"));
+    assert!(thrown("new GlideRecord('incident');").starts_with("ReferenceError"));
+}
+
+#[test]
+fn an_infinite_loop_ends_with_the_limit_error_in_bounded_time() {
+    let current = incident();
+    for script in [
+        "gs.info('spinning'); while (true) {}",
+        "for (;;) { try { while (true) {} } catch (e) {} }",
+        "(function executeRule() { do {} while (true); })();",
+    ] {
+        let started = Instant::now();
+        let (error, log) = run_with(script, "update", &current, None, &no_property).expect_err("the loop is cut short");
+        assert_eq!(error, ScriptError::Limit, "{script}");
+        assert!(started.elapsed() < Duration::from_secs(60), "{script}");
+        if script.starts_with("gs.info") {
+            assert_eq!(log, vec![info("spinning")]);
+        }
+    }
+}
+
+#[test]
+fn unbounded_recursion_ends_with_the_limit_error_even_through_builtins() {
+    let current = incident();
+    for script in [
+        "function f() { return f(); } f();",
+        "function g() { try { return g(); } catch (e) { return g(); } } g();",
+        "function h() { return [1].map(h); } h();",
+        "function s() { return [3, 1, 2].sort(s); } s();",
+        "var o = { get x() { return o.x; } }; o.x;",
+    ] {
+        let result = run_with(script, "update", &current, None, &no_property);
+        assert!(matches!(result, Err((ScriptError::Limit, _))), "{script}: {result:?}");
+    }
+}
+
+#[test]
+fn deeply_nested_source_fails_cleanly() {
+    let current = incident();
+    for depth in [1_000, 20_000] {
+        let script = format!("var x = {}1{};", "(".repeat(depth), ")".repeat(depth));
+        let result = run_with(&script, "update", &current, None, &no_property);
+        assert!(
+            matches!(result, Ok(_) | Err((ScriptError::Parse(_) | ScriptError::Limit, _))),
+            "depth {depth}: {result:?}"
+        );
+    }
+}
+
+#[test]
+fn an_absent_property_yields_the_default_or_undefined() {
+    let script = r#"
+        gs.info('{0}', gs.getProperty('x_neoagent.missing', 'fallback'));
+        gs.info('{0}', gs.getProperty('x_neoagent.missing') === undefined);
+        gs.info('{0}', gs.getProperty('x_neoagent.callback_url', 'fallback'));
+    "#;
+    assert_eq!(messages(script), vec!["fallback", "true", CALLBACK]);
+}
+
+#[test]
+fn changes_and_changes_to_compare_with_previous() {
+    let current = incident();
+    let mut before = incident();
+    before.insert("state".to_string(), "1".to_string());
+    let script = r#"
+        gs.info('{0} {1} {2} {3} {4} {5} {6}', current.changes(), current.state.changes(),
+            current.state.changesTo(2), current.state.changesTo('3'), current.state.changesFrom(1),
+            current.priority.changes(), previous.state);
+    "#;
+    let outcome = run_with(script, "update", &current, Some(&before), &no_property).expect("runs");
+    assert_eq!(outcome.log, vec![info("true true true false true false 1")]);
+}
+
+#[test]
+fn without_previous_nothing_changes_except_on_insert() {
+    let current = incident();
+    let script = "gs.info('{0} {1} {2} {3}', current.changes(), current.number.changes(), \
+                  current.assigned_to.changes(), current.isNewRecord());";
+    let update = run_with(script, "update", &current, None, &no_property).expect("runs");
+    assert_eq!(update.log, vec![info("false false false false")]);
+    let insert = run_with(script, "insert", &current, None, &no_property).expect("runs");
+    assert_eq!(insert.log, vec![info("true true false true")]);
+}
+
+#[test]
+fn gs_info_substitutes_numbered_arguments_and_levels_are_kept() {
+    let current = incident();
+    let script = r#"
+        gs.info('{1} before {0}, {0} again, {2} missing', 'a', current.number);
+        gs.debug('d {0}', 1);
+        gs.warn('w');
+        gs.error('e {0}', null);
+        gs.log('logged {0}', 'source');
+        gs.print('printed');
+    "#;
+    let outcome = run_with(script, "update", &current, None, &no_property).expect("runs");
+    let line = |level, message: &str| LogLine {
+        level,
+        message: message.to_string(),
+    };
+    assert_eq!(
+        outcome.log,
+        vec![
+            line(LogLevel::Info, "INC0010001 before a, a again, {2} missing"),
+            line(LogLevel::Debug, "d 1"),
+            line(LogLevel::Warn, "w"),
+            line(LogLevel::Error, "e null"),
+            line(LogLevel::Info, "logged {0}"),
+            line(LogLevel::Info, "printed"),
+        ]
+    );
+}
+
+#[test]
+fn fields_coerce_to_their_values_as_strings() {
+    let script = r#"
+        gs.info('' + current.number);
+        gs.info(String(current.sys_id));
+        gs.info(current.short_description + '!');
+        gs.info(current.number.toString() + ' ' + current.number.getValue() + ' ' +
+            current.number.getDisplayValue() + ' ' + current.number.getName());
+        gs.info(typeof ('' + current.priority) + ' ' + (current.priority + 1));
+        gs.info(JSON.stringify({ n: '' + current.number, raw: current.number }));
+    "#;
+    assert_eq!(
+        messages(script),
+        vec![
+            "INC0010001",
+            "9d385017c611228701d22104cc95c371",
+            "Printer on fire!",
+            "INC0010001 INC0010001 INC0010001 number",
+            "string 11",
+            r#"{"n":"INC0010001","raw":{}}"#,
+        ]
+    );
+}
+
+#[test]
+fn empty_fields_are_null_through_get_value_and_nil_as_elements() {
+    let script = r#"
+        gs.info('{0} {1} {2} {3} {4}', current.getValue('assigned_to') === null,
+            current.assigned_to.nil(), gs.nil(current.assigned_to), JSUtil.notNil(current.number),
+            current.getValue('no_such_field') === null);
+        gs.info('{0} {1}', current.no_such_field === undefined, current.isValidField('number'));
+    "#;
+    assert_eq!(messages(script), vec!["true true true true true", "true true"]);
+}
+
+#[test]
+fn record_methods_answer_table_class_identity_and_display_value() {
+    let script = r#"
+        gs.info([current.getTableName(), current.getRecordClassName(), current.getUniqueValue(),
+            current.getDisplayValue(), current.getDisplayValue('short_description'),
+            current.operation(), current.isValidRecord(), current.getElement('state')].join('|'));
+        var fields = [];
+        for (var name in current) { fields.push(name); }
+        gs.info(fields.join(','));
+        gs.info(gs.getUserID() + ' ' + gs.nowDateTime() + ' ' + new GlideDateTime().getValue());
+        gs.eventQueue('x_neoagent.event', current, '1', '2');
+    "#;
+    assert_eq!(
+        messages(script),
+        vec![
+            "task|incident|9d385017c611228701d22104cc95c371|INC0010001|Printer on fire|update|true|2",
+            "assigned_to,number,priority,short_description,state,sys_class_name,sys_id,\
+             sys_updated_by,sys_updated_on",
+            "6816f79cc0a8016401c5a33be04be441 2025-01-02 03:04:05 2025-01-02 03:04:05",
+        ]
+    );
+}
+
+#[test]
+fn fields_named_like_methods_do_not_hide_the_methods() {
+    let current = record(&[("sys_id", "abc"), ("operation", "x"), ("__proto__", "y")]);
+    let outcome = run_with(
+        "gs.info(current.operation() + ' ' + current.getValue('operation') + ' ' + current.getValue('__proto__'));",
+        "delete",
+        &current,
+        None,
+        &no_property,
+    )
+    .expect("runs");
+    assert_eq!(outcome.log, vec![info("delete x y")]);
+}
