@@ -60,9 +60,7 @@ impl UrlRule {
             }
             UrlRule::NoUserInfo => "user info (anything@) is not allowed before the host",
             UrlRule::NoPort => "a port is not allowed: ServiceNow serves instances on 443 only",
-            UrlRule::NoPath => {
-                "give the bare host: no path and no trailing slash (https://<instance>.service-now.com)"
-            }
+            UrlRule::NoPath => "give the bare host: no path and no trailing slash (https://<instance>.service-now.com)",
             UrlRule::NoQuery => "a query string (?...) is not allowed",
             UrlRule::NoFragment => "a fragment (#...) is not allowed",
             UrlRule::LowerCaseHost => "write the host in lower case",
@@ -129,7 +127,9 @@ fn is_allowed_host(host: &str) -> bool {
 fn is_dns_label(label: &str) -> bool {
     let bytes = label.as_bytes();
     (1..=63).contains(&bytes.len())
-        && bytes.iter().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
         && bytes.first() != Some(&b'-')
         && bytes.last() != Some(&b'-')
 }
@@ -207,6 +207,9 @@ mod tests {
     fn the_host_is_what_follows_the_scheme() {
         let url = InstanceUrl::parse("https://acme.service-now.com").unwrap();
         assert_eq!(url.host(), "acme.service-now.com");
-        assert_eq!(url.join("/oauth_token.do"), "https://acme.service-now.com/oauth_token.do");
+        assert_eq!(
+            url.join("/oauth_token.do"),
+            "https://acme.service-now.com/oauth_token.do"
+        );
     }
 }
