@@ -97,6 +97,24 @@ pub struct ControllerArgs {
     /// Watch only this namespace (default: all namespaces).
     #[arg(long, env = "WATCH_NAMESPACE")]
     pub namespace: Option<String>,
+    /// Elect one leader among the replicas (a Lease in the operator namespace); only the leader
+    /// reconciles, every replica serves the consent and webhook endpoints.
+    #[arg(long, env = "LEADER_ELECTION", default_value_t = true, action = clap::ArgAction::Set)]
+    pub leader_election: bool,
+    /// Name of the leader-election Lease.
+    #[arg(long, env = "LEASE_NAME", default_value = "servicenow-operator")]
+    pub lease_name: String,
+    /// How long a leader's Lease lasts without renewal (a crashed leader is replaced after this).
+    #[arg(long, env = "LEASE_DURATION", default_value = "15s", value_parser = parse_lease_duration)]
+    pub lease_duration: Duration,
+}
+
+fn parse_lease_duration(value: &str) -> Result<Duration, String> {
+    let duration = parse_duration(value)?;
+    if duration < Duration::from_secs(3) {
+        return Err(format!("--lease-duration {value:?} is too short: use at least 3s"));
+    }
+    Ok(duration)
 }
 
 /// Logs.

@@ -7,6 +7,7 @@ use std::sync::{
 
 use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
+use kube_lease_manager::LeaseManagerBuilder;
 use prometheus_client::registry::Registry;
 use tokio::sync::watch;
 
@@ -36,6 +37,9 @@ pub enum StartError {
         /// Why.
         source: kube::Error,
     },
+    /// Leader election could not start.
+    #[error("failed to start leader election: {0}")]
+    Lease(String),
     /// A listener failed.
     #[error("failed to serve HTTP on {address}: {source}")]
     Listen {
@@ -64,7 +68,7 @@ pub async fn run(args: RunArgs) -> Result<(), StartError> {
         operator_namespace,
         state_key_secret,
     } = http_args;
-    let ControllerArgs { concurrency, namespace } = controller_args;
+    let ControllerArgs { concurrency, namespace, leader_election, lease_name, lease_duration } = controller_args;
     let ServiceNowArgs {
         ca_bundle,
         resolve,
@@ -84,6 +88,7 @@ pub async fn run(args: RunArgs) -> Result<(), StartError> {
     let client = kube::Client::try_default().await.map_err(StartError::Kube)?;
 
     let (stop_tx, stop_rx) = watch::channel(false);
+    let stop_check = stop_rx.clone();
     let stopped = move || {
         let mut stop_rx = stop_rx.clone();
         async move {
@@ -120,8 +125,70 @@ pub async fn run(args: RunArgs) -> Result<(), StartError> {
     let public_server = tokio::spawn(http::serve(listen, consent, stopped()));
 
     let context = Arc::new(Context::new(client.clone(), servicenow, public_url, metrics));
-    let synced = move || ready.store(true, Ordering::Release);
-    controller::run(client, namespace.as_deref(), concurrency, context, synced, stopped()).await;
+    if !leader_election {
+        let synced = move || ready.store(true, Ordering::Release);
+        controller::run(client, namespace.as_deref(), concurrency, context, synced, stopped()).await;
+    } else {
+        let identity = std::env::var("POD_NAME")
+            .unwrap_or_else(|_| format!("{}-{}", hostname(), std::process::id()));
+        let seconds = lease_duration.as_secs();
+        let (mut leader, lease_task) = LeaseManagerBuilder::new(client.clone(), &lease_name)
+            .with_namespace(&operator_namespace)
+            .with_identity(&identity)
+            .with_duration(seconds)
+            .with_grace((seconds / 3).max(1))
+            .build()
+            .await
+            .map_err(|source| StartError::Lease(source.to_string()))?
+            .watch()
+            .await;
+        let mut stop = Box::pin(stopped());
+        loop {
+            // Standby: serve HTTP, reconcile nothing, until this replica leads or the operator stops.
+            ready.store(true, Ordering::Release);
+            tracing::info!(%identity, lease = %lease_name, "standing by for leadership");
+            let leads = async {
+                while !*leader.borrow_and_update() {
+                    if leader.changed().await.is_err() {
+                        return false;
+                    }
+                }
+                true
+            };
+            let became_leader = tokio::select! {
+                leads = leads => leads,
+                () = &mut stop => false,
+            };
+            if !became_leader {
+                break;
+            }
+            tracing::info!(%identity, "leading: starting the controller");
+            ready.store(false, Ordering::Release);
+            let synced = {
+                let ready = ready.clone();
+                move || ready.store(true, Ordering::Release)
+            };
+            let mut lost = leader.clone();
+            let stopped_or_lost = {
+                let stopped = stopped();
+                async move {
+                    tokio::select! {
+                        () = stopped => {}
+                        _ = lost.wait_for(|leads| !*leads) => {}
+                    }
+                }
+            };
+            controller::run(client.clone(), namespace.as_deref(), concurrency, context.clone(), synced, stopped_or_lost)
+                .await;
+            if stop_requested(&stop_check) {
+                break;
+            }
+            tracing::warn!(%identity, "lost leadership: the controller stopped");
+        }
+        // Dropping the receiver makes the lease task release the Lease for the next leader.
+        drop(leader);
+        let _ = lease_task.await;
+    }
 
     for (address, server) in [(admin_listen, admin_server), (listen, public_server)] {
         if let Ok(Err(source)) = server.await {
@@ -144,4 +211,12 @@ async fn shutdown_signal() {
         _ = tokio::signal::ctrl_c() => {}
         _ = terminate.recv() => {}
     }
+}
+
+fn stop_requested(stop: &watch::Receiver<bool>) -> bool {
+    *stop.borrow()
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_owned()).unwrap_or_else(|_| "operator".into())
 }

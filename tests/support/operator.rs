@@ -132,6 +132,10 @@ impl Operator {
             .args(["--listen", &format!("127.0.0.1:{public_port}")])
             .args(["--admin-listen", &format!("127.0.0.1:{admin_port}")])
             .args(["--namespace", namespace])
+            // The test namespace is also the operator's own: its Lease and state-key Secret stay
+            // per test, so concurrent tests never wait for each other's leader.
+            .args(["--operator-namespace", namespace])
+            .args(["--lease-duration", "3s"])
             .args(["--resolve", &format!("{HOST}={}", simulator.addr())])
             .arg("--ca-bundle")
             .arg(&ca)
