@@ -68,7 +68,13 @@ pub async fn run(args: RunArgs) -> Result<(), StartError> {
         operator_namespace,
         state_key_secret,
     } = http_args;
-    let ControllerArgs { concurrency, namespace, leader_election, lease_name, lease_duration } = controller_args;
+    let ControllerArgs {
+        concurrency,
+        namespace,
+        leader_election,
+        lease_name,
+        lease_duration,
+    } = controller_args;
     let ServiceNowArgs {
         ca_bundle,
         resolve,
@@ -129,8 +135,7 @@ pub async fn run(args: RunArgs) -> Result<(), StartError> {
         let synced = move || ready.store(true, Ordering::Release);
         controller::run(client, namespace.as_deref(), concurrency, context, synced, stopped()).await;
     } else {
-        let identity = std::env::var("POD_NAME")
-            .unwrap_or_else(|_| format!("{}-{}", hostname(), std::process::id()));
+        let identity = std::env::var("POD_NAME").unwrap_or_else(|_| format!("{}-{}", hostname(), std::process::id()));
         let seconds = lease_duration.as_secs();
         let (mut leader, lease_task) = LeaseManagerBuilder::new(client.clone(), &lease_name)
             .with_namespace(&operator_namespace)
@@ -178,8 +183,15 @@ pub async fn run(args: RunArgs) -> Result<(), StartError> {
                     }
                 }
             };
-            controller::run(client.clone(), namespace.as_deref(), concurrency, context.clone(), synced, stopped_or_lost)
-                .await;
+            controller::run(
+                client.clone(),
+                namespace.as_deref(),
+                concurrency,
+                context.clone(),
+                synced,
+                stopped_or_lost,
+            )
+            .await;
             if stop_requested(&stop_check) {
                 break;
             }
@@ -218,5 +230,7 @@ fn stop_requested(stop: &watch::Receiver<bool>) -> bool {
 }
 
 fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_owned()).unwrap_or_else(|_| "operator".into())
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "operator".into())
 }

@@ -4,68 +4,17 @@
 
 mod support;
 
-use std::{process::Stdio, time::Duration};
+use std::time::Duration;
 
-use io::Write as _;
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::{
-    Api, Client,
+    Api,
     api::{Patch, PatchParams, PostParams},
 };
 use servicenow_operator::{
     api::{LocalSecretReference, ServiceNowConnection, ServiceNowConnectionSpec},
     servicenow::{InstanceUrl, UrlRule},
 };
-use std::io;
-use support::{TestNamespace, control_plane, poll_until};
-use tokio::sync::OnceCell;
-
-const CRD_NAME: &str = "servicenowconnections.neoagent.io";
-
-/// Installs the CRD exactly as a user would (`servicenow-operator crd | kubectl apply
-/// --server-side -f -`) once per test process, and waits until it is Established.
-async fn installed() -> Client {
-    static INSTALLED: OnceCell<()> = OnceCell::const_new();
-    let plane = control_plane().await;
-    INSTALLED
-        .get_or_init(|| async {
-            let crd = std::process::Command::new(env!("CARGO_BIN_EXE_servicenow-operator"))
-                .arg("crd")
-                .output()
-                .expect("run servicenow-operator crd");
-            assert!(crd.status.success(), "servicenow-operator crd failed: {crd:?}");
-            let mut apply = plane
-                .kubectl_command(&["apply", "--server-side", "-f", "-"])
-                .stdin(Stdio::piped())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .expect("start kubectl apply");
-            apply.stdin.take().unwrap().write_all(&crd.stdout).unwrap();
-            let applied = apply.wait_with_output().unwrap();
-            assert!(
-                applied.status.success(),
-                "kubectl apply --server-side of the CRD failed: {}",
-                String::from_utf8_lossy(&applied.stderr)
-            );
-            let crds: Api<CustomResourceDefinition> = Api::all(plane.client());
-            poll_until(Duration::from_secs(30), "the CRD to become Established", || {
-                let crds = crds.clone();
-                async move {
-                    let crd = crds.get(CRD_NAME).await.ok()?;
-                    let established = crd
-                        .status?
-                        .conditions?
-                        .into_iter()
-                        .any(|c| c.type_ == "Established" && c.status == "True");
-                    established.then_some(())
-                }
-            })
-            .await;
-        })
-        .await;
-    plane.client()
-}
+use support::{TestNamespace, control_plane, operator::install_crd, poll_until};
 
 fn connection(name: &str, instance_url: &str) -> ServiceNowConnection {
     ServiceNowConnection::new(
@@ -88,7 +37,7 @@ fn connection(name: &str, instance_url: &str) -> ServiceNowConnection {
 
 #[tokio::test]
 async fn the_crd_installs_and_a_valid_connection_is_accepted_with_defaults() {
-    let client = installed().await;
+    let client = install_crd().await;
     let ns = TestNamespace::new(&client).await;
     let api: Api<ServiceNowConnection> = Api::namespaced(client, ns.name());
     let yaml = r#"{"apiVersion":"neoagent.io/v1alpha1","kind":"ServiceNowConnection","metadata":{"name":"acme"},
@@ -117,7 +66,7 @@ async fn the_api_server_and_instance_url_parse_agree_on_every_url_of_the_table()
     const CASES: &[Case] = include!("data/instance_url_cases.rs");
     assert!(CASES.len() >= 30, "the table must keep at least 30 cases");
 
-    let client = installed().await;
+    let client = install_crd().await;
     let ns = TestNamespace::new(&client).await;
     let api: Api<ServiceNowConnection> = Api::namespaced(client, ns.name());
     let dry_run = PostParams {
@@ -158,7 +107,7 @@ async fn the_api_server_and_instance_url_parse_agree_on_every_url_of_the_table()
 
 #[tokio::test]
 async fn a_status_patch_does_not_bump_the_generation() {
-    let client = installed().await;
+    let client = install_crd().await;
     let ns = TestNamespace::new(&client).await;
     let api: Api<ServiceNowConnection> = Api::namespaced(client, ns.name());
     let created = api
@@ -199,7 +148,7 @@ async fn a_status_patch_does_not_bump_the_generation() {
 
 #[tokio::test]
 async fn kubectl_get_snc_shows_the_printer_columns() {
-    let client = installed().await;
+    let client = install_crd().await;
     let ns = TestNamespace::new(&client).await;
     let api: Api<ServiceNowConnection> = Api::namespaced(client, ns.name());
     api.create(
@@ -253,7 +202,7 @@ async fn kubectl_get_snc_shows_the_printer_columns() {
 
 #[tokio::test]
 async fn kubectl_explain_prints_the_doc_comments() {
-    installed().await;
+    install_crd().await;
     let plane = control_plane().await;
     // The API server publishes a new CRD's OpenAPI a moment after it is Established.
     let stdout = poll_until(Duration::from_secs(30), "kubectl explain to know the CRD", || async {

@@ -3,12 +3,12 @@
 //! The [`ServiceNow`] trait is what the reconciler and the consent endpoints need from an
 //! instance; [`Client`] implements it over HTTPS (tests may substitute a fake). Every method
 //! takes the instance explicitly; table methods take an access token obtained through
-//! [`ServiceNow::refresh_token`] (cached by the caller, e.g. with [`session::Sessions`]).
+//! [`ServiceNow::refresh_token`] (the caller caches the access token).
 //!
 //! Layout: `http` (the one HTTP client: TLS, resolve, proxy, timeouts, per-instance limit, call
 //! counting, error answers), `oauth` (authorize URL, PKCE, token grants, revocation), `table`
-//! (Table API calls) with `query` (encoded queries), `client` (the [`Client`]), `session` (access
-//! token cache), `records` (plain structs), `error`, `secret`.
+//! (Table API calls) with `query` (encoded queries), `client` (the [`Client`]), `records` (plain
+//! structs), `error`, `secret`.
 
 mod client;
 pub mod error;
@@ -18,7 +18,6 @@ pub mod oauth;
 pub mod query;
 pub mod records;
 pub mod secret;
-pub mod session;
 mod table;
 
 pub use client::Client;
