@@ -119,6 +119,17 @@ impl Operator {
         extra: &[&str],
     ) -> Operator {
         let plane = control_plane().await;
+        Self::start_as(namespace, simulator, public_port, extra, plane.kubeconfig_path()).await
+    }
+
+    /// Starts the operator with the identity of `kubeconfig` (e.g. the chart's ServiceAccount).
+    pub async fn start_as(
+        namespace: &str,
+        simulator: &snowsim::Server,
+        public_port: u16,
+        extra: &[&str],
+        kubeconfig: &std::path::Path,
+    ) -> Operator {
         let admin_port = free_port();
         let public_url = format!("http://127.0.0.1:{public_port}");
         let ca = simulator.ca_path().expect("write the simulator's CA");
@@ -141,7 +152,7 @@ impl Operator {
             .arg(&ca)
             .args(["--log-filter", "info,servicenow_operator=debug"])
             .args(extra)
-            .env("KUBECONFIG", plane.kubeconfig_path())
+            .env("KUBECONFIG", kubeconfig)
             .env_remove("HTTPS_PROXY")
             .env_remove("https_proxy")
             .stdin(Stdio::null())
