@@ -9,7 +9,10 @@ export CARGO_TARGET_DIR ?= $(CACHE_DIR)/target
 # One control plane for the whole test run; tests attach to it through ENVTEST_KUBECONFIG.
 ENVTEST_RUN ?= $(CACHE_DIR)/run/envtest-$(shell echo $$PPID)
 
-.PHONY: test lint integration crds envtest-bins browser-deps clean-cache
+# A hung test fails the run with the names of the tests still running instead of eating CI's budget.
+TEST_TIMEOUT ?= 40m
+
+.PHONY: test lint integration crds envtest-bins browser-deps clean-cache demo
 
 ## test: everything CI runs — format, lints, unit and integration tests against a real API server.
 test: lint integration
@@ -30,7 +33,19 @@ integration: envtest-bins browser-deps
 	rm -rf "$(ENVTEST_RUN)"
 	ENVTEST_WATCH_PID=$$$$ tests/envtest/up "$(ENVTEST_RUN)" >/dev/null; \
 	trap 'tests/envtest/down "$(ENVTEST_RUN)"' EXIT; \
-	ENVTEST_KUBECONFIG="$(ENVTEST_RUN)/kubeconfig" cargo test --workspace --locked --no-fail-fast
+	ENVTEST_KUBECONFIG="$(ENVTEST_RUN)/kubeconfig" timeout --kill-after=30s $(TEST_TIMEOUT) cargo test --workspace --locked --no-fail-fast
+
+## demo: the operator end to end on this machine (tests/demo/run): control plane, snowsim, the CRD and
+## examples/acme.yaml, consent in headless Chromium, READY_TO_SYNC; then waits for Ctrl-C.
+##   make demo CONSENT=manual   print the consent URL for a person instead of the headless browser
+##   make demo DEMO_EXIT=1      tear down and exit 0 right after the results (to test the demo)
+## Ports: DEMO_SNOWSIM_PORT (8443), DEMO_PUBLIC_PORT (8080), DEMO_ADMIN_PORT (8081).
+CONSENT ?= browser
+DEMO_EXIT ?= 0
+demo: envtest-bins browser-deps
+	$(if $(filter-out browser manual,$(CONSENT)),$(error CONSENT must be browser or manual, not '$(CONSENT)'))
+	cargo build --locked --bins --examples -p servicenow-operator -p snowsim
+	tests/demo/run $(if $(filter manual,$(CONSENT)),--manual-consent) $(if $(filter-out 0,$(DEMO_EXIT)),--exit-when-ready)
 
 ## crds: regenerate crds/ from the code.
 crds:

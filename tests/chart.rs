@@ -9,9 +9,7 @@ use std::{fs, process::Output};
 use servicenow_operator::api::SyncState;
 use support::{
     TestNamespace, control_plane,
-    operator::{
-        AGENT, Operator, create_connection, free_port, install_crd, put_secret, seed, simulator, wait_for_status,
-    },
+    operator::{Operator, Scene, free_port, install_crd},
 };
 
 const CHART: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/charts/servicenow-operator");
@@ -120,44 +118,19 @@ async fn the_operator_reaches_ready_to_sync_with_only_the_charts_rbac() {
     );
     assert!(!as_operator("create", "pods"), "the chart grants more than needed");
 
-    let simulator = simulator().await;
-    let seed = seed(&simulator, AGENT).await;
-    put_secret(
-        &client,
-        ns.name(),
-        "acme-oauth",
-        &[("clientId", &seed.client_id), ("clientSecret", &seed.client_secret)],
-    )
-    .await;
-    put_secret(
-        &client,
-        ns.name(),
-        "acme-token",
-        &[("refreshToken", &seed.refresh_token)],
-    )
-    .await;
-    create_connection(
-        &client,
-        ns.name(),
-        "acme",
-        serde_json::json!({"instanceUrl": "https://acme.service-now.com", "credentialsSecretRef": {"name": "acme-oauth"}}),
-    )
-    .await;
-    let operator = Operator::start_as(ns.name(), &simulator, free_port(), &[], &kubeconfig).await;
-    wait_for_status(
-        &client,
-        ns.name(),
-        "acme",
-        "READY_TO_SYNC under the chart's RBAC",
-        |s| s.sync_state == Some(SyncState::ReadyToSync),
-    )
-    .await;
+    let scene = Scene::in_namespace(client, ns, serde_json::json!({})).await;
+    let operator = Operator::start_as(scene.ns.name(), &scene.simulator, free_port(), &[], &kubeconfig).await;
+    scene
+        .wait_for("READY_TO_SYNC under the chart's RBAC", |s| {
+            s.sync_state == Some(SyncState::ReadyToSync)
+        })
+        .await;
     let logs = operator.logs();
     assert!(
         !logs.contains("forbidden"),
         "the operator was refused something under the chart's RBAC:\n{logs}"
     );
-    assert!(!logs.contains(&seed.client_secret) && !logs.contains(&seed.refresh_token));
+    scene.assert_no_secret_leaked().await;
     // Cluster-scoped objects of this release are not in the namespace: remove them.
     plane.kubectl(&[
         "delete",

@@ -6,121 +6,16 @@ mod support;
 
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Event, Secret};
+use k8s_openapi::api::core::v1::Secret;
 use kube::{
-    Api, Client,
-    api::{ListParams, Patch, PatchParams},
+    Api,
+    api::{Patch, PatchParams},
 };
-use servicenow_operator::api::{ServiceNowConnection, SyncState};
+use servicenow_operator::api::SyncState;
 use support::{
-    TestNamespace,
-    operator::{
-        AGENT, Operator, Seed, condition, create_connection, install_crd, put_secret, seed, simulator, wait_for_status,
-    },
+    operator::{AGENT, LEGACY_QUERY, PROPERTY_QUERY, RULE_QUERY, Ready, condition, ready_connection, wait_for_status},
     poll_until,
 };
-
-const RULE_QUERY: &str = "name=Neo Agent — Task Webhook^collection=task";
-const LEGACY_QUERY: &str = "name=Neo Agent — Incident Webhook";
-const PROPERTY_QUERY: &str = "name=x_neoagent.callback_url";
-
-/// A namespace, a simulator, the Secrets of a consented connection `acme`, the connection, and
-/// the operator; returns once the connection is READY_TO_SYNC.
-struct Ready {
-    client: Client,
-    ns: TestNamespace,
-    simulator: snowsim::Server,
-    operator: Operator,
-    seed: Seed,
-}
-
-async fn ready_connection(extra_spec: serde_json::Value) -> Ready {
-    let client = install_crd().await;
-    let ns = TestNamespace::new(&client).await;
-    let simulator = simulator().await;
-    let seed = seed(&simulator, AGENT).await;
-    put_secret(
-        &client,
-        ns.name(),
-        "acme-oauth",
-        &[("clientId", &seed.client_id), ("clientSecret", &seed.client_secret)],
-    )
-    .await;
-    put_secret(
-        &client,
-        ns.name(),
-        "acme-token",
-        &[("refreshToken", &seed.refresh_token)],
-    )
-    .await;
-    let mut spec = serde_json::json!({
-        "instanceUrl": "https://acme.service-now.com",
-        "credentialsSecretRef": {"name": "acme-oauth"},
-        "expectedUserName": AGENT,
-    });
-    if let (Some(spec), Some(extra)) = (spec.as_object_mut(), extra_spec.as_object()) {
-        spec.extend(extra.clone());
-    }
-    create_connection(&client, ns.name(), "acme", spec).await;
-    let operator = Operator::start(ns.name(), &simulator).await;
-    wait_for_status(&client, ns.name(), "acme", "READY_TO_SYNC", |s| {
-        s.sync_state == Some(SyncState::ReadyToSync)
-    })
-    .await;
-    Ready {
-        client,
-        ns,
-        simulator,
-        operator,
-        seed,
-    }
-}
-
-impl Ready {
-    fn api(&self) -> Api<ServiceNowConnection> {
-        Api::namespaced(self.client.clone(), self.ns.name())
-    }
-
-    async fn annotate(&self, key: &str, value: &str) {
-        let patch = serde_json::json!({"metadata": {"annotations": {key: value}}});
-        self.api()
-            .patch("acme", &PatchParams::default(), &Patch::Merge(&patch))
-            .await
-            .expect("annotate");
-    }
-
-    /// Every secret value this test knows of.
-    fn secrets(&self) -> Vec<String> {
-        let mut values = vec![self.seed.client_secret.clone(), self.seed.refresh_token.clone()];
-        values.extend(self.simulator.admin().tokens().into_iter().map(|t| t.token));
-        values
-    }
-
-    /// Fails when a secret value appears in the operator's logs, the connection (status
-    /// included) or its Events.
-    async fn assert_no_secret_leaked(&self) {
-        let secrets: Api<Secret> = Api::namespaced(self.client.clone(), self.ns.name());
-        let webhook = secrets.get("acme-webhook").await.expect("the webhook token Secret");
-        let webhook_token = String::from_utf8(webhook.data.unwrap()["token"].0.clone()).unwrap();
-        let connection = serde_json::to_string(&self.api().get("acme").await.unwrap()).unwrap();
-        let events: Api<Event> = Api::namespaced(self.client.clone(), self.ns.name());
-        let events = serde_json::to_string(&events.list(&ListParams::default()).await.unwrap().items).unwrap();
-        let logs = self.operator.logs();
-        let mut values = self.secrets();
-        values.push(webhook_token);
-        for value in values.iter().filter(|v| v.len() >= 8) {
-            assert!(
-                !logs.contains(value.as_str()),
-                "a secret value appears in the operator's logs"
-            );
-            assert!(
-                !connection.contains(value.as_str()),
-                "a secret value appears in the connection"
-            );
-            assert!(!events.contains(value.as_str()), "a secret value appears in an Event");
-        }
-    }
-}
 
 #[tokio::test]
 async fn a_consented_connection_reaches_ready_to_sync_with_one_rule_and_one_property() {
@@ -258,20 +153,7 @@ async fn drift_on_the_instance_is_repaired_by_a_reconnect() {
         admin.insert("sys_script", copy).await.unwrap();
     })
     .await;
-    repaired_after(&ready, "legacy-present", async |admin| {
-        admin
-            .insert(
-                "sys_script",
-                [
-                    ("name", "Neo Agent — Incident Webhook"),
-                    ("collection", "incident"),
-                    ("active", "true"),
-                ],
-            )
-            .await
-            .unwrap();
-    })
-    .await;
+    repaired_after(&ready, "legacy-present", async |_| ready.insert_legacy_rule().await).await;
     let id = property_id();
     repaired_after(&ready, "property-changed", async |admin| {
         admin

@@ -30,7 +30,7 @@ use super::{
 use crate::{
     api::{CONSENT_NONCES, CONSENT_RESULT, ServiceNowConnection},
     secrets::{self, StoredToken},
-    servicenow::{ErrorKind, InstanceUrl, SecretString, ServiceNow},
+    servicenow::{ErrorKind, InstanceUrl, SecretString, ServiceNow, oauth},
 };
 
 /// The path of the consent start endpoint.
@@ -161,22 +161,17 @@ async fn start<S: ServiceNow>(
         &connection.uid().unwrap_or_default(),
         Timestamp::now(),
     );
-    let mut authorize = match url::Url::parse(&instance.join("/oauth_auth.do")) {
-        Ok(url) => url,
-        Err(_) => return unavailable(),
-    };
-    authorize
-        .query_pairs_mut()
-        .append_pair("response_type", "code")
-        .append_pair("client_id", credentials.client_id.expose())
-        .append_pair("redirect_uri", &context.redirect_uri())
-        .append_pair("state", &minted.state)
-        .append_pair("code_challenge", &minted.code_challenge)
-        .append_pair("code_challenge_method", "S256");
+    let authorize = oauth::authorize_url(
+        &instance,
+        credentials.client_id.expose(),
+        &context.redirect_uri(),
+        &minted.state,
+        &minted.code_challenge,
+    );
     (
         StatusCode::FOUND,
         [
-            (header::LOCATION, authorize.to_string()),
+            (header::LOCATION, authorize),
             (header::CACHE_CONTROL, "no-store".to_owned()),
         ],
     )

@@ -25,7 +25,7 @@
 use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
 use hmac::{Hmac, Mac};
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
-use sha2::{Digest, Sha256};
+use sha2::Sha256;
 
 use crate::servicenow::SecretString;
 
@@ -135,7 +135,7 @@ fn mint_with_nonce(key: &[u8], connection: &str, uid: &str, now: Timestamp, nonc
     let verifier = pkce_verifier(key, &nonce);
     Minted {
         state: format!("{signed}.{tag}"),
-        code_challenge: code_challenge(&verifier),
+        code_challenge: crate::servicenow::oauth::pkce_challenge(&verifier),
         nonce: URL_SAFE_NO_PAD.encode(nonce),
         expires_at,
     }
@@ -208,12 +208,10 @@ fn pkce_verifier(key: &[u8], nonce: &[u8; NONCE_LEN]) -> SecretString {
 }
 
 /// The S256 `code_challenge` of `verifier`: base64url(SHA-256(verifier)), no padding.
-fn code_challenge(verifier: &SecretString) -> String {
-    URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.expose().as_bytes()))
-}
-
 #[cfg(test)]
 mod tests {
+    use sha2::Digest as _;
+
     use super::*;
 
     const KEY: &[u8] = b"0123456789abcdef0123456789abcdef";
@@ -241,7 +239,7 @@ mod tests {
         assert_eq!(verified.expires_at, at(600));
         assert_eq!(minted.expires_at, at(600));
         assert_eq!(verified.pkce_verifier.expose().len(), 43);
-        assert_eq!(code_challenge(&verified.pkce_verifier), minted.code_challenge);
+        assert_eq!(crate::servicenow::oauth::pkce_challenge(&verified.pkce_verifier), minted.code_challenge);
     }
 
     #[test]
@@ -362,7 +360,7 @@ mod tests {
         );
         // RFC 7636 appendix B's example, to pin the encoding.
         let example = SecretString::new("dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk");
-        assert_eq!(code_challenge(&example), "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM");
+        assert_eq!(crate::servicenow::oauth::pkce_challenge(&example), "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM");
     }
 
     #[test]

@@ -91,7 +91,12 @@ pub async fn reconcile<S: ServiceNow>(
     let result = finalizer(&api, FINALIZER, connection, |event| async {
         match event {
             FinalizerEvent::Apply(connection) => pipeline::apply(&connection, &context).await,
-            FinalizerEvent::Cleanup(connection) => cleanup::cleanup(&connection, &context).await,
+            FinalizerEvent::Cleanup(connection) => {
+                let action = cleanup::cleanup(&connection, &context).await?;
+                // The connection is gone: so are its failure count and any hold.
+                context.backoff.reset(&key(&connection));
+                Ok(action)
+            }
         }
     })
     .await

@@ -73,8 +73,29 @@ impl<S> Run<'_, S> {
     }
 }
 
+/// What a person can change on the connection itself — the object (uid), its generation (the
+/// spec), annotations (reconcile, reconnect, reconsent requests) and deletion — hashed; its status
+/// excluded.
+pub fn inputs(connection: &ServiceNowConnection) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hash = std::collections::hash_map::DefaultHasher::new();
+    connection.metadata.uid.hash(&mut hash);
+    connection.metadata.generation.hash(&mut hash);
+    connection.annotations().hash(&mut hash);
+    connection.metadata.deletion_timestamp.is_some().hash(&mut hash);
+    hash.finish()
+}
+
 /// Reconciles a connection that is not being deleted.
 pub async fn apply<S: ServiceNow>(connection: &ServiceNowConnection, context: &Context<S>) -> Result<Action, Error> {
+    let connection_key = key(connection);
+    let inputs = inputs(connection);
+    if let Some(rest) = context.backoff.held(&connection_key, inputs, Instant::now()) {
+        // Woken by a watch event (often our own status write) while waiting out Retry-After or a
+        // backoff delay, and nothing a person controls changed: no call, no write.
+        tracing::debug!(connection = %connection_key, wait = ?rest, "still waiting after a transient failure");
+        return Ok(Action::requeue(rest));
+    }
     let old = connection.status.clone().unwrap_or_default();
     let mut run = Run {
         connection,
@@ -108,7 +129,7 @@ pub async fn apply<S: ServiceNow>(connection: &ServiceNowConnection, context: &C
         Ok(()) => {
             status.last_handled_reconnect_at = annotations.get(RECONNECT).cloned();
             status::summarise(&mut status, Progress::Ready, None, generation, now);
-            context.backoff.reset(&key(connection));
+            context.backoff.reset(&connection_key);
             let mut delay = backoff::jittered_resync(resync);
             if let Some(due) = due {
                 delay = delay.min(due.saturating_duration_since(Instant::now()));
@@ -118,9 +139,13 @@ pub async fn apply<S: ServiceNow>(connection: &ServiceNowConnection, context: &C
         Err(Halt::Stop(stop)) => {
             status::set_condition(&mut status.conditions, &stop.verdict, generation, now);
             status::summarise(&mut status, stop.progress, Some(&stop.verdict), generation, now);
+            let wait_out = |delay: Duration| {
+                context.backoff.hold(&connection_key, inputs, Instant::now(), delay);
+                Action::requeue(delay)
+            };
             match stop.retry {
-                Retry::After(delay) => Action::requeue(delay.max(Duration::from_secs(1))),
-                Retry::Backoff => Action::requeue(context.backoff.next_delay(&key(connection))),
+                Retry::After(delay) => wait_out(delay.max(Duration::from_secs(1))),
+                Retry::Backoff => wait_out(context.backoff.next_delay(&connection_key)),
                 Retry::Resync => Action::requeue(super::capped(backoff::jittered_resync(resync))),
                 Retry::OnChange => Action::await_change(),
             }

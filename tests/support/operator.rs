@@ -6,26 +6,33 @@ use std::{
     collections::BTreeMap,
     fs,
     io::Write as _,
-    net::TcpListener,
+    net::{SocketAddr, TcpListener},
     path::PathBuf,
     process::{Child, Command, Stdio},
+    sync::Mutex,
     time::Duration,
 };
 
 use k8s_openapi::{
-    ByteString, api::core::v1::Secret, apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
+    ByteString,
+    api::core::v1::{Event, Secret},
+    apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
 };
 use kube::{
     Api, Client,
-    api::{ObjectMeta, PostParams},
+    api::{ListParams, ObjectMeta, Patch, PatchParams, PostParams},
 };
-use servicenow_operator::api::{ServiceNowConnection, ServiceNowConnectionStatus};
+use servicenow_operator::api::{
+    RECONCILE_REQUESTED_AT, ServiceNowConnection, ServiceNowConnectionStatus, SyncState, conditions::Reason,
+};
 use tokio::sync::OnceCell;
 
-use super::{control_plane, poll_until};
+use super::{Observed, TestNamespace, control_plane, poll_until};
 
 /// The host every test instance answers as.
 pub const HOST: &str = "acme.service-now.com";
+/// The instance's OAuth application (Application Registry entry) in snowsim's seed.
+pub const APP: &str = "Neo Agent";
 /// The service account's password in snowsim's seed (`neo.agent` / `neo.agent`).
 pub const AGENT: &str = "neo.agent";
 
@@ -130,16 +137,51 @@ impl Operator {
         extra: &[&str],
         kubeconfig: &std::path::Path,
     ) -> Operator {
-        let admin_port = free_port();
         let public_url = format!("http://127.0.0.1:{public_port}");
+        Self::spawn(namespace, simulator, simulator.addr(), public_port, &public_url, extra, kubeconfig).await
+    }
+
+    /// Starts the operator listening on `listen_port` but announcing `public_url` (another
+    /// replica's address, say: two replicas behind one Service).
+    pub async fn start_behind(
+        namespace: &str,
+        simulator: &snowsim::Server,
+        listen_port: u16,
+        public_url: &str,
+    ) -> Operator {
+        let plane = control_plane().await;
+        Self::spawn(
+            namespace,
+            simulator,
+            simulator.addr(),
+            listen_port,
+            public_url,
+            &[],
+            plane.kubeconfig_path(),
+        )
+        .await
+    }
+
+    /// Starts the operator; the instance's host resolves to `instance` (the simulator, or a port
+    /// nobody listens on).
+    async fn spawn(
+        namespace: &str,
+        simulator: &snowsim::Server,
+        instance: SocketAddr,
+        public_port: u16,
+        public_url: &str,
+        extra: &[&str],
+        kubeconfig: &std::path::Path,
+    ) -> Operator {
+        let admin_port = free_port();
         let ca = simulator.ca_path().expect("write the simulator's CA");
-        let dir = std::env::temp_dir().join(format!("snop-{namespace}"));
+        let dir = log_dir(namespace);
         fs::create_dir_all(&dir).expect("log dir");
         let log = dir.join(format!("operator-{public_port}-{admin_port}.log"));
         let log_file = fs::File::create(&log).expect("log file");
         let child = Command::new(env!("CARGO_BIN_EXE_servicenow-operator"))
             .arg("run")
-            .args(["--public-url", &public_url])
+            .args(["--public-url", public_url])
             .args(["--listen", &format!("127.0.0.1:{public_port}")])
             .args(["--admin-listen", &format!("127.0.0.1:{admin_port}")])
             .args(["--namespace", namespace])
@@ -147,7 +189,7 @@ impl Operator {
             // per test, so concurrent tests never wait for each other's leader.
             .args(["--operator-namespace", namespace])
             .args(["--lease-duration", "3s"])
-            .args(["--resolve", &format!("{HOST}={}", simulator.addr())])
+            .args(["--resolve", &format!("{HOST}={instance}")])
             .arg("--ca-bundle")
             .arg(&ca)
             .args(["--log-filter", "info,servicenow_operator=debug"])
@@ -163,7 +205,7 @@ impl Operator {
         let operator = Operator {
             child,
             log,
-            public_url,
+            public_url: public_url.to_owned(),
             admin_url: format!("http://127.0.0.1:{admin_port}"),
         };
         let readyz = format!("{}/readyz", operator.admin_url);
@@ -173,8 +215,8 @@ impl Operator {
             let logs = logs.clone();
             async move {
                 match reqwest::get(&readyz).await {
-                    Ok(answer) if answer.status().is_success() => super::Observed::Done(()),
-                    other => super::Observed::not_yet(format!(
+                    Ok(answer) if answer.status().is_success() => Observed::Done(()),
+                    other => Observed::not_yet(format!(
                         "{other:?}; log: {}",
                         fs::read_to_string(&logs).unwrap_or_default()
                     )),
@@ -206,6 +248,22 @@ impl Drop for Operator {
     }
 }
 
+/// Where the operators of `namespace` write their logs (one file each).
+fn log_dir(namespace: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("snop-{namespace}"))
+}
+
+/// Everything every operator started for `namespace` wrote so far (a killed one included).
+pub fn all_operator_logs(namespace: &str) -> String {
+    let Ok(entries) = fs::read_dir(log_dir(namespace)) else {
+        return String::new();
+    };
+    entries
+        .flatten()
+        .map(|entry| fs::read_to_string(entry.path()).unwrap_or_default())
+        .collect()
+}
+
 /// The credentials and a refresh token for `neo.agent`, as a platform team would have them
 /// after consent (the token obtained with the documented password grant).
 pub struct Seed {
@@ -219,7 +277,7 @@ pub struct Seed {
 
 /// Gets a refresh token for `user` from the simulator's token endpoint (password grant).
 pub async fn seed(simulator: &snowsim::Server, user: &str) -> Seed {
-    let app = simulator.admin().oauth_app("Neo Agent").expect("the seeded OAuth app");
+    let app = simulator.admin().oauth_app(APP).expect("the seeded OAuth app");
     let client = simulator.client_builder().build().expect("client");
     let answer: serde_json::Value = client
         .post(format!("{}/oauth_token.do", simulator.base_url(HOST)))
@@ -246,26 +304,38 @@ pub async fn seed(simulator: &snowsim::Server, user: &str) -> Seed {
     }
 }
 
-/// Creates (or replaces) an Opaque Secret.
+/// Creates an Opaque Secret, or replaces the data of an existing one in place (one update, as
+/// `kubectl apply` makes: the Secret never disappears in between).
 pub async fn put_secret(client: &Client, namespace: &str, name: &str, data: &[(&str, &str)]) {
     let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
-    let secret = Secret {
-        metadata: ObjectMeta {
-            name: Some(name.to_owned()),
-            ..Default::default()
-        },
-        data: Some(
-            data.iter()
-                .map(|(k, v)| (k.to_string(), ByteString(v.as_bytes().to_vec())))
-                .collect::<BTreeMap<_, _>>(),
-        ),
-        ..Default::default()
-    };
-    let _ = secrets.delete(name, &Default::default()).await;
-    poll_until(Duration::from_secs(10), "the Secret to be created", || {
+    let data: BTreeMap<_, _> = data
+        .iter()
+        .map(|(k, v)| (k.to_string(), ByteString(v.as_bytes().to_vec())))
+        .collect();
+    poll_until(Duration::from_secs(10), "the Secret to be written", || {
         let secrets = secrets.clone();
-        let secret = secret.clone();
-        async move { secrets.create(&PostParams::default(), &secret).await.ok().map(|_| ()) }
+        let data = data.clone();
+        async move {
+            let written = match secrets.get_opt(name).await.ok()? {
+                Some(mut existing) => {
+                    existing.data = Some(data);
+                    existing.string_data = None;
+                    secrets.replace(name, &PostParams::default(), &existing).await
+                }
+                None => {
+                    let secret = Secret {
+                        metadata: ObjectMeta {
+                            name: Some(name.to_owned()),
+                            ..Default::default()
+                        },
+                        data: Some(data),
+                        ..Default::default()
+                    };
+                    secrets.create(&PostParams::default(), &secret).await
+                }
+            };
+            written.ok().map(|_| ())
+        }
     })
     .await;
 }
@@ -301,9 +371,9 @@ pub async fn wait_for_status(
             let connection = api.get(name).await.map_err(|e| e.to_string())?;
             let status = connection.status.unwrap_or_default();
             Ok::<_, String>(if done(&status) {
-                super::Observed::Done(status)
+                Observed::Done(status)
             } else {
-                super::Observed::not_yet(serde_json::to_string(&status).unwrap_or_default())
+                Observed::not_yet(serde_json::to_string(&status).unwrap_or_default())
             })
         }
     })
@@ -317,4 +387,339 @@ pub fn condition(status: &ServiceNowConnectionStatus, type_: &str) -> Option<(St
         .iter()
         .find(|c| c.type_ == type_)
         .map(|c| (c.status.clone(), c.reason.clone()))
+}
+
+/// `true` when condition `type_` of `status` is `truth` for `reason`.
+pub fn has_condition(status: &ServiceNowConnectionStatus, type_: &str, truth: &str, reason: Reason) -> bool {
+    condition(status, type_) == Some((truth.to_owned(), reason.as_str().to_owned()))
+}
+
+/// Asserts that condition `type_` of `status` is `truth` for `reason`, with the reason's remedy
+/// in its message; returns the message.
+pub fn assert_condition(status: &ServiceNowConnectionStatus, type_: &str, truth: &str, reason: Reason) -> String {
+    let found = status.conditions.iter().find(|c| c.type_ == type_);
+    let Some(found) = found else {
+        panic!("no condition {type_} in {status:#?}");
+    };
+    assert_eq!(
+        (found.status.as_str(), found.reason.as_str()),
+        (truth, reason.as_str()),
+        "condition {type_}: {found:#?}"
+    );
+    assert!(
+        found.message.contains(reason.remedy()),
+        "the message of {type_} lacks the remedy of {}: {:?}",
+        reason.as_str(),
+        found.message
+    );
+    found.message.clone()
+}
+
+/// The name of the connection every scene creates.
+pub const CONNECTION: &str = "acme";
+/// The connection's token Secret (the operator's naming: `<connection>-token`).
+pub const TOKEN_SECRET: &str = "acme-token";
+/// The operator's Business Rule on the instance (`sys_script`).
+pub const RULE_QUERY: &str = "name=Neo Agent — Task Webhook^collection=task";
+/// The legacy rule older connections left (`sys_script`).
+pub const LEGACY_QUERY: &str = "name=Neo Agent — Incident Webhook";
+/// The callback property (`sys_properties`).
+pub const PROPERTY_QUERY: &str = "name=x_neoagent.callback_url";
+
+/// A namespace, a simulator, and a consented connection `acme` in it — the credentials Secret
+/// `acme-oauth`, the token Secret `acme-token` and the object — before any operator runs.
+pub struct Scene {
+    /// A client of the test's own.
+    pub client: Client,
+    /// The test's namespace.
+    pub ns: TestNamespace,
+    /// The instance.
+    pub simulator: snowsim::Server,
+    /// The credentials and refresh token of the connection.
+    pub seed: Seed,
+    /// Secret values the test wrote beyond the seed's (a wrong client secret, say).
+    written: Mutex<Vec<String>>,
+}
+
+impl Scene {
+    /// Sets the scene in a new namespace; `extra_spec` is merged into the connection's spec.
+    pub async fn new(extra_spec: serde_json::Value) -> Scene {
+        let client = install_crd().await;
+        let ns = TestNamespace::new(&client).await;
+        Self::in_namespace(client, ns, extra_spec).await
+    }
+
+    /// Sets the scene in `ns`, which the test prepared (the chart's RBAC in it, say).
+    pub async fn in_namespace(client: Client, ns: TestNamespace, extra_spec: serde_json::Value) -> Scene {
+        Self::build(client, ns, extra_spec, true).await
+    }
+
+    /// Sets the scene like [`Self::new`] but without the token Secret: nobody consented yet, so
+    /// the connection waits for consent.
+    pub async fn awaiting_consent(extra_spec: serde_json::Value) -> Scene {
+        let client = install_crd().await;
+        let ns = TestNamespace::new(&client).await;
+        Self::build(client, ns, extra_spec, false).await
+    }
+
+    async fn build(client: Client, ns: TestNamespace, extra_spec: serde_json::Value, consented: bool) -> Scene {
+        let simulator = simulator().await;
+        let seed = seed(&simulator, AGENT).await;
+        put_secret(
+            &client,
+            ns.name(),
+            "acme-oauth",
+            &[("clientId", &seed.client_id), ("clientSecret", &seed.client_secret)],
+        )
+        .await;
+        if consented {
+            put_secret(
+                &client,
+                ns.name(),
+                TOKEN_SECRET,
+                &[("refreshToken", &seed.refresh_token)],
+            )
+            .await;
+        }
+        let mut spec = serde_json::json!({
+            "instanceUrl": "https://acme.service-now.com",
+            "credentialsSecretRef": {"name": "acme-oauth"},
+            "expectedUserName": AGENT,
+        });
+        if let (Some(spec), Some(extra)) = (spec.as_object_mut(), extra_spec.as_object()) {
+            spec.extend(extra.clone());
+        }
+        create_connection(&client, ns.name(), CONNECTION, spec).await;
+        Scene {
+            client,
+            ns,
+            simulator,
+            seed,
+            written: Mutex::default(),
+        }
+    }
+
+    /// The connections of the test's namespace.
+    pub fn api(&self) -> Api<ServiceNowConnection> {
+        Api::namespaced(self.client.clone(), self.ns.name())
+    }
+
+    /// Starts an operator against the simulator, watching the test's namespace.
+    pub async fn start_operator(&self, extra: &[&str]) -> Operator {
+        Operator::start_with(self.ns.name(), &self.simulator, free_port(), extra).await
+    }
+
+    /// Starts an operator that reaches no instance: the instance's host resolves to a port
+    /// nobody listens on, so every connection is refused.
+    pub async fn start_operator_without_instance(&self) -> Operator {
+        let closed = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let plane = control_plane().await;
+        let port = free_port();
+        Operator::spawn(
+            self.ns.name(),
+            &self.simulator,
+            closed,
+            port,
+            &format!("http://127.0.0.1:{port}"),
+            &[],
+            plane.kubeconfig_path(),
+        )
+        .await
+    }
+
+    /// Puts the legacy rule `Neo Agent — Incident Webhook` on `incident` on the instance, as an
+    /// older connection left it.
+    pub async fn insert_legacy_rule(&self) {
+        self.simulator
+            .admin()
+            .insert(
+                "sys_script",
+                [
+                    ("name", "Neo Agent — Incident Webhook"),
+                    ("collection", "incident"),
+                    ("active", "true"),
+                ],
+            )
+            .await
+            .expect("insert the legacy rule");
+    }
+
+    /// Makes `url` the only Redirect URL of the instance's OAuth application.
+    pub fn register_redirect_url(&self, url: &str) {
+        self.simulator
+            .admin()
+            .edit_oauth_app(APP, |app| app.redirect_urls = vec![url.to_owned()])
+            .expect("the seeded OAuth application");
+    }
+
+    /// The connection's token Secret, if any.
+    pub async fn token_secret(&self) -> Option<Secret> {
+        let secrets: Api<Secret> = Api::namespaced(self.client.clone(), self.ns.name());
+        secrets.get_opt(TOKEN_SECRET).await.expect("read the token Secret")
+    }
+
+    /// Sets an annotation on the connection.
+    pub async fn annotate(&self, key: &str, value: &str) {
+        let patch = serde_json::json!({"metadata": {"annotations": {key: value}}});
+        self.api()
+            .patch(CONNECTION, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .expect("annotate the connection");
+    }
+
+    /// Merges `spec` into the connection's spec.
+    pub async fn patch_spec(&self, spec: serde_json::Value) {
+        let patch = serde_json::json!({ "spec": spec });
+        self.api()
+            .patch(CONNECTION, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .expect("patch the connection's spec");
+    }
+
+    /// Writes the credentials Secret in place (the values are remembered for the leak check).
+    pub async fn put_credentials(&self, client_id: &str, client_secret: &str) {
+        self.written
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .push(client_secret.to_owned());
+        put_secret(
+            &self.client,
+            self.ns.name(),
+            "acme-oauth",
+            &[("clientId", client_id), ("clientSecret", client_secret)],
+        )
+        .await;
+    }
+
+    /// Polls the connection's status until `done` accepts it.
+    pub async fn wait_for(
+        &self,
+        what: &str,
+        done: impl Fn(&ServiceNowConnectionStatus) -> bool,
+    ) -> ServiceNowConnectionStatus {
+        wait_for_status(&self.client, self.ns.name(), CONNECTION, what, done).await
+    }
+
+    /// Polls the connection's status until condition `type_` is `truth` for `reason`.
+    pub async fn wait_for_condition(&self, type_: &str, truth: &str, reason: Reason) -> ServiceNowConnectionStatus {
+        self.wait_for(&format!("{type_}={truth} {}", reason.as_str()), |s| {
+            has_condition(s, type_, truth, reason)
+        })
+        .await
+    }
+
+    /// Starts the operator with `extra` flags and waits until the connection is READY_TO_SYNC.
+    pub async fn ready(self, extra: &[&str]) -> Ready {
+        let operator = self.start_operator(extra).await;
+        self.wait_for("READY_TO_SYNC", |s| s.sync_state == Some(SyncState::ReadyToSync))
+            .await;
+        Ready { operator, scene: self }
+    }
+
+    /// Asks for a reconcile through `neoagent.io/reconcile-requested-at` and waits until a
+    /// reconcile echoed it in `status.lastHandledReconcileAt`; returns that status.
+    pub async fn reconcile_now(&self, token: &str) -> ServiceNowConnectionStatus {
+        self.annotate(RECONCILE_REQUESTED_AT, token).await;
+        self.wait_for(&format!("the reconcile requested as {token:?}"), |s| {
+            s.last_handled_reconcile_at.as_deref() == Some(token)
+        })
+        .await
+    }
+
+    /// The Events about the connection.
+    pub async fn events(&self) -> Vec<Event> {
+        let events: Api<Event> = Api::namespaced(self.client.clone(), self.ns.name());
+        let list = events.list(&ListParams::default()).await.expect("list Events");
+        list.items
+            .into_iter()
+            .filter(|event| event.involved_object.name.as_deref() == Some(CONNECTION))
+            .collect()
+    }
+
+    /// Waits for an Event about the connection with `reason` and returns it.
+    pub async fn wait_for_event(&self, reason: &str) -> Event {
+        poll_until(Duration::from_secs(20), &format!("an Event {reason}"), || async {
+            let events = self.events().await;
+            match events.iter().find(|event| event.reason.as_deref() == Some(reason)) {
+                Some(event) => Observed::Done(event.clone()),
+                None => Observed::not_yet(
+                    events
+                        .iter()
+                        .map(|event| event.reason.clone().unwrap_or_default())
+                        .collect::<Vec<_>>(),
+                ),
+            }
+        })
+        .await
+    }
+
+    /// Every secret value this test knows of: the seed's, every OAuth client secret and token the
+    /// instance issued, what the test wrote, the webhook token and the consent state key.
+    async fn secret_values(&self) -> Vec<String> {
+        let admin = self.simulator.admin();
+        let mut values = vec![self.seed.client_secret.clone(), self.seed.refresh_token.clone()];
+        values.extend(admin.tokens().into_iter().map(|t| t.token));
+        values.extend(admin.oauth_apps().into_iter().map(|app| app.client_secret));
+        values.extend(
+            self.written
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .iter()
+                .cloned(),
+        );
+        let secrets: Api<Secret> = Api::namespaced(self.client.clone(), self.ns.name());
+        for (secret, key) in [
+            ("acme-webhook", "token"),
+            ("servicenow-operator-consent-key", servicenow_operator::secrets::STATE_KEY_KEY),
+        ] {
+            let found = secrets.get_opt(secret).await.expect("read the operator's Secret");
+            if let Some(value) = found.and_then(|s| s.data).and_then(|mut data| data.remove(key)) {
+                values.push(String::from_utf8(value.0).expect("a UTF-8 Secret value"));
+            }
+        }
+        values
+    }
+
+    /// Fails when a secret value appears in the logs of any operator of this test, the connection
+    /// (status included, when it still exists) or its Events.
+    pub async fn assert_no_secret_leaked(&self) {
+        let connection = self.api().get_opt(CONNECTION).await.expect("read the connection");
+        let connection = serde_json::to_string(&connection).expect("connection as JSON");
+        let events = serde_json::to_string(&self.events().await).expect("Events as JSON");
+        let logs = all_operator_logs(self.ns.name());
+        assert!(!logs.is_empty(), "no operator log to check");
+        for value in self.secret_values().await.iter().filter(|v| v.len() >= 8) {
+            assert!(
+                !logs.contains(value.as_str()),
+                "a secret value appears in the operator's logs"
+            );
+            assert!(
+                !connection.contains(value.as_str()),
+                "a secret value appears in the connection"
+            );
+            assert!(!events.contains(value.as_str()), "a secret value appears in an Event");
+        }
+    }
+}
+
+/// A [`Scene`] with an operator running and the connection READY_TO_SYNC.
+pub struct Ready {
+    /// The operator (declared first: it stops before the namespace goes).
+    pub operator: Operator,
+    /// The scene.
+    pub scene: Scene,
+}
+
+impl std::ops::Deref for Ready {
+    type Target = Scene;
+
+    fn deref(&self) -> &Scene {
+        &self.scene
+    }
+}
+
+/// Sets a [`Scene`] (`extra_spec` merged into the spec), starts the operator and returns once the
+/// connection is READY_TO_SYNC.
+pub async fn ready_connection(extra_spec: serde_json::Value) -> Ready {
+    Scene::new(extra_spec).await.ready(&[]).await
 }

@@ -83,7 +83,10 @@ async fn s3_5_a_rule_on_task_posts_for_incident_sc_task_and_change_request_inser
     }
     let delivered = poll_until(Duration::from_secs(10), || {
         let received = received.clone();
-        async move { (received.lock().len() >= 3).then(|| received.lock().clone()) }
+        async move {
+            let received = received.lock();
+            (received.len() >= 3).then(|| received.clone())
+        }
     })
     .await;
     let Some(delivered) = delivered else {

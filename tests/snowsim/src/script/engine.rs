@@ -12,7 +12,7 @@ use boa_engine::{
     Context, JsArgs, JsError, JsNativeError, JsResult, JsString, JsValue, NativeFunction, Script, Source, js_string,
 };
 
-use super::{LogLevel, LogLine, OutboundRequest, OutboundResponse, ScriptError};
+use super::{LogLevel, LogLine, OutboundRequest, OutboundResponse, PARSE_STACK_BUDGET, ScriptError, guard};
 
 /// Loop iterations one function invocation (or the top level) may run before the script ends
 /// with [`ScriptError::Limit`]; boa counts them per call frame.
@@ -63,6 +63,7 @@ pub(super) fn evaluate(env: &Env<'_>, host: Sender<Call>) -> Result<(), ScriptEr
 }
 
 fn evaluate_in_new_context(env: &Env<'_>) -> Result<(), ScriptError> {
+    guard::check_nesting(env.script, PARSE_STACK_BUDGET).map_err(ScriptError::Parse)?;
     let context = &mut Context::default();
     let limits = context.runtime_limits_mut();
     limits.set_loop_iteration_limit(LOOP_ITERATION_LIMIT);
@@ -71,10 +72,9 @@ fn evaluate_in_new_context(env: &Env<'_>) -> Result<(), ScriptError> {
     install(env, context).map_err(|e| classify(&e, context))?;
     let script =
         Script::parse(Source::from_bytes(env.script), None, context).map_err(|e| ScriptError::Parse(e.to_string()))?;
-    script
-        .evaluate(context)
-        .and_then(|_| context.run_jobs())
-        .map_err(|e| classify(&e, context))
+    // Promise jobs are never run: there is no event loop after a rule (and boa 0.21 panics when a
+    // job hits a runtime limit).
+    script.evaluate(context).map(drop).map_err(|e| classify(&e, context))
 }
 
 /// Defines `current`, `previous`, `gs`, `sn_ws`, … as globals.

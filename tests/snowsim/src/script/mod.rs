@@ -17,17 +17,25 @@
 //! Not modelled: writes to the record (`setValue`, assignments, `current.update()`, aborting the
 //! action), `GlideRecord` queries, named REST messages (`new RESTMessageV2(name, method)` starts
 //! empty) and `setStringParameter`, response headers (`getHeader` answers `''`), date
-//! arithmetic, display values of references and choices (display value = value).
+//! arithmetic, display values of references and choices (display value = value), and promise
+//! jobs (`.then` callbacks and code after `await` never run: there is no event loop).
+//! `JSON.stringify(current.number)` gives `{}` as on an instance: convert fields with
+//! `getValue` or `'' +` first.
 //!
 //! Each run gets a fresh engine on a worker thread with a large stack. The worker reaches the
 //! host's callbacks through a channel served by the calling thread, so `property` and `send`
-//! run on the caller's thread and may block. Limits: every function invocation may run
-//! [`LOOP_ITERATION_LIMIT`] loop iterations, calls nest at most [`RECURSION_LIMIT`] deep; both
-//! end the script with [`ScriptError::Limit`], which the script cannot catch. A script that
-//! calls a looping function from a loop can still run for a long time (the limit is per call),
-//! and builtins asked for huge allocations (`'x'.repeat(1e9)`) are not bounded.
+//! run on the caller's thread and may block.
+//!
+//! Limits: every function invocation may run [`LOOP_ITERATION_LIMIT`] loop iterations and calls
+//! nest at most [`RECURSION_LIMIT`] deep; both end the script with [`ScriptError::Limit`], which
+//! the script cannot catch. Sources nested too deeply for the parser's stack (`guard.rs`) are
+//! refused with [`ScriptError::Parse`]; a panic inside the engine becomes
+//! [`ScriptError::Thrown`]. Not bounded: a loop calling a looping function (the limit is per
+//! call), huge allocations (`'x'.repeat(1e9)`), and builtins walking data nested hundreds of
+//! thousands deep built at run time (such a walk can still overflow the stack).
 
 mod engine;
+mod guard;
 #[cfg(test)]
 mod tests;
 
@@ -39,9 +47,12 @@ use std::thread;
 use engine::{Call, Env};
 pub use engine::{LOOP_ITERATION_LIMIT, RECURSION_LIMIT};
 
-/// Stack of the worker thread a script runs on: the parser and calls through builtins
-/// (`[].map(f)`, `toString`) recurse on the native stack.
-const WORKER_STACK_BYTES: usize = 256 * 1024 * 1024;
+/// Stack of the worker thread a script runs on (reserved, touched only as used): the parser,
+/// the compiler and calls through builtins (`[].map(f)`, getters) recurse on the native stack.
+const WORKER_STACK_BYTES: usize = 512 * 1024 * 1024;
+/// Estimated parser stack a script may need (see `guard.rs`); deeper sources are refused with
+/// [`ScriptError::Parse`].
+const PARSE_STACK_BUDGET: usize = WORKER_STACK_BYTES / 4 * 3;
 
 /// What one Business Rule script sees.
 pub struct ScriptInput<'a> {

@@ -367,16 +367,30 @@ fn unbounded_recursion_ends_with_the_limit_error_even_through_builtins() {
 }
 
 #[test]
-fn deeply_nested_source_fails_cleanly() {
+fn deeply_nested_source_is_refused_as_a_parse_error_instead_of_overflowing_the_stack() {
     let current = incident();
-    for depth in [1_000, 20_000] {
-        let script = format!("var x = {}1{};", "(".repeat(depth), ")".repeat(depth));
-        let result = run_with(&script, "update", &current, None, &no_property);
+    let deep = [
+        format!("var x = {}1{};", "(".repeat(20_000), ")".repeat(20_000)),
+        format!("var x = {}1{};", "{a:".repeat(5_000), "}".repeat(5_000)),
+        format!("var x = {}1;", "!".repeat(100_000)),
+        format!("var x = {}1;", "a ? 1 : ".repeat(50_000)),
+    ];
+    for script in &deep {
+        let result = run_with(script, "update", &current, None, &no_property);
         assert!(
-            matches!(result, Ok(_) | Err((ScriptError::Parse(_) | ScriptError::Limit, _))),
-            "depth {depth}: {result:?}"
+            matches!(&result, Err((ScriptError::Parse(m), _)) if m.contains("nests too deeply")),
+            "{}…: {result:?}",
+            &script[..20]
         );
     }
+    let moderate = format!(
+        "var s = '{}'; gs.info('{{0}}', {}1{} + s.length);",
+        "(".repeat(50_000),
+        "(".repeat(500),
+        ")".repeat(500)
+    );
+    let outcome = run_with(&moderate, "update", &current, None, &no_property).expect("runs");
+    assert_eq!(outcome.log, vec![info("50001")]);
 }
 
 #[test]
@@ -513,4 +527,22 @@ fn fields_named_like_methods_do_not_hide_the_methods() {
     )
     .expect("runs");
     assert_eq!(outcome.log, vec![info("delete x y")]);
+}
+
+#[test]
+fn promise_jobs_never_run_and_loops_in_async_functions_and_generators_hit_the_limit() {
+    let current = incident();
+    let outcome = |script: &str| run_with(script, "update", &current, None, &no_property);
+    for script in [
+        "Promise.resolve().then(function () { gs.info('job ran'); while (true) {} });",
+        "(async function () { await null; gs.info('resumed'); while (true) {} })();",
+    ] {
+        assert_eq!(outcome(script), Ok(ScriptOutcome::default()), "{script}");
+    }
+    for script in [
+        "(async function () { while (true) {} })();",
+        "function* g() { while (true) {} } g().next();",
+    ] {
+        assert!(matches!(outcome(script), Err((ScriptError::Limit, _))), "{script}");
+    }
 }

@@ -1,0 +1,316 @@
+//! What a connection says when something is wrong — rejected credentials or tokens, missing
+//! roles, the wrong identity, an instance that cannot be reached, fails, stalls or rate-limits —
+//! each against a real API server and snowsim: the condition, its reason and remedy, the Events,
+//! what reached the instance, and no secret anywhere.
+
+mod support;
+
+use std::time::Duration;
+
+use k8s_openapi::jiff::{civil::DateTime, tz::TimeZone};
+use servicenow_operator::api::{RECONNECT, SyncState, conditions::Reason};
+use snowsim::{Fault, FaultAction, RateLimitRule, RateLimitTarget, RequestLogEntry};
+use support::operator::{
+    AGENT, Operator, PROPERTY_QUERY, RULE_QUERY, Ready, Scene, assert_condition, condition, has_condition,
+    ready_connection,
+};
+
+/// A client secret the instance never issued.
+const WRONG_SECRET: &str = "not-the-client-secret-0f9e8d7c";
+
+/// The calls that changed something on the instance.
+fn writes(log: &[RequestLogEntry]) -> Vec<&RequestLogEntry> {
+    log.iter()
+        .filter(|c| c.path.starts_with("/api/") && c.method != "GET")
+        .collect()
+}
+
+/// Asserts that the connection's Events hold a Warning with `reason` for condition `type_`.
+async fn assert_warning_event(scene: &Scene, type_: &str, reason: Reason) {
+    let event = scene.wait_for_event(reason.as_str()).await;
+    assert_eq!(event.type_.as_deref(), Some("Warning"), "{event:#?}");
+    assert_eq!(event.action.as_deref(), Some(type_), "{event:#?}");
+    let note = event.message.unwrap_or_default();
+    assert!(note.contains(reason.remedy()), "the Event lacks the remedy: {note:?}");
+}
+
+/// Waits until the refresh is refused for `reason` — `Authorized=False`, and `Stalled` since it
+/// needs a person — and checks the summary, the Warning Event, and that the instance saw a refused
+/// refresh and no write. Returns the request log.
+async fn assert_refresh_refused(scene: &Scene, reason: Reason) -> Vec<RequestLogEntry> {
+    let status = scene
+        .wait_for(&format!("Authorized=False {} and Stalled", reason.as_str()), |s| {
+            has_condition(s, "Authorized", "False", reason) && has_condition(s, "Stalled", "True", reason)
+        })
+        .await;
+    assert_condition(&status, "Authorized", "False", reason);
+    assert_condition(&status, "Ready", "False", reason);
+    assert_eq!(status.sync_state, Some(SyncState::Error));
+    assert_warning_event(scene, "Authorized", reason).await;
+    let log = scene.simulator.admin().request_log();
+    assert!(
+        log.iter().any(|c| c.path == "/oauth_token.do" && c.status == 401),
+        "no refused refresh: {log:#?}"
+    );
+    assert!(writes(&log).is_empty(), "wrote without a good token: {log:#?}");
+    log
+}
+
+#[tokio::test]
+async fn a_wrong_client_secret_is_token_rejected() {
+    let scene = Scene::new(serde_json::json!({})).await;
+    scene.put_credentials(&scene.seed.client_id, WRONG_SECRET).await;
+    let _operator = scene.start_operator(&[]).await;
+    let log = assert_refresh_refused(&scene, Reason::TokenRejected).await;
+    assert!(
+        log.iter().all(|c| !c.path.starts_with("/api/")),
+        "a call went past the refused refresh: {log:#?}"
+    );
+    scene.assert_no_secret_leaked().await;
+}
+
+#[tokio::test]
+async fn a_client_secret_changed_after_a_good_refresh_is_credentials_changed() {
+    let ready = ready_connection(serde_json::json!({})).await;
+    ready.simulator.admin().clear_request_log();
+    ready.put_credentials(&ready.seed.client_id, WRONG_SECRET).await;
+    assert_refresh_refused(&ready, Reason::CredentialsChanged).await;
+    ready.assert_no_secret_leaked().await;
+}
+
+#[tokio::test]
+async fn a_revoked_refresh_token_is_token_rejected() {
+    let ready = ready_connection(serde_json::json!({})).await;
+    let admin = ready.simulator.admin();
+    admin.revoke_tokens(Some(AGENT)).expect("revoke the agent's tokens");
+    admin.clear_request_log();
+    ready.annotate(RECONNECT, "after-revocation").await;
+    assert_refresh_refused(&ready, Reason::TokenRejected).await;
+    ready.assert_no_secret_leaked().await;
+}
+
+/// Sets a scene whose service account lacks `role`, starts the operator and waits until condition
+/// `type_` is False for `InsufficientPrivileges`, with `named` in the message; checks the summary
+/// and the Warning Event.
+async fn refused_for_lack_of(role: &str, type_: &str, named: &str) -> (Scene, Operator) {
+    let scene = Scene::new(serde_json::json!({})).await;
+    let admin = scene.simulator.admin();
+    admin.remove_role(AGENT, role).expect("remove the role");
+    let operator = scene.start_operator(&[]).await;
+    let status = scene
+        .wait_for_condition(type_, "False", Reason::InsufficientPrivileges)
+        .await;
+    let message = assert_condition(&status, type_, "False", Reason::InsufficientPrivileges);
+    assert!(message.contains(named), "{named:?} not in {message:?}");
+    assert_condition(&status, "Ready", "False", Reason::InsufficientPrivileges);
+    assert_condition(&status, "Stalled", "True", Reason::InsufficientPrivileges);
+    assert_eq!(status.sync_state, Some(SyncState::Error));
+    assert_warning_event(&scene, type_, Reason::InsufficientPrivileges).await;
+    (scene, operator)
+}
+
+#[tokio::test]
+async fn an_account_without_itil_is_insufficient_privileges_until_the_role_is_granted() {
+    let (scene, _operator) = refused_for_lack_of("itil", "IdentityResolved", "itil").await;
+    assert!(
+        writes(&scene.simulator.admin().request_log()).is_empty(),
+        "provisioned without itil"
+    );
+    // The remedy: grant the role, then ask for a reconcile.
+    scene.simulator.admin().grant_role(AGENT, "itil").expect("grant itil");
+    let status = scene.reconcile_now("itil-granted").await;
+    assert_eq!(status.sync_state, Some(SyncState::ReadyToSync), "{status:#?}");
+    scene.assert_no_secret_leaked().await;
+}
+
+#[tokio::test]
+async fn an_identity_other_than_the_expected_one_is_a_mismatch_and_provisions_nothing() {
+    let scene = Scene::new(serde_json::json!({"expectedUserName": "someone.else"})).await;
+    let _operator = scene.start_operator(&[]).await;
+    let status = scene
+        .wait_for_condition("IdentityResolved", "False", Reason::IdentityMismatch)
+        .await;
+    let message = assert_condition(&status, "IdentityResolved", "False", Reason::IdentityMismatch);
+    assert!(
+        message.contains(AGENT) && message.contains("someone.else"),
+        "the message names neither identity: {message:?}"
+    );
+    assert_warning_event(&scene, "IdentityResolved", Reason::IdentityMismatch).await;
+    let admin = scene.simulator.admin();
+    assert!(admin.records("sys_script", RULE_QUERY).is_empty(), "a rule was created");
+    assert!(
+        admin.records("sys_properties", PROPERTY_QUERY).is_empty(),
+        "a property was created"
+    );
+    assert!(
+        writes(&admin.request_log()).is_empty(),
+        "wrote under the wrong identity"
+    );
+    scene.assert_no_secret_leaked().await;
+}
+
+#[tokio::test]
+async fn a_403_on_sys_script_is_insufficient_privileges_naming_the_table() {
+    let (scene, _operator) = refused_for_lack_of("business_rule_admin", "WebhookProvisioned", "sys_script").await;
+    let admin = scene.simulator.admin();
+    let log = admin.request_log();
+    assert!(
+        log.iter()
+            .any(|c| c.method == "POST" && c.path.ends_with("/table/sys_script") && c.status == 403),
+        "no refused rule creation: {log:#?}"
+    );
+    assert!(admin.records("sys_script", RULE_QUERY).is_empty());
+    scene.assert_no_secret_leaked().await;
+}
+
+#[tokio::test]
+async fn an_instance_that_cannot_be_reached_is_unreachable_and_still_reconciling() {
+    let scene = Scene::new(serde_json::json!({})).await;
+    let _operator = scene.start_operator_without_instance().await;
+    let status = scene
+        .wait_for_condition("Authorized", "Unknown", Reason::Unreachable)
+        .await;
+    assert_condition(&status, "Authorized", "Unknown", Reason::Unreachable);
+    assert_condition(&status, "Ready", "False", Reason::Unreachable);
+    assert_condition(&status, "Reconciling", "True", Reason::Unreachable);
+    assert_eq!(
+        condition(&status, "Stalled"),
+        None,
+        "a transient failure is not Stalled"
+    );
+    assert_eq!(status.sync_state, Some(SyncState::Provisioning));
+    assert!(
+        scene.simulator.admin().request_log().is_empty(),
+        "the simulator was reached"
+    );
+    scene.assert_no_secret_leaked().await;
+}
+
+/// Breaks the instance with `fault` on the Table API, checks that a reconcile turns the connection
+/// Unreachable with `in_message` in the message, lifts the fault and checks that it recovers
+/// without a restart. Returns the request log from the fault on.
+async fn unreachable_until_lifted(ready: &Ready, fault: FaultAction, in_message: &str) -> Vec<RequestLogEntry> {
+    let admin = ready.simulator.admin();
+    admin.inject_fault(Fault::new("/api/now", fault));
+    admin.clear_request_log();
+    let status = ready.reconcile_now("while-broken").await;
+    let message = assert_condition(&status, "IdentityResolved", "Unknown", Reason::Unreachable);
+    assert!(message.contains(in_message), "{in_message:?} not in {message:?}");
+    assert_condition(&status, "Ready", "False", Reason::Unreachable);
+    assert_condition(&status, "Reconciling", "True", Reason::Unreachable);
+    assert_eq!(status.sync_state, Some(SyncState::Provisioning));
+
+    admin.clear_faults();
+    let status = ready
+        .wait_for("READY_TO_SYNC once the fault is lifted", |s| {
+            s.sync_state == Some(SyncState::ReadyToSync)
+        })
+        .await;
+    assert_eq!(condition(&status, "Reconciling"), None);
+    let log = admin.request_log();
+    assert!(
+        log.iter().any(|c| c.path.starts_with("/api/") && c.status == 200),
+        "no call reached the instance after the fault: {log:#?}"
+    );
+    assert!(
+        writes(&log).is_empty(),
+        "recovery wrote to an intact instance: {log:#?}"
+    );
+    log
+}
+
+#[tokio::test]
+async fn server_errors_are_unreachable_and_recovered_from_without_a_restart() {
+    let ready = ready_connection(serde_json::json!({})).await;
+    let log = unreachable_until_lifted(&ready, FaultAction::Status { code: 500, body: None }, "500").await;
+    assert!(
+        log.iter().any(|c| c.path.starts_with("/api/") && c.status == 500),
+        "no 500 in the request log: {log:#?}"
+    );
+    ready.assert_no_secret_leaked().await;
+}
+
+#[tokio::test]
+async fn timeouts_are_unreachable_and_recovered_from_without_a_restart() {
+    let ready = Scene::new(serde_json::json!({}))
+        .await
+        .ready(&["--request-timeout", "2s"])
+        .await;
+    // The instance stalls each call for longer than the operator waits (the stalled calls never
+    // finish, so they are not in the request log).
+    unreachable_until_lifted(&ready, FaultAction::Latency { ms: 6000 }, "timed out").await;
+    ready.assert_no_secret_leaked().await;
+}
+
+/// A request log time (`YYYY-MM-DD HH:MM:SS`, UTC) as UNIX seconds.
+fn glide_seconds(time: &str) -> i64 {
+    let civil: DateTime = time.replacen(' ', "T", 1).parse().expect("a glide_date_time");
+    civil
+        .to_zoned(TimeZone::UTC)
+        .expect("a UTC time")
+        .timestamp()
+        .as_second()
+}
+
+#[tokio::test]
+async fn a_429_is_rate_limited_and_nothing_reaches_the_instance_before_retry_after() {
+    let ready = ready_connection(serde_json::json!({})).await;
+    let admin = ready.simulator.admin();
+    // Rate-limit windows are the hours of the instance's clock, and Retry-After counts down to the
+    // next one: bring the clock to 10 s before an hour ends, and refuse every API call of the agent.
+    let now = glide_seconds(&admin.now());
+    let jump = (3600 - now.rem_euclid(3600) - 10).rem_euclid(3600);
+    admin.advance_clock(Duration::from_secs(u64::try_from(jump).expect("a forward jump")));
+    admin.add_rate_limit(RateLimitRule {
+        name: "Neo Agent".into(),
+        method: None,
+        resource: "/api/now".into(),
+        applies_to: RateLimitTarget::User(AGENT.into()),
+        requests_per_hour: 0,
+        sys_id: None,
+    });
+    admin.clear_request_log();
+    // The jump outlived the cached access token: a reconnect refreshes it (the token endpoint is
+    // not rate-limited) before the first API call.
+    ready.annotate(RECONNECT, "rate-limited").await;
+    let status = ready
+        .wait_for_condition("IdentityResolved", "Unknown", Reason::RateLimited)
+        .await;
+    let message = assert_condition(&status, "IdentityResolved", "Unknown", Reason::RateLimited);
+    assert!(message.contains("retry after"), "{message:?}");
+    assert_condition(&status, "Ready", "False", Reason::RateLimited);
+    assert_condition(&status, "Reconciling", "True", Reason::RateLimited);
+    admin.clear_rate_limits();
+
+    let status = ready
+        .wait_for("READY_TO_SYNC after Retry-After", |s| {
+            s.last_handled_reconnect_at.as_deref() == Some("rate-limited")
+                && s.sync_state == Some(SyncState::ReadyToSync)
+        })
+        .await;
+    assert_eq!(condition(&status, "Reconciling"), None);
+    let log = admin.request_log();
+    let refused = log
+        .iter()
+        .position(|c| c.status == 429)
+        .expect("a 429 in the request log");
+    let refused_at = glide_seconds(&log[refused].time);
+    // What the 429's Retry-After counted down to.
+    let window_end = (refused_at.div_euclid(3600) + 1) * 3600;
+    let early: Vec<_> = log[refused + 1..]
+        .iter()
+        .filter(|c| c.path.starts_with("/api/") && glide_seconds(&c.time) < window_end)
+        .collect();
+    assert!(
+        early.is_empty(),
+        "calls reached the instance before Retry-After ({}s after the 429) elapsed: {early:#?}",
+        window_end - refused_at
+    );
+    assert!(
+        log[refused + 1..]
+            .iter()
+            .any(|c| c.path.starts_with("/api/") && c.status == 200),
+        "no call after Retry-After: {log:#?}"
+    );
+    ready.assert_no_secret_leaked().await;
+}

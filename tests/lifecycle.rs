@@ -1,0 +1,242 @@
+//! A connection over its life, against a real API server and snowsim: credentials rotated in
+//! place, an operator killed half-way through provisioning, deletion with either policy
+//! (including a connection whose instance cannot be reached), and suspension.
+
+mod support;
+
+use std::time::Duration;
+
+use kube::api::DeleteParams;
+use servicenow_operator::api::{SyncState, conditions::Reason};
+use snowsim::{Fault, FaultAction};
+use support::{
+    operator::{
+        AGENT, CONNECTION, LEGACY_QUERY, Operator, PROPERTY_QUERY, RULE_QUERY, Scene, assert_condition, condition,
+        ready_connection,
+    },
+    poll_until,
+};
+
+/// Deletes the connection (its finalizer still to run).
+async fn delete(scene: &Scene) {
+    scene
+        .api()
+        .delete(CONNECTION, &DeleteParams::default())
+        .await
+        .expect("delete the connection");
+}
+
+/// Waits until the connection is gone (its finalizer done).
+async fn wait_until_gone(scene: &Scene) {
+    poll_until(Duration::from_secs(30), "the connection to be gone", || async {
+        match scene.api().get_opt(CONNECTION).await {
+            Ok(None) => Some(()),
+            _ => None,
+        }
+    })
+    .await;
+}
+
+/// `true` when snowsim marked the seed's refresh token revoked.
+fn refresh_token_revoked(scene: &Scene) -> bool {
+    let tokens = scene.simulator.admin().tokens();
+    let token = tokens.iter().find(|t| t.token == scene.seed.refresh_token);
+    token.expect("the seed's refresh token").revoked
+}
+
+#[tokio::test]
+async fn rotated_credentials_are_verified_within_five_seconds() {
+    let ready = ready_connection(serde_json::json!({})).await;
+    let admin = ready.simulator.admin();
+    let before = ready.api().get(CONNECTION).await.expect("the connection");
+    let hash_before = before
+        .status
+        .and_then(|s| s.credentials_hash)
+        .expect("a credentials hash");
+
+    // A new client secret in the Application Registry (the old one stops working), then in the Secret.
+    let rotated = format!("rotated-{}", ready.ns.name());
+    admin
+        .edit_oauth_app("Neo Agent", |app| app.client_secret = rotated.clone())
+        .expect("rotate the client secret");
+    admin.clear_request_log();
+    ready.put_credentials(&ready.seed.client_id, &rotated).await;
+    let status = poll_until(
+        Duration::from_secs(5),
+        "a new credentials hash with the connection still Ready",
+        || async {
+            let status = ready.api().get(CONNECTION).await.ok()?.status?;
+            let verified = status
+                .credentials_hash
+                .as_ref()
+                .is_some_and(|hash| *hash != hash_before)
+                && status.sync_state == Some(SyncState::ReadyToSync);
+            verified.then_some(status)
+        },
+    )
+    .await;
+    assert_eq!(
+        condition(&status, "Authorized"),
+        Some(("True".into(), Reason::TokenValid.as_str().into()))
+    );
+    let log = admin.request_log();
+    let refreshes: Vec<_> = log.iter().filter(|c| c.path == "/oauth_token.do").collect();
+    assert!(
+        !refreshes.is_empty() && refreshes.iter().all(|c| c.status == 200),
+        "no refresh with the new credentials, or a refused one: {log:#?}"
+    );
+    ready.assert_no_secret_leaked().await;
+}
+
+#[tokio::test]
+async fn an_operator_killed_after_creating_the_rule_leaves_one_rule_and_one_property_after_restart() {
+    let scene = Scene::new(serde_json::json!({})).await;
+    let admin = scene.simulator.admin();
+    // A legacy rule makes its deletion the last write of the first provisioning, after the
+    // property and the rule. That deletion stalls, then fails: the operator is killed while it
+    // waits — after the rule was created, before any status was written.
+    scene.insert_legacy_rule().await;
+    for action in [
+        FaultAction::Latency { ms: 5000 },
+        FaultAction::Status { code: 503, body: None },
+    ] {
+        // The only deletion of a first provisioning (whichever API version the path names).
+        admin.inject_fault(Fault {
+            method: Some("DELETE".into()),
+            times: Some(1),
+            ..Fault::new("/api/now/", action)
+        });
+    }
+    let mut first = scene.start_operator(&[]).await;
+    poll_until(Duration::from_secs(30), "the rule to be created", || async {
+        admin
+            .request_log()
+            .iter()
+            .any(|c| c.method == "POST" && c.path.ends_with("/table/sys_script") && c.status == 201)
+            .then_some(())
+    })
+    .await;
+    first.kill();
+    let connection = scene.api().get(CONNECTION).await.expect("the connection");
+    assert_eq!(
+        connection.status.and_then(|s| s.webhook),
+        None,
+        "the status was written before the kill"
+    );
+    let rules = admin.records("sys_script", RULE_QUERY);
+    assert_eq!(rules.len(), 1, "one rule before the restart");
+    let rule_id = rules[0]["sys_id"].clone();
+
+    // The same operator again: same public URL (the property names it as the owner).
+    let public_port = first.public_url.rsplit(':').next().and_then(|port| port.parse().ok());
+    let _second = Operator::start_with(scene.ns.name(), &scene.simulator, public_port.expect("a port"), &[]).await;
+    let status = scene
+        .wait_for("READY_TO_SYNC after the restart", |s| {
+            s.sync_state == Some(SyncState::ReadyToSync)
+        })
+        .await;
+    let rules = admin.records("sys_script", RULE_QUERY);
+    assert_eq!(rules.len(), 1, "exactly one rule: {rules:#?}");
+    assert_eq!(rules[0]["sys_id"], rule_id, "the rule was created again");
+    let properties = admin.records("sys_properties", PROPERTY_QUERY);
+    assert_eq!(properties.len(), 1, "exactly one property: {properties:#?}");
+    assert!(
+        admin.records("sys_script", LEGACY_QUERY).is_empty(),
+        "the legacy rule is left"
+    );
+    let webhook = status.webhook.expect("webhook status");
+    assert_eq!(webhook.business_rule_sys_id.as_deref(), Some(rule_id.as_str()));
+    assert_eq!(
+        webhook.callback_property_sys_id.as_deref(),
+        Some(properties[0]["sys_id"].as_str())
+    );
+    scene.assert_no_secret_leaked().await;
+}
+
+#[tokio::test]
+async fn deleting_with_policy_delete_removes_rule_and_property_and_revokes_the_token() {
+    let ready = ready_connection(serde_json::json!({"deletionPolicy": "Delete"})).await;
+    let admin = ready.simulator.admin();
+    assert!(!refresh_token_revoked(&ready));
+    delete(&ready).await;
+    wait_until_gone(&ready).await;
+    assert!(admin.records("sys_script", RULE_QUERY).is_empty(), "the rule is left");
+    assert!(
+        admin.records("sys_properties", PROPERTY_QUERY).is_empty(),
+        "the property is left"
+    );
+    assert!(refresh_token_revoked(&ready), "the refresh token was not revoked");
+    ready.assert_no_secret_leaked().await;
+}
+
+#[tokio::test]
+async fn deleting_with_policy_orphan_leaves_rule_property_and_token() {
+    let ready = ready_connection(serde_json::json!({"deletionPolicy": "Orphan"})).await;
+    let admin = ready.simulator.admin();
+    admin.clear_request_log();
+    delete(&ready).await;
+    wait_until_gone(&ready).await;
+    assert_eq!(admin.records("sys_script", RULE_QUERY).len(), 1, "the rule is gone");
+    assert_eq!(
+        admin.records("sys_properties", PROPERTY_QUERY).len(),
+        1,
+        "the property is gone"
+    );
+    assert!(!refresh_token_revoked(&ready), "the refresh token was revoked");
+    let log = admin.request_log();
+    assert!(
+        log.iter().all(|c| c.method == "GET"),
+        "an orphaning deletion wrote to the instance: {log:#?}"
+    );
+    ready.assert_no_secret_leaked().await;
+}
+
+#[tokio::test]
+async fn a_connection_whose_instance_cannot_be_reached_is_removed_once_orphaned() {
+    let scene = Scene::new(serde_json::json!({})).await;
+    let _operator = scene.start_operator_without_instance().await;
+    scene.wait_for_condition("Ready", "False", Reason::Unreachable).await;
+    delete(&scene).await;
+    // The finalizer holds it while the cleanup cannot reach the instance...
+    let pending = poll_until(Duration::from_secs(10), "the deletion to be pending", || async {
+        let connection = scene.api().get(CONNECTION).await.ok()?;
+        connection.metadata.deletion_timestamp.is_some().then_some(connection)
+    })
+    .await;
+    assert_eq!(
+        pending.metadata.finalizers,
+        Some(vec!["neoagent.io/cleanup".to_owned()]),
+        "no finalizer holds the connection"
+    );
+    // ...until the policy says to leave the instance as it is.
+    scene.patch_spec(serde_json::json!({"deletionPolicy": "Orphan"})).await;
+    wait_until_gone(&scene).await;
+    scene.assert_no_secret_leaked().await;
+}
+
+#[tokio::test]
+async fn a_suspended_connection_makes_no_call_to_the_instance() {
+    let ready = ready_connection(serde_json::json!({})).await;
+    let admin = ready.simulator.admin();
+    ready.patch_spec(serde_json::json!({"suspend": true})).await;
+    let status = ready
+        .wait_for("SUSPENDED", |s| s.sync_state == Some(SyncState::Suspended))
+        .await;
+    assert_condition(&status, "Ready", "False", Reason::Suspended);
+    admin.clear_request_log();
+    ready.reconcile_now("while-suspended").await;
+    let log = admin.request_log();
+    assert!(log.is_empty(), "a suspended connection called the instance: {log:#?}");
+
+    ready.patch_spec(serde_json::json!({"suspend": false})).await;
+    ready
+        .wait_for("READY_TO_SYNC after resuming", |s| {
+            s.sync_state == Some(SyncState::ReadyToSync)
+        })
+        .await;
+    assert!(
+        admin.request_log().iter().any(|c| c.user.as_deref() == Some(AGENT)),
+        "resuming made no call"
+    );
+    ready.assert_no_secret_leaked().await;
+}
