@@ -58,7 +58,11 @@ async fn browser(scene: &Scene) -> Browser {
 async fn consent_as(browser: &Browser, url: &str, user: &str, password: &str, button: &str, shots: &str) -> String {
     browser.goto(url).await;
     browser.find("#login_form").await;
-    assert_eq!(browser.current_url().await.host_str(), Some(HOST), "sent to the instance");
+    assert_eq!(
+        browser.current_url().await.host_str(),
+        Some(HOST),
+        "sent to the instance"
+    );
     browser.screenshot(format!("{shots}/1-login.png")).await;
     browser.fill("#user_name", user).await;
     browser.fill("#user_password", password).await;
@@ -120,12 +124,22 @@ async fn consent_in_a_browser_stores_the_token_and_reaches_ready_to_sync() {
         .await;
     let agent = scene.simulator.admin().user_sys_id(AGENT).expect("neo.agent's sys_id");
     let identity = status.identity.clone().expect("an identity");
-    assert_eq!((identity.sys_id.as_str(), identity.user_name.as_str()), (agent.as_str(), AGENT));
-    assert_eq!(status.consent_url, None, "the consentUrl is cleared once consent succeeded");
+    assert_eq!(
+        (identity.sys_id.as_str(), identity.user_name.as_str()),
+        (agent.as_str(), AGENT)
+    );
+    assert_eq!(
+        status.consent_url, None,
+        "the consentUrl is cleared once consent succeeded"
+    );
     assert_eq!(scene.simulator.admin().records("sys_script", RULE_QUERY).len(), 1);
     let token = scene.token_secret().await.expect("the token Secret");
     assert_eq!(
-        token.owner_references().iter().map(|o| o.name.as_str()).collect::<Vec<_>>(),
+        token
+            .owner_references()
+            .iter()
+            .map(|o| o.name.as_str())
+            .collect::<Vec<_>>(),
         [CONNECTION],
         "the token Secret is owned by the connection"
     );
@@ -136,9 +150,17 @@ async fn consent_in_a_browser_stores_the_token_and_reaches_ready_to_sync() {
     assert_eq!(replay.status(), StatusCode::BAD_REQUEST);
     let page = replay.text().await.expect("the page");
     assert!(page.contains("already used"), "{page}");
-    assert_eq!(calls_to(&scene, "/oauth_token.do"), exchanges, "no code exchange for a replay");
+    assert_eq!(
+        calls_to(&scene, "/oauth_token.do"),
+        exchanges,
+        "no code exchange for a replay"
+    );
     let after = scene.token_secret().await.expect("the token Secret");
-    assert_eq!(after.resource_version(), token.resource_version(), "the token Secret is untouched");
+    assert_eq!(
+        after.resource_version(),
+        token.resource_version(),
+        "the token Secret is untouched"
+    );
 
     scene.assert_no_secret_leaked().await;
     drop(operator);
@@ -190,7 +212,9 @@ async fn tampered_malformed_and_expired_states_get_a_400_and_nothing_is_stored()
         &key.0,
         &format!("{}/{CONNECTION}", scene.ns.name()),
         &uid.expect("a uid"),
-        Timestamp::now().checked_sub(SignedDuration::from_mins(11)).expect("a time"),
+        Timestamp::now()
+            .checked_sub(SignedDuration::from_mins(11))
+            .expect("a time"),
     );
 
     for (what, state, says) in [
@@ -226,7 +250,9 @@ async fn deny_leaves_the_connection_awaiting_consent_and_says_it_was_denied() {
     assert!(browser.page_text().await.contains("click Allow"));
     browser.close().await;
 
-    let status = scene.wait_for_condition("Authorized", "False", Reason::ConsentDenied).await;
+    let status = scene
+        .wait_for_condition("Authorized", "False", Reason::ConsentDenied)
+        .await;
     assert_condition(&status, "Authorized", "False", Reason::ConsentDenied);
     assert_eq!(status.sync_state, Some(SyncState::AwaitingConsent));
     assert!(status.consent_url.is_some(), "the consentUrl stays for another try");
@@ -279,14 +305,21 @@ async fn consent_as_the_wrong_user_is_an_identity_mismatch_and_reconsent_fixes_i
     assert!(message.contains("\"admin\"") && message.contains(AGENT), "{message}");
     assert_eq!(status.sync_state, Some(SyncState::Error));
     let admin = scene.simulator.admin();
-    assert!(admin.records("sys_script", RULE_QUERY).is_empty(), "no rule under the wrong identity");
-    assert!(admin.records("sys_properties", PROPERTY_QUERY).is_empty(), "no property either");
+    assert!(
+        admin.records("sys_script", RULE_QUERY).is_empty(),
+        "no rule under the wrong identity"
+    );
+    assert!(
+        admin.records("sys_properties", PROPERTY_QUERY).is_empty(),
+        "no property either"
+    );
 
     // Re-consent: back to AWAITING_CONSENT, then consent as the service account.
     scene.annotate(RECONSENT, "wrong-user").await;
     let status: ServiceNowConnectionStatus = scene
         .wait_for("AWAITING_CONSENT after the reconsent annotation", |s| {
-            s.sync_state == Some(SyncState::AwaitingConsent) && s.last_handled_reconsent_at.as_deref() == Some("wrong-user")
+            s.sync_state == Some(SyncState::AwaitingConsent)
+                && s.last_handled_reconsent_at.as_deref() == Some("wrong-user")
         })
         .await;
     assert!(scene.token_secret().await.is_none(), "the old refresh token is gone");
@@ -296,7 +329,9 @@ async fn consent_as_the_wrong_user_is_an_identity_mismatch_and_reconsent_fixes_i
     assert_eq!(title, "Consent recorded", "{}", browser.page_text().await);
     browser.close().await;
     let status = scene
-        .wait_for("READY_TO_SYNC as neo.agent", |s| s.sync_state == Some(SyncState::ReadyToSync))
+        .wait_for("READY_TO_SYNC as neo.agent", |s| {
+            s.sync_state == Some(SyncState::ReadyToSync)
+        })
         .await;
     assert_eq!(status.identity.map(|i| i.user_name).as_deref(), Some(AGENT));
     let changed = scene.wait_for_event("IdentityChanged").await;

@@ -239,7 +239,10 @@ mod tests {
         assert_eq!(verified.expires_at, at(600));
         assert_eq!(minted.expires_at, at(600));
         assert_eq!(verified.pkce_verifier.expose().len(), 43);
-        assert_eq!(crate::servicenow::oauth::pkce_challenge(&verified.pkce_verifier), minted.code_challenge);
+        assert_eq!(
+            crate::servicenow::oauth::pkce_challenge(&verified.pkce_verifier),
+            minted.code_challenge
+        );
     }
 
     #[test]
@@ -360,7 +363,10 @@ mod tests {
         );
         // RFC 7636 appendix B's example, to pin the encoding.
         let example = SecretString::new("dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk");
-        assert_eq!(crate::servicenow::oauth::pkce_challenge(&example), "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM");
+        assert_eq!(
+            crate::servicenow::oauth::pkce_challenge(&example),
+            "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM"
+        );
     }
 
     #[test]

@@ -138,7 +138,16 @@ impl Operator {
         kubeconfig: &std::path::Path,
     ) -> Operator {
         let public_url = format!("http://127.0.0.1:{public_port}");
-        Self::spawn(namespace, simulator, simulator.addr(), public_port, &public_url, extra, kubeconfig).await
+        Self::spawn(
+            namespace,
+            simulator,
+            simulator.addr(),
+            public_port,
+            &public_url,
+            extra,
+            kubeconfig,
+        )
+        .await
     }
 
     /// Starts the operator listening on `listen_port` but announcing `public_url` (another
@@ -670,7 +679,10 @@ impl Scene {
         let secrets: Api<Secret> = Api::namespaced(self.client.clone(), self.ns.name());
         for (secret, key) in [
             ("acme-webhook", "token"),
-            ("servicenow-operator-consent-key", servicenow_operator::secrets::STATE_KEY_KEY),
+            (
+                "servicenow-operator-consent-key",
+                servicenow_operator::secrets::STATE_KEY_KEY,
+            ),
         ] {
             let found = secrets.get_opt(secret).await.expect("read the operator's Secret");
             if let Some(value) = found.and_then(|s| s.data).and_then(|mut data| data.remove(key)) {
