@@ -73,26 +73,20 @@ async fn the_operator_reaches_ready_to_sync_with_only_the_charts_rbac() {
         "kubectl create token",
         &plane.kubectl(&["create", "token", &account, "-n", ns.name()]),
     );
-    let server = succeeded(
-        "kubectl config view",
-        &plane.kubectl(&[
-            "config",
-            "view",
-            "--raw",
-            "-o",
-            "jsonpath={.clusters[0].cluster.server}",
-        ]),
-    );
-    let ca = succeeded(
-        "kubectl config view",
-        &plane.kubectl(&[
-            "config",
-            "view",
-            "--raw",
-            "-o",
-            "jsonpath={.clusters[0].cluster.certificate-authority-data}",
-        ]),
-    );
+    let cluster = |field: &str| {
+        succeeded(
+            "kubectl config view",
+            &plane.kubectl(&[
+                "config",
+                "view",
+                "--raw",
+                "-o",
+                &format!("jsonpath={{.clusters[0].cluster.{field}}}"),
+            ]),
+        )
+    };
+    let server = cluster("server");
+    let ca = cluster("certificate-authority-data");
     let kubeconfig = std::env::temp_dir().join(format!("{release}-sa.kubeconfig"));
     fs::write(
         &kubeconfig,

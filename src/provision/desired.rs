@@ -74,13 +74,7 @@ pub fn desired(callback_url: &str, owner: &Owner) -> Desired {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn owner() -> Owner {
-        Owner {
-            public_url: "https://neo.example.com/".into(),
-            connection: "itsm/acme".into(),
-        }
-    }
+    use crate::provision::owner::tests::owner;
 
     #[test]
     fn the_rule_fires_after_inserts_and_updates_on_task_and_runs_the_webhook_script() {

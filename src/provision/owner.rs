@@ -75,11 +75,13 @@ pub fn claimed_by_other(properties: &[SystemProperty], owner: &Owner) -> Option<
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::servicenow::records::SystemPropertyFields;
 
-    fn owner() -> Owner {
+    /// The owner the tests of this module and its neighbours use: `itsm/acme` behind
+    /// `https://neo.example.com/`.
+    pub(in crate::provision) fn owner() -> Owner {
         Owner {
             public_url: "https://neo.example.com/".into(),
             connection: "itsm/acme".into(),
