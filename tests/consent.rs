@@ -16,7 +16,10 @@ use servicenow_operator::{
 };
 use support::{
     browser::{Browser, BrowserOptions},
-    operator::{AGENT, CONNECTION, HOST, Operator, PROPERTY_QUERY, RULE_QUERY, Scene, assert_condition, free_port},
+    operator::{
+        AGENT, CONNECTION, HOST, Operator, PROPERTY_QUERY, RULE_QUERY, Scene, TOKEN_SECRET, assert_condition,
+        free_port, ready_connection,
+    },
 };
 
 /// The operator's redirect (callback) path.
@@ -365,4 +368,22 @@ async fn consent_started_on_one_replica_completes_on_the_other() {
     assert!(b.logs().contains("consent recorded"), "B completed the consent");
     assert!(!a.logs().contains("consent recorded"), "A only started it");
     scene.assert_no_secret_leaked().await;
+}
+
+#[tokio::test]
+async fn deleting_the_token_secret_goes_back_to_awaiting_consent() {
+    let ready = ready_connection(serde_json::json!({})).await;
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(ready.client.clone(), ready.ns.name());
+    secrets
+        .delete(TOKEN_SECRET, &Default::default())
+        .await
+        .expect("delete the token Secret");
+    let status = ready
+        .wait_for("AWAITING_CONSENT once the token Secret is gone", |s| {
+            s.sync_state == Some(SyncState::AwaitingConsent) && s.consent_url.is_some()
+        })
+        .await;
+    assert_condition(&status, "Authorized", "False", Reason::ConsentRequired);
+    assert_eq!(status.token, None, "no token expiry without a token");
+    ready.assert_no_secret_leaked().await;
 }
