@@ -10,7 +10,8 @@ use std::{
 use servicenow_operator::{
     provision::{self, Owner},
     servicenow::{
-        CallObserver, Client, ClientConfig, ClientCredentials, ErrorKind, InstanceUrl, SecretString, ServiceNow,
+        CallObserver, Client, ClientConfig, ClientCredentials, Error, ErrorKind, InstanceUrl, SecretString, ServiceNow,
+        TokenGrant,
         oauth::{self, Pkce},
     },
 };
@@ -41,6 +42,17 @@ struct Fixture {
     calls: Arc<Calls>,
     instance: InstanceUrl,
     credentials: ClientCredentials,
+}
+
+/// A PKCE authorization that `neo.agent` allowed.
+struct Consented {
+    /// The final redirect.
+    location: String,
+    /// The code in it.
+    code: SecretString,
+    pkce: Pkce,
+    /// The application's registered redirect URL, which the authorization named.
+    redirect_uri: String,
 }
 
 impl Fixture {
@@ -94,12 +106,56 @@ impl Fixture {
     /// An access token of `user`, through the client's refresh grant.
     async fn access_token_of(&self, user: &str) -> SecretString {
         let refresh_token = self.refresh_token_of(user).await;
-        self.client
-            .refresh_token(&self.instance, &self.credentials, &refresh_token)
-            .await
-            .unwrap()
-            .access_token
+        self.refresh(&refresh_token).await.unwrap().access_token
     }
+
+    /// The client's refresh grant with the application's credentials.
+    async fn refresh(&self, refresh_token: &SecretString) -> Result<TokenGrant, Error> {
+        self.client
+            .refresh_token(&self.instance, &self.credentials, refresh_token)
+            .await
+    }
+
+    /// Consents as `neo.agent` to the client's authorize URL with `state` and a fresh PKCE pair.
+    async fn consent_with_pkce(&self, state: &str) -> Consented {
+        let redirect_uri = self.server.admin().oauth_app("Neo Agent").unwrap().redirect_urls[0].clone();
+        let pkce = Pkce::generate();
+        let authorize = oauth::authorize_url(
+            &self.instance,
+            self.credentials.client_id.expose(),
+            &redirect_uri,
+            state,
+            &pkce.challenge,
+        );
+        let location = consent(&self.server, &authorize, "neo.agent").await;
+        let code = SecretString::new(query_param(&location, "code").expect("a code"));
+        Consented {
+            location,
+            code,
+            pkce,
+            redirect_uri,
+        }
+    }
+
+    /// The client's code exchange for `consented` with `verifier`.
+    async fn exchange(&self, consented: &Consented, verifier: &SecretString) -> Result<TokenGrant, Error> {
+        self.client
+            .exchange_code(
+                &self.instance,
+                &self.credentials,
+                &consented.code,
+                &consented.redirect_uri,
+                verifier,
+            )
+            .await
+    }
+}
+
+/// The call failed as [`ErrorKind::Unauthorized`].
+#[track_caller]
+fn assert_unauthorized<T: std::fmt::Debug>(result: Result<T, Error>) {
+    let error = result.unwrap_err();
+    assert!(matches!(error.kind, ErrorKind::Unauthorized { .. }), "{error:?}");
 }
 
 fn client(server: &snowsim::Server, address: SocketAddr, calls: Arc<Calls>) -> Client {
@@ -127,11 +183,7 @@ async fn the_refresh_grant_sends_the_client_credentials_as_form_fields() {
     let refresh_token = fixture.refresh_token_of("neo.agent").await;
     fixture.server.admin().clear_request_log();
 
-    let grant = fixture
-        .client
-        .refresh_token(&fixture.instance, &fixture.credentials, &refresh_token)
-        .await
-        .unwrap();
+    let grant = fixture.refresh(&refresh_token).await.unwrap();
 
     assert!(!grant.access_token.expose().is_empty());
     assert_eq!(grant.refresh_token.as_ref(), Some(&refresh_token));
@@ -154,11 +206,7 @@ async fn a_refresh_answer_without_a_refresh_token_keeps_the_one_sent() {
     behaviour.omit_refresh_token_on_refresh = true;
     fixture.server.admin().set_behaviour(behaviour);
 
-    let grant = fixture
-        .client
-        .refresh_token(&fixture.instance, &fixture.credentials, &refresh_token)
-        .await
-        .unwrap();
+    let grant = fixture.refresh(&refresh_token).await.unwrap();
 
     assert_eq!(grant.refresh_token, Some(refresh_token));
 }
@@ -197,41 +245,16 @@ async fn a_rejected_grant_is_unauthorized_and_the_error_shows_no_secret() {
     );
 
     let unknown = SecretString::new("no-such-refresh-token");
-    let error = fixture
-        .client
-        .refresh_token(&fixture.instance, &fixture.credentials, &unknown)
-        .await
-        .unwrap_err();
-    assert!(matches!(error.kind, ErrorKind::Unauthorized { .. }), "{error:?}");
+    assert_unauthorized(fixture.refresh(&unknown).await);
 }
 
 #[tokio::test]
 async fn a_consent_code_is_exchanged_with_its_pkce_verifier_and_a_revoked_token_stops_working() {
     let fixture = Fixture::start().await;
-    let redirect_uri = fixture.server.admin().oauth_app("Neo Agent").unwrap().redirect_urls[0].clone();
-    let pkce = Pkce::generate();
-    let authorize = oauth::authorize_url(
-        &fixture.instance,
-        fixture.credentials.client_id.expose(),
-        &redirect_uri,
-        "state-1",
-        &pkce.challenge,
-    );
-    let location = consent(&fixture.server, &authorize, "neo.agent").await;
-    let code = query_param(&location, "code").expect("a code");
-    assert_eq!(query_param(&location, "state").as_deref(), Some("state-1"));
+    let consented = fixture.consent_with_pkce("state-1").await;
+    assert_eq!(query_param(&consented.location, "state").as_deref(), Some("state-1"));
 
-    let grant = fixture
-        .client
-        .exchange_code(
-            &fixture.instance,
-            &fixture.credentials,
-            &SecretString::new(code),
-            &redirect_uri,
-            &pkce.verifier,
-        )
-        .await
-        .unwrap();
+    let grant = fixture.exchange(&consented, &consented.pkce.verifier).await.unwrap();
     let refresh_token = grant.refresh_token.expect("a refresh token");
     let user = fixture
         .client
@@ -245,49 +268,24 @@ async fn a_consent_code_is_exchanged_with_its_pkce_verifier_and_a_revoked_token_
         .revoke(&fixture.instance, &fixture.credentials, &refresh_token)
         .await
         .unwrap();
-    let error = fixture
-        .client
-        .refresh_token(&fixture.instance, &fixture.credentials, &refresh_token)
-        .await
-        .unwrap_err();
-    assert!(matches!(error.kind, ErrorKind::Unauthorized { .. }), "{error:?}");
-    let error = fixture
-        .client
-        .current_user(&fixture.instance, &grant.access_token)
-        .await
-        .unwrap_err();
-    assert!(matches!(error.kind, ErrorKind::Unauthorized { .. }), "{error:?}");
+    assert_unauthorized(fixture.refresh(&refresh_token).await);
+    assert_unauthorized(
+        fixture
+            .client
+            .current_user(&fixture.instance, &grant.access_token)
+            .await,
+    );
 }
 
 #[tokio::test]
 async fn a_wrong_pkce_verifier_is_unauthorized() {
     let fixture = Fixture::start().await;
-    let redirect_uri = fixture.server.admin().oauth_app("Neo Agent").unwrap().redirect_urls[0].clone();
-    let pkce = Pkce::generate();
-    let authorize = oauth::authorize_url(
-        &fixture.instance,
-        fixture.credentials.client_id.expose(),
-        &redirect_uri,
-        "s",
-        &pkce.challenge,
-    );
-    let location = consent(&fixture.server, &authorize, "neo.agent").await;
-    let code = SecretString::new(query_param(&location, "code").expect("a code"));
+    let consented = fixture.consent_with_pkce("s").await;
 
     let other = Pkce::generate();
-    let error = fixture
-        .client
-        .exchange_code(
-            &fixture.instance,
-            &fixture.credentials,
-            &code,
-            &redirect_uri,
-            &other.verifier,
-        )
-        .await
-        .unwrap_err();
+    let answer = fixture.exchange(&consented, &other.verifier).await;
 
-    assert!(matches!(error.kind, ErrorKind::Unauthorized { .. }), "{error:?}");
+    assert_unauthorized(answer);
 }
 
 #[tokio::test]

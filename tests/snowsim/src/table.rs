@@ -181,6 +181,24 @@ impl Request {
             Access::Denied => false,
         }
     }
+
+    /// The class of the record `sys_id` when the caller may read it and may `operation` it;
+    /// otherwise no record (a row the caller cannot read is not found) or the ACL denial.
+    fn class_if_permitted(
+        &self,
+        state: &State,
+        sys_id: &str,
+        operation: Operation,
+    ) -> Result<&'static Table, ApiError> {
+        let Some(record) = state.db.get(self.table, sys_id).filter(|r| self.may_read(state, r)) else {
+            return Err(ApiError::NoRecord);
+        };
+        let class = Schema::get().table(record.class).unwrap_or(self.table);
+        if !self.may(state, class, operation, Some(record)) {
+            return Err(ApiError::AclDenied(operation));
+        }
+        Ok(class)
+    }
 }
 
 macro_rules! request {
@@ -380,17 +398,10 @@ async fn update(
     let sys_id = request.sys_id.clone().unwrap_or_default();
     let input = {
         let state = request.instance.state.lock();
-        let Some(record) = state
-            .db
-            .get(request.table, &sys_id)
-            .filter(|r| request.may_read(&state, r))
-        else {
-            return ApiError::NoRecord.into_response();
+        let class = match request.class_if_permitted(&state, &sys_id, Operation::Write) {
+            Ok(class) => class,
+            Err(error) => return error.into_response(),
         };
-        let class = Schema::get().table(record.class).unwrap_or(request.table);
-        if !request.may(&state, class, Operation::Write, Some(record)) {
-            return ApiError::AclDenied(Operation::Write).into_response();
-        }
         match parse_body(&body) {
             Ok(input) => display_inputs(&state, class, input, request.params.input_display_value),
             Err(error) => return error.into_response(),
@@ -414,16 +425,8 @@ async fn remove(
     let sys_id = request.sys_id.clone().unwrap_or_default();
     {
         let state = request.instance.state.lock();
-        let Some(record) = state
-            .db
-            .get(request.table, &sys_id)
-            .filter(|r| request.may_read(&state, r))
-        else {
-            return ApiError::NoRecord.into_response();
-        };
-        let class = Schema::get().table(record.class).unwrap_or(request.table);
-        if !request.may(&state, class, Operation::Delete, Some(record)) {
-            return ApiError::AclDenied(Operation::Delete).into_response();
+        if let Err(error) = request.class_if_permitted(&state, &sys_id, Operation::Delete) {
+            return error.into_response();
         }
     }
     match request.instance.delete(request.table, &sys_id, &request.caller).await {

@@ -1,9 +1,13 @@
 //! The `snowsim` binary: starts, prints where its CA is and the OAuth client, serves HTTPS.
 
+mod common;
+
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
+
+use common::{HOST, get_json, url};
 
 struct Child(std::process::Child);
 
@@ -70,24 +74,18 @@ async fn the_binary_prints_ca_path_instance_and_oauth_client_then_serves() {
         .use_rustls_tls()
         .tls_built_in_root_certs(false)
         .add_root_certificate(reqwest::Certificate::from_pem(&ca).unwrap())
-        .resolve("acme.service-now.com", addr)
+        .resolve(HOST, addr)
         .build()
         .unwrap();
-    let response = client
-        .get("https://acme.service-now.com/api/now/table/sys_user?sysparm_query=user_name=neo.agent")
-        .basic_auth("admin", Some("admin"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
-    let apps: serde_json::Value = client
-        .get("https://acme.service-now.com/snowsim/oauth/apps")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (status, _) = get_json(
+        &client,
+        "admin",
+        "/api/now/table/sys_user?sysparm_query=user_name=neo.agent",
+    )
+    .await;
+    assert_eq!(status, 200);
+    let apps = client.get(url("/snowsim/oauth/apps")).send().await.unwrap();
+    let apps: serde_json::Value = apps.json().await.unwrap();
     assert_eq!(apps[0]["client_id"], client_id.as_str());
     drop(child);
     let _ = std::fs::remove_dir_all(&state);

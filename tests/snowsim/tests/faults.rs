@@ -8,6 +8,25 @@ use std::time::{Duration, Instant};
 use common::*;
 use snowsim::{Fault, FaultAction, RateLimitRule, RateLimitTarget};
 
+/// GET `address` (a full URL) as `neo.agent`, the response or the transport error.
+async fn get_as_agent(client: &reqwest::Client, address: &str) -> reqwest::Result<reqwest::Response> {
+    client
+        .get(address)
+        .basic_auth("neo.agent", Some("neo.agent"))
+        .send()
+        .await
+}
+
+/// The status of `GET /api/now/table/incident` as `user`.
+async fn incidents_status(client: &reqwest::Client, user: &str) -> u16 {
+    get_json(client, user, "/api/now/table/incident").await.0
+}
+
+/// Sends `request` and reads its JSON answer.
+async fn json_of(request: reqwest::RequestBuilder) -> serde_json::Value {
+    request.send().await.unwrap().json().await.unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s2_7_rate_limits_answer_429_with_retry_after_and_rate_limit_headers() {
     let (server, client) = start().await;
@@ -20,23 +39,13 @@ async fn s2_7_rate_limits_answer_429_with_retry_after_and_rate_limit_headers() {
         sys_id: None,
     });
     for _ in 0..2 {
-        let ok = client
-            .get(url("/api/now/v2/table/incident"))
-            .basic_auth("neo.agent", Some("neo.agent"))
-            .send()
-            .await
-            .unwrap();
+        let ok = get_as_agent(&client, &url("/api/now/v2/table/incident")).await.unwrap();
         assert_eq!(ok.status(), 200);
         assert_eq!(ok.headers()["x-ratelimit-limit"], "2");
         assert_eq!(ok.headers()["x-ratelimit-rule"].to_str().unwrap(), rule);
         assert!(ok.headers().contains_key("x-ratelimit-reset"));
     }
-    let refused = client
-        .get(url("/api/now/table/incident"))
-        .basic_auth("neo.agent", Some("neo.agent"))
-        .send()
-        .await
-        .unwrap();
+    let refused = get_as_agent(&client, &url("/api/now/table/incident")).await.unwrap();
     assert_eq!(refused.status(), 429);
     let retry_after: i64 = refused.headers()["retry-after"].to_str().unwrap().parse().unwrap();
     assert!((1..=3600).contains(&retry_after));
@@ -46,17 +55,9 @@ async fn s2_7_rate_limits_answer_429_with_retry_after_and_rate_limit_headers() {
         body["error"]["detail"],
         "Rate limit of 2 requests per hour for Table API exceeded"
     );
-    assert_eq!(
-        get_json(&client, "admin", "/api/now/table/incident").await.0,
-        200,
-        "admin lacks the role"
-    );
+    assert_eq!(incidents_status(&client, "admin").await, 200, "admin lacks the role");
     server.admin().advance_clock(Duration::from_secs(retry_after as u64));
-    assert_eq!(
-        get_json(&client, "neo.agent", "/api/now/table/incident").await.0,
-        200,
-        "new window"
-    );
+    assert_eq!(incidents_status(&client, "neo.agent").await, 200, "new window");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -68,7 +69,7 @@ async fn faults_inject_a_status_for_a_share_of_requests_latency_and_dropped_conn
     });
     let mut statuses = Vec::new();
     for _ in 0..4 {
-        statuses.push(get_json(&client, "neo.agent", "/api/now/table/incident").await.0);
+        statuses.push(incidents_status(&client, "neo.agent").await);
     }
     assert_eq!(statuses, vec![200, 503, 200, 503]);
     server.admin().clear_faults();
@@ -88,38 +89,23 @@ async fn faults_inject_a_status_for_a_share_of_requests_latency_and_dropped_conn
         times: Some(1),
         ..Fault::new("/api/now/table", FaultAction::DropConnection)
     });
-    let dropped = client
-        .get(url("/api/now/table/incident"))
-        .basic_auth("neo.agent", Some("neo.agent"))
-        .send()
-        .await;
+    let dropped = get_as_agent(&client, &url("/api/now/table/incident")).await;
     assert!(dropped.is_err(), "connection should drop: {dropped:?}");
-    assert_eq!(
-        get_json(&client, "neo.agent", "/api/now/table/incident").await.0,
-        200,
-        "fault used up"
-    );
+    assert_eq!(incidents_status(&client, "neo.agent").await, 200, "fault used up");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn management_revokes_tokens_and_removes_roles() {
     let (server, client) = start().await;
     let app = server.admin().oauth_app("Neo Agent").unwrap();
-    let tokens: serde_json::Value = client
-        .post(url("/oauth_token.do"))
-        .form(&[
-            ("grant_type", "password"),
-            ("username", "neo.agent"),
-            ("password", "neo.agent"),
-            ("client_id", app.client_id.as_str()),
-            ("client_secret", app.client_secret.as_str()),
-        ])
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let tokens = json_of(client.post(url("/oauth_token.do")).form(&[
+        ("grant_type", "password"),
+        ("username", "neo.agent"),
+        ("password", "neo.agent"),
+        ("client_id", app.client_id.as_str()),
+        ("client_secret", app.client_secret.as_str()),
+    ]))
+    .await;
     let access = tokens["access_token"].as_str().unwrap();
     let call = || client.get(url("/api/now/table/incident")).bearer_auth(access).send();
     assert_eq!(call().await.unwrap().status(), 200);
@@ -145,14 +131,7 @@ async fn the_request_log_counts_exactly_the_calls_made() {
     assert_eq!(log[0].query, "sysparm_query=name=x");
     assert_eq!((log[0].user.as_deref(), log[0].status), (Some("neo.agent"), 200));
     assert_eq!((log[1].user.as_deref(), log[1].status), (None, 401));
-    let via_http: serde_json::Value = client
-        .get(url("/snowsim/requests"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let via_http = json_of(client.get(url("/snowsim/requests"))).await;
     assert_eq!(via_http.as_array().unwrap().len(), 2, "management calls are not logged");
 }
 
@@ -170,10 +149,7 @@ async fn several_instances_are_chosen_by_host_and_keep_their_own_data() {
         serde_json::json!({"short_description": "acme only"}),
     )
     .await;
-    let globex = client
-        .get("https://globex.servicenowservices.com/api/now/table/incident")
-        .basic_auth("neo.agent", Some("neo.agent"))
-        .send()
+    let globex = get_as_agent(&client, "https://globex.servicenowservices.com/api/now/table/incident")
         .await
         .unwrap();
     assert_eq!(globex.status(), 200);

@@ -47,11 +47,60 @@ async fn token(client: &reqwest::Client, form: &[(&str, &str)]) -> (u16, Value, 
     (status, serde_json::from_str(&text).unwrap_or(Value::Null), text)
 }
 
+/// The `authorization_code` grant's form, with the application's credentials.
+fn code_form<'a>(
+    app: &'a OAuthApp,
+    code: &'a str,
+    redirect_uri: &'a str,
+    verifier: &'a str,
+) -> [(&'a str, &'a str); 6] {
+    [
+        ("grant_type", "authorization_code"),
+        ("code", code),
+        ("redirect_uri", redirect_uri),
+        ("client_id", &app.client_id),
+        ("client_secret", &app.client_secret),
+        ("code_verifier", verifier),
+    ]
+}
+
+/// The `password` grant's form for `user` (password = user name), with the application's
+/// credentials.
+fn password_form<'a>(app: &'a OAuthApp, user: &'a str) -> [(&'a str, &'a str); 5] {
+    [
+        ("grant_type", "password"),
+        ("username", user),
+        ("password", user),
+        ("client_id", &app.client_id),
+        ("client_secret", &app.client_secret),
+    ]
+}
+
+/// The `refresh_token` grant's form for `refresh`, with the application's credentials.
+fn refresh_form<'a>(app: &'a OAuthApp, refresh: &'a str) -> [(&'a str, &'a str); 4] {
+    [
+        ("grant_type", "refresh_token"),
+        ("refresh_token", refresh),
+        ("client_id", &app.client_id),
+        ("client_secret", &app.client_secret),
+    ]
+}
+
+/// The `password` grant for `user` (password = user name).
+async fn password_grant(client: &reqwest::Client, app: &OAuthApp, user: &str) -> (u16, Value, String) {
+    token(client, &password_form(app, user)).await
+}
+
+/// Opens `authorize_query` in a fresh browser, logs in as `neo.agent` and presses `button`; the
+/// final redirect's `Location`.
+async fn decide(server: &snowsim::Server, authorize_query: &str, button: &str) -> String {
+    consent(&browser(server), authorize_query, "neo.agent", button).await
+}
+
 async fn code_for(server: &snowsim::Server, app: &OAuthApp, verifier: &str) -> String {
-    let location = consent(
-        &browser(server),
+    let location = decide(
+        server,
         &authorize_query(app, "st-1", Some(&challenge(verifier))),
-        "neo.agent",
         "allow",
     )
     .await;
@@ -59,18 +108,26 @@ async fn code_for(server: &snowsim::Server, app: &OAuthApp, verifier: &str) -> S
 }
 
 async fn exchange(client: &reqwest::Client, app: &OAuthApp, code: &str, verifier: &str) -> (u16, Value, String) {
-    token(
-        client,
-        &[
-            ("grant_type", "authorization_code"),
-            ("code", code),
-            ("redirect_uri", REDIRECT),
-            ("client_id", &app.client_id),
-            ("client_secret", &app.client_secret),
-            ("code_verifier", verifier),
-        ],
-    )
-    .await
+    token(client, &code_form(app, code, REDIRECT, verifier)).await
+}
+
+/// `GET /oauth_auth.do?{authorize_query}` without a session.
+async fn authorize_page(client: &reqwest::Client, authorize_query: &str) -> reqwest::Response {
+    client
+        .get(url(&format!("/oauth_auth.do?{authorize_query}")))
+        .send()
+        .await
+        .unwrap()
+}
+
+/// `GET /api/now/ui/user/current_user` with `access` as the Bearer token.
+async fn current_user(client: &reqwest::Client, access: &str) -> reqwest::Response {
+    client
+        .get(url("/api/now/ui/user/current_user"))
+        .bearer_auth(access)
+        .send()
+        .await
+        .unwrap()
 }
 
 const GENERIC_401: &str = "{\"error_description\":\"access_denied\",\"error\":\"server_error\"}";
@@ -79,13 +136,7 @@ const GENERIC_401: &str = "{\"error_description\":\"access_denied\",\"error\":\"
 async fn s1_2_login_then_allow_redirects_with_code_and_state() {
     let (server, _) = start().await;
     let app = app(&server);
-    let location = consent(
-        &browser(&server),
-        &authorize_query(&app, "opaque-42", None),
-        "neo.agent",
-        "allow",
-    )
-    .await;
+    let location = decide(&server, &authorize_query(&app, "opaque-42", None), "allow").await;
     assert!(location.starts_with(&format!("{REDIRECT}?code=")), "{location}");
     assert_eq!(query_param(&location, "state").as_deref(), Some("opaque-42"));
     let url = url::Url::parse(&location).unwrap();
@@ -97,13 +148,7 @@ async fn s1_2_login_then_allow_redirects_with_code_and_state() {
 async fn s1_2_deny_redirects_with_access_denied_and_state() {
     let (server, _) = start().await;
     let app = app(&server);
-    let location = consent(
-        &browser(&server),
-        &authorize_query(&app, "s", None),
-        "neo.agent",
-        "deny",
-    )
-    .await;
+    let location = decide(&server, &authorize_query(&app, "s", None), "deny").await;
     assert_eq!(query_param(&location, "error").as_deref(), Some("access_denied"));
     assert_eq!(query_param(&location, "state").as_deref(), Some("s"));
     assert_eq!(query_param(&location, "code"), None);
@@ -114,22 +159,14 @@ async fn s1_2_missing_state_is_refused_with_the_documented_text() {
     let (server, client) = start().await;
     let app = app(&server);
     let query = format!("response_type=code&client_id={}&redirect_uri={REDIRECT}", app.client_id);
-    let page = client
-        .get(url(&format!("/oauth_auth.do?{query}")))
-        .send()
-        .await
-        .unwrap();
+    let page = authorize_page(&client, &query).await;
     let html = page.text().await.unwrap();
     assert!(html.contains("Missing State parameter in request."), "{html}");
     assert!(!html.contains("login_form"));
     server
         .admin()
         .set_property("glide.oauth.state.parameter.required", "false");
-    let page = client
-        .get(url(&format!("/oauth_auth.do?{query}")))
-        .send()
-        .await
-        .unwrap();
+    let page = authorize_page(&client, &query).await;
     assert!(page.text().await.unwrap().contains("login_form"));
 }
 
@@ -138,17 +175,13 @@ async fn s1_1_unregistered_redirect_falls_back_to_the_first_registered_url_or_is
     let (server, client) = start().await;
     let app = app(&server);
     let query = authorize_query(&app, "s", None).replace("127.0.0.1%3A8080", "evil.example");
-    let location = consent(&browser(&server), &query, "neo.agent", "allow").await;
+    let location = decide(&server, &query, "allow").await;
     assert!(location.starts_with(REDIRECT), "{location}");
     server.admin().set_behaviour(Behaviour {
         reject_unregistered_redirect: true,
         ..Behaviour::default()
     });
-    let page = client
-        .get(url(&format!("/oauth_auth.do?{query}")))
-        .send()
-        .await
-        .unwrap();
+    let page = authorize_page(&client, &query).await;
     assert_eq!(page.status(), 400);
     assert!(page.text().await.unwrap().contains("Invalid redirect_uri."));
 }
@@ -178,12 +211,7 @@ async fn s1_3_code_exchange_answers_the_exact_shape_with_expires_in_1799() {
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
     );
-    let me = client
-        .get(url("/api/now/ui/user/current_user"))
-        .bearer_auth(access)
-        .send()
-        .await
-        .unwrap();
+    let me = current_user(&client, access).await;
     assert_eq!(me.status(), 200);
     let me: Value = me.json().await.unwrap();
     assert_eq!(me["result"]["user_name"], "neo.agent");
@@ -200,14 +228,7 @@ async fn s1_3_codes_are_single_use_bound_to_client_and_redirect_and_pkce_verifie
     let code = code_for(&server, &app, verifier).await;
     let wrong_redirect = token(
         &client,
-        &[
-            ("grant_type", "authorization_code"),
-            ("code", &code),
-            ("redirect_uri", "http://127.0.0.1:9999/other"),
-            ("client_id", &app.client_id),
-            ("client_secret", &app.client_secret),
-            ("code_verifier", verifier),
-        ],
+        &code_form(&app, &code, "http://127.0.0.1:9999/other", verifier),
     )
     .await;
     assert_eq!(wrong_redirect.0, 401);
@@ -240,15 +261,13 @@ async fn s1_2_authorization_codes_expire() {
 async fn s1_3_http_basic_client_auth_is_rejected_by_default_and_accepted_by_switch() {
     let (server, client) = start().await;
     let app = app(&server);
+    // The password grant with the client credentials in the Authorization header, not the form.
+    let form = &password_form(&app, "neo.agent")[..3];
     let send = || {
         client
             .post(url("/oauth_token.do"))
             .basic_auth(&app.client_id, Some(&app.client_secret))
-            .form(&[
-                ("grant_type", "password"),
-                ("username", "neo.agent"),
-                ("password", "neo.agent"),
-            ])
+            .form(form)
             .send()
     };
     let response = send().await.unwrap();
@@ -293,20 +312,11 @@ async fn s1_3_json_bodies_and_query_string_parameters_are_refused() {
 async fn s1_3_every_token_failure_is_the_generic_401_and_the_cause_goes_to_the_system_log() {
     let (server, client) = start().await;
     let app = app(&server);
+    let mut wrong_secret = password_form(&app, "neo.agent");
+    wrong_secret[4] = ("client_secret", "wrong");
     let cases: Vec<Vec<(&str, &str)>> = vec![
-        vec![
-            ("grant_type", "refresh_token"),
-            ("refresh_token", "nope"),
-            ("client_id", &app.client_id),
-            ("client_secret", &app.client_secret),
-        ],
-        vec![
-            ("grant_type", "password"),
-            ("username", "neo.agent"),
-            ("password", "neo.agent"),
-            ("client_id", &app.client_id),
-            ("client_secret", "wrong"),
-        ],
+        refresh_form(&app, "nope").to_vec(),
+        wrong_secret.to_vec(),
         vec![
             ("grant_type", "client_credentials"),
             ("client_id", &app.client_id),
@@ -352,12 +362,7 @@ async fn s1_3_refresh_returns_a_new_access_token_and_the_same_unextended_refresh
         .find(|t| t.token == refresh)
         .unwrap();
     server.admin().advance_clock(Duration::from_secs(600));
-    let form = [
-        ("grant_type", "refresh_token"),
-        ("refresh_token", refresh.as_str()),
-        ("client_id", app.client_id.as_str()),
-        ("client_secret", app.client_secret.as_str()),
-    ];
+    let form = refresh_form(&app, &refresh);
     let (status, second, _) = token(&client, &form).await;
     assert_eq!(status, 200);
     assert_eq!(second["refresh_token"].as_str(), Some(refresh.as_str()));
@@ -389,24 +394,13 @@ async fn s1_1_lifespans_expire_tokens_on_the_simulated_clock() {
     let code = code_for(&server, &app, verifier).await;
     let (_, tokens, _) = exchange(&client, &app, &code, verifier).await;
     let access = tokens["access_token"].as_str().unwrap();
-    let me = || {
-        client
-            .get(url("/api/now/ui/user/current_user"))
-            .bearer_auth(access)
-            .send()
-    };
-    assert_eq!(me().await.unwrap().status(), 200);
+    assert_eq!(current_user(&client, access).await.status(), 200);
     server.admin().advance_clock(Duration::from_secs(1800));
-    let expired = me().await.unwrap();
+    let expired = current_user(&client, access).await;
     assert_eq!(expired.status(), 401);
     assert_eq!(expired.headers()["www-authenticate"], "BASIC realm=\"Service-now\"");
     let refresh = tokens["refresh_token"].as_str().unwrap();
-    let form = [
-        ("grant_type", "refresh_token"),
-        ("refresh_token", refresh),
-        ("client_id", app.client_id.as_str()),
-        ("client_secret", app.client_secret.as_str()),
-    ];
+    let form = refresh_form(&app, refresh);
     assert_eq!(token(&client, &form).await.0, 200);
     server.admin().advance_clock(Duration::from_secs(8_640_000));
     assert_eq!(token(&client, &form).await.0, 401);
@@ -416,17 +410,7 @@ async fn s1_1_lifespans_expire_tokens_on_the_simulated_clock() {
 async fn s1_4_revocation_needs_no_authentication_and_kills_the_token() {
     let (server, client) = start().await;
     let app = app(&server);
-    let (_, tokens, _) = token(
-        &client,
-        &[
-            ("grant_type", "password"),
-            ("username", "neo.agent"),
-            ("password", "neo.agent"),
-            ("client_id", &app.client_id),
-            ("client_secret", &app.client_secret),
-        ],
-    )
-    .await;
+    let (_, tokens, _) = password_grant(&client, &app, "neo.agent").await;
     let access = tokens["access_token"].as_str().unwrap();
     let refresh = tokens["refresh_token"].as_str().unwrap();
     let revoked = client
@@ -435,19 +419,9 @@ async fn s1_4_revocation_needs_no_authentication_and_kills_the_token() {
         .await
         .unwrap();
     assert_eq!(revoked.status(), 200);
-    let me = client
-        .get(url("/api/now/ui/user/current_user"))
-        .bearer_auth(access)
-        .send()
-        .await
-        .unwrap();
+    let me = current_user(&client, access).await;
     assert_eq!(me.status(), 401, "revoking the refresh token revokes its access tokens");
-    let form = [
-        ("grant_type", "refresh_token"),
-        ("refresh_token", refresh),
-        ("client_id", app.client_id.as_str()),
-        ("client_secret", app.client_secret.as_str()),
-    ];
+    let form = refresh_form(&app, refresh);
     assert_eq!(token(&client, &form).await.0, 401);
 }
 
@@ -455,17 +429,7 @@ async fn s1_4_revocation_needs_no_authentication_and_kills_the_token() {
 async fn s1_4_bearer_header_query_parameter_and_basic_auth_all_authenticate() {
     let (server, client) = start().await;
     let app = app(&server);
-    let (_, tokens, _) = token(
-        &client,
-        &[
-            ("grant_type", "password"),
-            ("username", "neo.agent"),
-            ("password", "neo.agent"),
-            ("client_id", &app.client_id),
-            ("client_secret", &app.client_secret),
-        ],
-    )
-    .await;
+    let (_, tokens, _) = password_grant(&client, &app, "neo.agent").await;
     let access = tokens["access_token"].as_str().unwrap();
     let by_query = client
         .get(url(&format!("/api/now/table/incident?access_token={access}")))
@@ -496,17 +460,12 @@ async fn s1_2_public_clients_must_use_pkce_and_need_no_secret() {
         public_client: true,
         ..snowsim::OAuthAppSpec::new("Public", REDIRECT)
     });
-    let page = client
-        .get(url(&format!("/oauth_auth.do?{}", authorize_query(&public, "s", None))))
-        .send()
-        .await
-        .unwrap();
+    let page = authorize_page(&client, &authorize_query(&public, "s", None)).await;
     assert_eq!(page.status(), 400);
     let verifier = "public-verifier-0123456789-0123456789-0123456789";
-    let location = consent(
-        &browser(&server),
+    let location = decide(
+        &server,
         &authorize_query(&public, "s", Some(&challenge(verifier))),
-        "neo.agent",
         "allow",
     )
     .await;
@@ -531,22 +490,8 @@ async fn s1_1_inactive_applications_issue_nothing() {
     config.instances[0].oauth_apps[0].active = false;
     let (server, client) = start_with(config).await;
     let app = app(&server);
-    let page = client
-        .get(url(&format!("/oauth_auth.do?{}", authorize_query(&app, "s", None))))
-        .send()
-        .await
-        .unwrap();
+    let page = authorize_page(&client, &authorize_query(&app, "s", None)).await;
     assert_eq!(page.status(), 400);
-    let (status, _, _) = token(
-        &client,
-        &[
-            ("grant_type", "password"),
-            ("username", "neo.agent"),
-            ("password", "neo.agent"),
-            ("client_id", &app.client_id),
-            ("client_secret", &app.client_secret),
-        ],
-    )
-    .await;
+    let (status, _, _) = password_grant(&client, &app, "neo.agent").await;
     assert_eq!(status, 401);
 }

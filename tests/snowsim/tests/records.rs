@@ -6,6 +6,42 @@ use common::*;
 use serde_json::json;
 use snowsim::{ADMIN_ROLE_SYS_ID, ITIL_ROLE_SYS_ID, UserSpec};
 
+/// The child classes of `task`, in creation order, with the number each one's first record gets.
+const TASK_CHILDREN: [(&str, &str); 6] = [
+    ("incident", "INC0010001"),
+    ("problem", "PRB0010001"),
+    ("change_request", "CHG0010001"),
+    ("sc_request", "REQ0010001"),
+    ("sc_req_item", "RITM0010001"),
+    ("sc_task", "SCTASK0010001"),
+];
+
+/// The names of [`TASK_CHILDREN`].
+fn task_child_names() -> Vec<&'static str> {
+    TASK_CHILDREN.iter().map(|(table, _)| *table).collect()
+}
+
+/// POSTs `body` to `/api/now/table/{table}` as `user`.
+async fn insert(
+    client: &reqwest::Client,
+    user: &str,
+    table: &str,
+    body: serde_json::Value,
+) -> (u16, serde_json::Value) {
+    post_json(client, user, &format!("/api/now/table/{table}"), body).await
+}
+
+/// PATCHes `{"value": "w"}` onto the property `sys_id` as `bob`.
+async fn patch_property_as_bob(client: &reqwest::Client, sys_id: &str) -> reqwest::Response {
+    client
+        .patch(url(&format!("/api/now/table/sys_properties/{sys_id}")))
+        .basic_auth("bob", Some("bob"))
+        .json(&json!({"value": "w"}))
+        .send()
+        .await
+        .unwrap()
+}
+
 fn itil_only(server: &snowsim::Server) {
     server
         .admin()
@@ -23,36 +59,14 @@ fn itil_only(server: &snowsim::Server) {
 async fn s3_1_task_lists_every_child_class_and_children_are_numbered_per_table() {
     let (_server, client) = start().await;
     let mut numbers = Vec::new();
-    for table in [
-        "incident",
-        "problem",
-        "change_request",
-        "sc_request",
-        "sc_req_item",
-        "sc_task",
-    ] {
-        let (status, body) = post_json(
-            &client,
-            "neo.agent",
-            &format!("/api/now/table/{table}"),
-            json!({"short_description": table}),
-        )
-        .await;
+    for (table, _) in TASK_CHILDREN {
+        let (status, body) = insert(&client, "neo.agent", table, json!({"short_description": table})).await;
         assert_eq!(status, 201, "{table}: {body}");
         assert_eq!(body["result"]["sys_class_name"], table);
         numbers.push(body["result"]["number"].as_str().unwrap().to_string());
     }
-    assert_eq!(
-        numbers,
-        vec![
-            "INC0010001",
-            "PRB0010001",
-            "CHG0010001",
-            "REQ0010001",
-            "RITM0010001",
-            "SCTASK0010001"
-        ]
-    );
+    let expected: Vec<&str> = TASK_CHILDREN.iter().map(|(_, number)| *number).collect();
+    assert_eq!(numbers, expected);
     let (_, tasks) = get_json(
         &client,
         "neo.agent",
@@ -65,17 +79,7 @@ async fn s3_1_task_lists_every_child_class_and_children_are_numbered_per_table()
         .iter()
         .map(|r| r["sys_class_name"].as_str().unwrap())
         .collect();
-    assert_eq!(
-        classes,
-        vec![
-            "incident",
-            "problem",
-            "change_request",
-            "sc_request",
-            "sc_req_item",
-            "sc_task"
-        ]
-    );
+    assert_eq!(classes, task_child_names());
     let (_, incidents) = get_json(&client, "neo.agent", "/api/now/table/incident").await;
     assert_eq!(incidents["result"].as_array().unwrap().len(), 1);
     let incident = incidents["result"][0]["sys_id"].as_str().unwrap();
@@ -87,14 +91,7 @@ async fn s3_1_task_lists_every_child_class_and_children_are_numbered_per_table()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s3_1_sys_db_object_describes_the_hierarchy() {
     let (_server, client) = start().await;
-    for child in [
-        "incident",
-        "problem",
-        "change_request",
-        "sc_request",
-        "sc_req_item",
-        "sc_task",
-    ] {
+    for child in task_child_names() {
         let (_, body) = get_json(
             &client,
             "neo.agent",
@@ -149,25 +146,15 @@ async fn s3_4_roles_have_out_of_box_sys_ids_and_users_see_their_own_grants() {
 async fn s3_2_an_itil_only_user_gets_403_on_rules_and_properties_until_granted() {
     let (server, client) = start().await;
     itil_only(&server);
-    let (status, body) = post_json(
-        &client,
-        "bob",
-        "/api/now/table/sys_script",
-        json!({"name": "x", "collection": "task"}),
-    )
-    .await;
+    let rule = || json!({"name": "x", "collection": "task"});
+    let (status, body) = insert(&client, "bob", "sys_script", rule()).await;
     assert_eq!(status, 403);
     assert_eq!(
         body,
         json!({"error": {"message": "Operation Failed", "detail": "ACL Exception Insert Failed due to security constraints"}, "status": "failure"})
     );
-    let (status, body) = post_json(
-        &client,
-        "bob",
-        "/api/now/table/sys_properties",
-        json!({"name": "x_neoagent.callback_url", "value": "v"}),
-    )
-    .await;
+    let callback_property = || json!({"name": "x_neoagent.callback_url", "value": "v"});
+    let (status, body) = insert(&client, "bob", "sys_properties", callback_property()).await;
     assert_eq!(
         (status, body["error"]["detail"].as_str()),
         (403, Some("ACL Exception Insert Failed due to security constraints"))
@@ -178,34 +165,16 @@ async fn s3_2_an_itil_only_user_gets_403_on_rules_and_properties_until_granted()
         (200, json!({"result": []})),
         "unreadable rows are silently dropped"
     );
-    let (_, created) = post_json(
-        &client,
-        "neo.agent",
-        "/api/now/table/sys_properties",
-        json!({"name": "x_neoagent.callback_url", "value": "v"}),
-    )
-    .await;
+    let (_, created) = insert(&client, "neo.agent", "sys_properties", callback_property()).await;
     let property = created["result"]["sys_id"].as_str().unwrap().to_string();
-    let update = client
-        .patch(url(&format!("/api/now/table/sys_properties/{property}")))
-        .basic_auth("bob", Some("bob"))
-        .json(&json!({"value": "w"}))
-        .send()
-        .await
-        .unwrap();
+    let update = patch_property_as_bob(&client, &property).await;
     assert_eq!(update.status(), 404, "a record the user cannot read is not found");
     server.admin().set_acl(snowsim::AclRule::new(
         "sys_properties",
         snowsim::Operation::Read,
         &["itil"],
     ));
-    let update = client
-        .patch(url(&format!("/api/now/table/sys_properties/{property}")))
-        .basic_auth("bob", Some("bob"))
-        .json(&json!({"value": "w"}))
-        .send()
-        .await
-        .unwrap();
+    let update = patch_property_as_bob(&client, &property).await;
     assert_eq!(update.status(), 403);
     let body: serde_json::Value = update.json().await.unwrap();
     assert_eq!(
@@ -220,19 +189,13 @@ async fn s3_2_an_itil_only_user_gets_403_on_rules_and_properties_until_granted()
         .unwrap();
     assert_eq!(delete.status(), 403);
     server.admin().grant_role("bob", "business_rule_admin").unwrap();
-    let (status, _) = post_json(
-        &client,
-        "bob",
-        "/api/now/table/sys_script",
-        json!({"name": "x", "collection": "task"}),
-    )
-    .await;
+    let (status, _) = insert(&client, "bob", "sys_script", rule()).await;
     assert_eq!(status, 201);
     server.admin().remove_role("neo.agent", "sys_properties_admin").unwrap();
-    let (status, _) = post_json(
+    let (status, _) = insert(
         &client,
         "neo.agent",
-        "/api/now/table/sys_properties",
+        "sys_properties",
         json!({"name": "y", "value": "v"}),
     )
     .await;
@@ -242,10 +205,10 @@ async fn s3_2_an_itil_only_user_gets_403_on_rules_and_properties_until_granted()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s3_1_journal_inputs_land_in_sys_journal_field_and_read_back_empty() {
     let (_server, client) = start().await;
-    let (_, created) = post_json(
+    let (_, created) = insert(
         &client,
         "neo.agent",
-        "/api/now/table/incident",
+        "incident",
         json!({"work_notes": "looked at it", "comments": "hello"}),
     )
     .await;
@@ -260,10 +223,10 @@ async fn s3_1_journal_inputs_land_in_sys_journal_field_and_read_back_empty() {
             {"element": "work_notes", "value": "looked at it", "name": "incident", "sys_created_by": "neo.agent"},
         ])
     );
-    let (status, _) = post_json(
+    let (status, _) = insert(
         &client,
         "neo.agent",
-        "/api/now/table/task_time_worked",
+        "task_time_worked",
         json!({"task": sys_id, "time_worked": "1970-01-01 01:00:00"}),
     )
     .await;

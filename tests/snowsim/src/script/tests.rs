@@ -54,7 +54,7 @@ fn no_property(_: &str) -> Option<String> {
     None
 }
 
-/// Runs `script` on `incident()` on `task`, with `previous`, no network.
+/// Runs `script` on `current` on `task`, with `previous`, no network.
 fn run_with(
     script: &str,
     operation: &str,
@@ -76,6 +76,24 @@ fn run_with(
     run(&input, &mut |request| {
         panic!("unexpected synchronous request {request:?}")
     })
+}
+
+/// Runs `script` on an updated incident, no properties, answering its synchronous requests
+/// (`execute()`) with `send`.
+fn run_sending(script: &str, send: &mut dyn FnMut(&OutboundRequest) -> OutboundResponse) -> ScriptOutcome {
+    let current = incident();
+    let input = ScriptInput {
+        script,
+        table: "incident",
+        operation: "update",
+        current: &current,
+        previous: None,
+        user_id: "u",
+        user_name: "n",
+        now: "2025-01-02 03:04:05",
+        property: &no_property,
+    };
+    run(&input, send).expect("runs")
 }
 
 /// Runs `script` on an updated incident and returns the logged messages.
@@ -148,28 +166,15 @@ fn execute_calls_send_and_the_script_sees_the_status_and_body() {
         gs.info('status {0} body {1} error {2}', response.getStatusCode(), response.getBody(),
             response.haveError());
     "#;
-    let current = incident();
-    let input = ScriptInput {
-        script,
-        table: "incident",
-        operation: "update",
-        current: &current,
-        previous: None,
-        user_id: "u",
-        user_name: "n",
-        now: "2025-01-02 03:04:05",
-        property: &no_property,
-    };
     let mut sent = Vec::new();
-    let outcome = run(&input, &mut |request| {
+    let outcome = run_sending(script, &mut |request| {
         sent.push(request.clone());
         OutboundResponse {
             status: 202,
             body: "accepted".to_string(),
             error: None,
         }
-    })
-    .expect("runs");
+    });
     assert_eq!(
         sent,
         vec![OutboundRequest {
@@ -197,18 +202,6 @@ fn execute_reports_http_and_transport_failures_through_have_error() {
         gs.info('{0} {1} {2} {3}', second.getStatusCode(), second.haveError(),
             second.getErrorCode(), second.getErrorMessage());
     "#;
-    let current = incident();
-    let input = ScriptInput {
-        script,
-        table: "incident",
-        operation: "update",
-        current: &current,
-        previous: None,
-        user_id: "u",
-        user_name: "n",
-        now: "2025-01-02 03:04:05",
-        property: &no_property,
-    };
     let mut answers = vec![
         OutboundResponse {
             status: 0,
@@ -221,11 +214,10 @@ fn execute_reports_http_and_transport_failures_through_have_error() {
             error: None,
         },
     ];
-    let outcome = run(&input, &mut |request| {
+    let outcome = run_sending(script, &mut |request| {
         assert_eq!(request.method, "POST");
         answers.pop().expect("two calls")
-    })
-    .expect("runs");
+    });
     assert_eq!(
         outcome.log,
         vec![
