@@ -12,10 +12,11 @@ ENVTEST_RUN ?= $(CACHE_DIR)/run/envtest-$(shell echo $$PPID)
 # A hung test fails the run with the names of the tests still running instead of eating CI's budget.
 TEST_TIMEOUT ?= 40m
 
-.PHONY: test lint integration crds envtest-bins browser-deps clean-cache demo
+.PHONY: test lint integration crds envtest-bins browser-deps clean-cache demo demo-bins demo-check
 
-## test: everything CI runs — format, lints, unit and integration tests against a real API server.
-test: lint integration
+## test: everything CI runs — format, lints, unit and integration tests against a real API server,
+## and the demo once through (on ports of its own).
+test: lint integration demo-check
 
 lint:
 	cargo fmt --all -- --check
@@ -42,10 +43,16 @@ integration: envtest-bins browser-deps
 ## Ports: DEMO_SNOWSIM_PORT (8443), DEMO_PUBLIC_PORT (8080), DEMO_ADMIN_PORT (8081).
 CONSENT ?= browser
 DEMO_EXIT ?= 0
-demo: envtest-bins browser-deps
-	$(if $(filter-out browser manual,$(CONSENT)),$(error CONSENT must be browser or manual, not '$(CONSENT)'))
+demo-bins:
 	cargo build --locked --bins --examples -p servicenow-operator -p snowsim
+
+demo: envtest-bins browser-deps demo-bins
+	$(if $(filter-out browser manual,$(CONSENT)),$(error CONSENT must be browser or manual, not '$(CONSENT)'))
 	tests/demo/run $(if $(filter manual,$(CONSENT)),--manual-consent) $(if $(filter-out 0,$(DEMO_EXIT)),--exit-when-ready)
+
+## demo-check: `make demo DEMO_EXIT=1` on ports the tests do not use, after the integration tests.
+demo-check: integration demo-bins
+	DEMO_SNOWSIM_PORT=18443 DEMO_PUBLIC_PORT=18080 DEMO_ADMIN_PORT=18081 tests/demo/run --exit-when-ready
 
 ## crds: regenerate crds/ from the code.
 crds:

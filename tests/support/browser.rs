@@ -138,7 +138,7 @@ impl Browser {
                  chromium-driver"
             );
         }
-        let runs = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+        let runs = target_tmpdir();
         remove_stopped_runs(&runs);
         let id = STARTED.fetch_add(1, Ordering::Relaxed);
         let dir = runs.join(format!("browser-{}-{id}", std::process::id()));
@@ -430,10 +430,22 @@ fn remove_stopped_runs(runs: &Path) {
     }
 }
 
+/// Where browsers keep their profiles: `CARGO_TARGET_TMPDIR`, which cargo sets when it compiles
+/// tests; an example (where it is unset) uses a directory of its own under the system's temp dir.
+fn target_tmpdir() -> PathBuf {
+    option_env!("CARGO_TARGET_TMPDIR").map_or_else(
+        || std::env::temp_dir().join("servicenow-operator-browser"),
+        PathBuf::from,
+    )
+}
+
 /// `$CARGO_TARGET_DIR/../artifacts/screenshots` (the target directory is the parent of
-/// `CARGO_TARGET_TMPDIR`).
+/// `CARGO_TARGET_TMPDIR`); without `CARGO_TARGET_TMPDIR` (an example), `screenshots` under
+/// [`target_tmpdir`].
 fn default_screenshot_dir() -> PathBuf {
-    let tmp = Path::new(env!("CARGO_TARGET_TMPDIR"));
+    let Some(tmp) = option_env!("CARGO_TARGET_TMPDIR").map(Path::new) else {
+        return target_tmpdir().join("screenshots");
+    };
     let target = tmp.parent().unwrap_or(tmp);
     target.parent().unwrap_or(target).join("artifacts").join("screenshots")
 }
