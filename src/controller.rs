@@ -1,5 +1,8 @@
 //! Controller wiring: watch connections and the metadata of Secrets (never their values), map a
-//! Secret change to the connections that reference it, reconcile with bounded concurrency.
+//! Secret change to the connections that reference it, reconcile with bounded concurrency. A
+//! change to a connection wakes its reconcile only when something the reconcile reads of the
+//! object changed ([`trigger`]): status writes — the reconcile's own, and the webhook
+//! receiver's event counts every few seconds — cost no call to ServiceNow.
 
 use std::{sync::Arc, time::Duration};
 
@@ -9,9 +12,9 @@ use kube::{
     Api, Client, ResourceExt,
     core::PartialObjectMeta,
     runtime::{
-        Controller,
+        Controller, WatchStreamExt,
         controller::Config,
-        reflector::{ObjectRef, Store},
+        reflector::{self, ObjectRef, Store},
         watcher,
     },
 };
@@ -42,6 +45,17 @@ pub fn connections_using(
         .collect()
 }
 
+/// What of a connection wakes its reconcile: what a person can change on it
+/// ([`reconcile::pipeline::inputs`]) and its finalizers (the first reconcile adds the finalizer
+/// and waits for that change). Its status is not part of it.
+fn trigger(connection: &ServiceNowConnection) -> Option<u64> {
+    use std::hash::{Hash, Hasher};
+    let mut hash = std::collections::hash_map::DefaultHasher::new();
+    reconcile::pipeline::inputs(connection).hash(&mut hash);
+    connection.finalizers().hash(&mut hash);
+    Some(hash.finish())
+}
+
 /// Runs the controller until `shutdown` resolves. `on_synced` is called once the connection
 /// cache has its first full list.
 pub async fn run<S: ServiceNow>(
@@ -59,9 +73,14 @@ pub async fn run<S: ServiceNow>(
         ),
         None => (Api::all(client.clone()), Api::all(client)),
     };
-    let controller = Controller::new(connections, watcher::Config::default().any_semantic())
-        .with_config(Config::default().concurrency(concurrency));
-    let store = controller.store();
+    let (store, writer) = reflector::store();
+    let changes = watcher(connections, watcher::Config::default().any_semantic())
+        .default_backoff()
+        .reflect(writer)
+        .applied_objects()
+        .predicate_filter(trigger, Default::default());
+    let controller =
+        Controller::for_stream(changes, store.clone()).with_config(Config::default().concurrency(concurrency));
     let mapper_store = store.clone();
     tokio::spawn(async move {
         // The store's readiness signal wakes only its last waiter (the controller's runner), so

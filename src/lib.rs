@@ -17,3 +17,4 @@ pub mod run;
 pub mod secrets;
 pub mod servicenow;
 pub mod telemetry;
+pub mod webhook;

@@ -18,6 +18,7 @@ use crate::{
     reconcile::Context,
     secrets, servicenow,
     telemetry::{self, Metrics},
+    webhook::Receiver,
 };
 
 /// Why the operator could not start.
@@ -26,9 +27,10 @@ pub enum StartError {
     /// No usable Kubernetes configuration.
     #[error("failed to configure the Kubernetes client (in-cluster or KUBECONFIG): {0}")]
     Kube(#[source] kube::Error),
-    /// The ServiceNow client could not be built (e.g. an unreadable CA bundle).
-    #[error("failed to configure the ServiceNow client: {0}")]
-    ServiceNow(#[source] servicenow::Error),
+    /// The ServiceNow client or the webhook sink client could not be built (e.g. an unreadable
+    /// CA bundle).
+    #[error("failed to configure the HTTP client: {0}")]
+    HttpClient(#[source] servicenow::Error),
     /// The consent-state key could not be read or created.
     #[error("failed to read or create the consent-state key Secret {secret}: {source}")]
     StateKey {
@@ -84,13 +86,14 @@ pub async fn run(args: RunArgs) -> Result<(), StartError> {
 
     let mut registry = Registry::default();
     let metrics = Metrics::register(&mut registry);
-    let servicenow = servicenow::Client::new(servicenow::ClientConfig {
+    let client_config = servicenow::ClientConfig {
         ca_bundle,
         resolve,
         request_timeout,
         observer: Arc::new(metrics.clone()),
-    })
-    .map_err(StartError::ServiceNow)?;
+    };
+    let sink_client = servicenow::http::outbound_client(&client_config).map_err(StartError::HttpClient)?;
+    let servicenow = servicenow::Client::new(client_config).map_err(StartError::HttpClient)?;
     let client = kube::Client::try_default().await.map_err(StartError::Kube)?;
 
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -128,7 +131,19 @@ pub async fn run(args: RunArgs) -> Result<(), StartError> {
         state_key,
         refresh_token_lifespan,
     }));
-    let public_server = tokio::spawn(http::serve(listen, consent, stopped()));
+    let receiver = Arc::new(Receiver::new(
+        client.clone(),
+        namespace.clone(),
+        sink_client,
+        metrics.webhook.clone(),
+    ));
+    let counter = receiver.counter();
+    let counting = tokio::spawn({
+        let stopped = stopped();
+        async move { counter.run(stopped).await }
+    });
+    let public = consent.merge(http::webhook::router(receiver));
+    let public_server = tokio::spawn(http::serve(listen, public, stopped()));
 
     let context = Arc::new(Context::new(client.clone(), servicenow, public_url, metrics));
     if !leader_election {
@@ -202,6 +217,8 @@ pub async fn run(args: RunArgs) -> Result<(), StartError> {
         let _ = lease_task.await;
     }
 
+    // The last event counts are written once the operator is asked to stop.
+    let _ = counting.await;
     for (address, server) in [(admin_listen, admin_server), (listen, public_server)] {
         if let Ok(Err(source)) = server.await {
             return Err(StartError::Listen { address, source });

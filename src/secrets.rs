@@ -190,20 +190,28 @@ pub async fn forget_token(secrets: &Api<Secret>, name: &str) -> Result<(), kube:
     }
 }
 
+/// The webhook token kept in the Secret `name`; `None` when there is none (no Secret, no key, or
+/// an empty value).
+pub async fn read_webhook_token(secrets: &Api<Secret>, name: &str) -> Result<Option<SecretString>, kube::Error> {
+    let Some(secret) = secrets.get_opt(name).await? else {
+        return Ok(None);
+    };
+    Ok(secret
+        .data
+        .and_then(|mut d| d.remove(WEBHOOK_TOKEN_KEY))
+        .and_then(|v| String::from_utf8(v.0).ok())
+        .filter(|t| !t.is_empty())
+        .map(SecretString::new))
+}
+
 /// The connection's webhook token: read, or generated (32 random bytes, URL-safe) and stored once.
 pub async fn ensure_webhook_token(
     secrets: &Api<Secret>,
     owner: &ServiceNowConnection,
 ) -> Result<SecretString, kube::Error> {
     let name = webhook_secret_name(owner);
-    if let Some(secret) = secrets.get_opt(&name).await? {
-        let existing = secret
-            .data
-            .and_then(|mut d| d.remove(WEBHOOK_TOKEN_KEY))
-            .and_then(|v| String::from_utf8(v.0).ok());
-        if let Some(token) = existing.filter(|t| !t.is_empty()) {
-            return Ok(SecretString::new(token));
-        }
+    if let Some(token) = read_webhook_token(secrets, &name).await? {
+        return Ok(token);
     }
     let token = new_webhook_token();
     let data = BTreeMap::from([(WEBHOOK_TOKEN_KEY.to_owned(), ByteString(token.expose().into()))]);

@@ -35,6 +35,31 @@ pub struct CallLabels {
     pub status: u16,
 }
 
+/// Labels of a webhook request refused or an event not delivered.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    /// Why, e.g. `unauthorized`, `malformed`, `queue_full`.
+    pub reason: &'static str,
+}
+
+/// The webhook receiver's metrics.
+#[derive(Clone, Default)]
+pub struct WebhookMetrics {
+    /// Events accepted (answered 202).
+    pub received: Counter,
+    /// Requests refused, by reason: `unauthorized`, `unsupported_media_type`, `too_large`,
+    /// `malformed`, `unavailable`.
+    pub rejected: Family<ReasonLabels, Counter>,
+    /// Events the sink accepted.
+    pub forwarded: Counter,
+    /// Events not delivered to the sink, by reason: `queue_full`, `refused` (the sink answered
+    /// 4xx), `gave_up` (still failing after the last attempt), `invalid` (no request could be
+    /// built).
+    pub forward_failed: Family<ReasonLabels, Counter>,
+    /// Delivery attempts that failed and were retried.
+    pub forward_retries: Counter,
+}
+
 /// The operator's metrics.
 #[derive(Clone)]
 pub struct Metrics {
@@ -44,6 +69,8 @@ pub struct Metrics {
     pub reconcile_seconds: Histogram,
     /// Calls to ServiceNow by action and status.
     pub servicenow_calls: Family<CallLabels, Counter>,
+    /// The webhook receiver.
+    pub webhook: WebhookMetrics,
 }
 
 impl Metrics {
@@ -53,6 +80,7 @@ impl Metrics {
             reconciles: Family::default(),
             reconcile_seconds: Histogram::new([0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
             servicenow_calls: Family::default(),
+            webhook: WebhookMetrics::default(),
         };
         registry.register(
             "servicenow_operator_reconciles",
@@ -69,6 +97,37 @@ impl Metrics {
             "Calls to ServiceNow by action and HTTP status (0: no answer)",
             metrics.servicenow_calls.clone(),
         );
+        let webhook = &metrics.webhook;
+        let webhook_registry = registry.sub_registry_with_prefix("servicenow_operator_webhook");
+        for (name, help, counter) in [
+            ("events_received", "Webhook events accepted", &webhook.received),
+            (
+                "events_forwarded",
+                "Webhook events delivered to the sink",
+                &webhook.forwarded,
+            ),
+            (
+                "forward_retries",
+                "Deliveries to the sink that failed and were retried",
+                &webhook.forward_retries,
+            ),
+        ] {
+            webhook_registry.register(name, help, counter.clone());
+        }
+        for (name, help, family) in [
+            (
+                "requests_rejected",
+                "Webhook requests refused, by reason",
+                &webhook.rejected,
+            ),
+            (
+                "events_forward_failed",
+                "Webhook events not delivered to the sink, by reason",
+                &webhook.forward_failed,
+            ),
+        ] {
+            webhook_registry.register(name, help, family.clone());
+        }
         metrics
     }
 }

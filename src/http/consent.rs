@@ -29,6 +29,7 @@ use super::{
 };
 use crate::{
     api::{CONSENT_NONCES, CONSENT_RESULT, ServiceNowConnection},
+    reconcile::split_key,
     secrets::{self, StoredToken},
     servicenow::{ErrorKind, InstanceUrl, SecretString, ServiceNow, oauth},
 };
@@ -82,12 +83,6 @@ struct CallbackQuery {
 const START_AGAIN: &str =
     "Open the connection's status.consentUrl again (kubectl get snc NAME -o jsonpath='{.status.consentUrl}').";
 
-fn split_connection(connection: &str) -> Option<(&str, &str)> {
-    connection
-        .split_once('/')
-        .filter(|(ns, name)| !ns.is_empty() && !name.is_empty() && !name.contains('/'))
-}
-
 async fn load<S>(context: &ConsentContext<S>, namespace: &str, name: &str) -> Result<ServiceNowConnection, Response> {
     let api: Api<ServiceNowConnection> = Api::namespaced(context.kube.clone(), namespace);
     match api.get_opt(name).await {
@@ -140,7 +135,7 @@ async fn start<S: ServiceNow>(
     State(context): State<Arc<ConsentContext<S>>>,
     Query(query): Query<StartQuery>,
 ) -> Response {
-    let Some((namespace, name)) = query.connection.as_deref().and_then(split_connection) else {
+    let Some((namespace, name)) = query.connection.as_deref().and_then(split_key) else {
         return page(
             StatusCode::BAD_REQUEST,
             "Consent cannot start",
@@ -199,7 +194,7 @@ async fn callback<S: ServiceNow>(
             );
         }
     };
-    let Some((namespace, name)) = split_connection(&verified.connection) else {
+    let Some((namespace, name)) = split_key(&verified.connection) else {
         return page(StatusCode::BAD_REQUEST, "Consent failed", START_AGAIN);
     };
     let connection = match load(&context, namespace, name).await {

@@ -1,9 +1,11 @@
-//! The operator's HTTP surface (axum): the admin listener; handlers stay thin.
+//! The operator's HTTP surface (axum): the admin listener, and the public one with the consent
+//! and webhook endpoints; handlers stay thin.
 
 pub mod admin;
 pub mod consent;
 pub mod consent_state;
 pub mod pages;
+pub mod webhook;
 
 use std::net::SocketAddr;
 

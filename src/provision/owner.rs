@@ -8,7 +8,7 @@ use url::Url;
 use crate::servicenow::records::SystemProperty;
 
 /// The path the operator's webhook receiver serves, under its public URL.
-const CALLBACK_PATH: &str = "/callback/servicenow";
+pub const CALLBACK_PATH: &str = "/callback/servicenow";
 
 /// A connection, as the owner of an instance's webhook: the operator's public URL and the
 /// connection's `<namespace>/<name>`.

@@ -211,7 +211,7 @@ async fn write_status<S>(
     let patch = serde_json::json!({
         "apiVersion": "neoagent.io/v1alpha1",
         "kind": "ServiceNowConnection",
-        "status": status,
+        "status": applied_status(status),
     });
     api.patch_status(
         &connection.name_any(),
@@ -221,4 +221,46 @@ async fn write_status<S>(
     .await
     .map_err(kube("write the connection's status"))?;
     Ok(())
+}
+
+/// `status` as the reconcile applies it: without `webhook.eventsReceived` and
+/// `webhook.lastEventTime`, which the webhook receiver owns (`crate::webhook::counter`, its own
+/// field manager, read-modify-write). Applying them, with force, would take them over and put
+/// back the count the reconcile started from, losing the events counted in between.
+fn applied_status(status: &crate::api::ServiceNowConnectionStatus) -> serde_json::Value {
+    let mut applied = serde_json::json!(status);
+    if let Some(webhook) = applied.get_mut("webhook").and_then(serde_json::Value::as_object_mut) {
+        webhook.remove("eventsReceived");
+        webhook.remove("lastEventTime");
+    }
+    applied
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+    use super::*;
+    use crate::api::{ServiceNowConnectionStatus, WebhookStatus};
+
+    #[test]
+    fn the_reconcile_never_applies_the_receivers_fields() {
+        let status = ServiceNowConnectionStatus {
+            webhook: Some(WebhookStatus {
+                business_rule_sys_id: Some("rule".into()),
+                callback_property_sys_id: Some("property".into()),
+                last_event_time: Some(Time(Timestamp::UNIX_EPOCH)),
+                events_received: 3,
+            }),
+            ..ServiceNowConnectionStatus::default()
+        };
+        assert_eq!(
+            applied_status(&status)["webhook"],
+            serde_json::json!({"businessRuleSysId": "rule", "callbackPropertySysId": "property"})
+        );
+        assert_eq!(
+            applied_status(&ServiceNowConnectionStatus::default()),
+            serde_json::json!({})
+        );
+    }
 }

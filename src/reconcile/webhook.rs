@@ -22,8 +22,9 @@ use crate::{
 pub fn callback_url(public_url: &url::Url, namespace: &str, name: &str, token: &SecretString) -> String {
     let mut url = public_url.clone();
     url.set_path(&format!(
-        "{}/callback/servicenow",
-        public_url.path().trim_end_matches('/')
+        "{}{}",
+        public_url.path().trim_end_matches('/'),
+        provision::CALLBACK_PATH
     ));
     url.query_pairs_mut()
         .clear()

@@ -18,7 +18,7 @@ use std::{
     net::SocketAddr,
     path::{Path, PathBuf},
     sync::{Arc, Mutex},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use reqwest::{RequestBuilder, StatusCode, header::HeaderMap};
@@ -90,6 +90,12 @@ pub(crate) struct Call<'a> {
 }
 
 impl Call<'_> {
+    /// Whether the call counts against the instance's inbound REST rate limits, which cover the
+    /// REST API (`/api/…`) and not the OAuth processors (`/oauth_token.do`, `/oauth_revoke_token.do`).
+    fn rate_limited(&self) -> bool {
+        !self.resource.ends_with(".do")
+    }
+
     /// An [`Error`] of this call.
     pub fn error(&self, kind: ErrorKind) -> Error {
         Error {
@@ -198,40 +204,20 @@ pub(crate) struct Transport {
     client: reqwest::Client,
     observer: Arc<dyn CallObserver>,
     limits: Mutex<HashMap<String, Arc<Semaphore>>>,
+    /// Per instance host: until when no REST API call may be sent, after a 429 with
+    /// `Retry-After` — whichever reconcile (or connection) asks next.
+    quiet_until: Mutex<HashMap<String, Instant>>,
 }
 
 impl Transport {
     /// Builds the transport. Fails on a CA bundle that cannot be read or holds no certificate.
     pub fn new(config: ClientConfig) -> Result<Self, Error> {
-        let ClientConfig {
-            ca_bundle,
-            resolve,
-            request_timeout,
-            observer,
-        } = config;
-        let mut builder = reqwest::Client::builder()
-            .use_rustls_tls()
-            .tls_built_in_root_certs(true)
-            .https_only(true)
-            .redirect(reqwest::redirect::Policy::none())
-            .connect_timeout(CONNECT_TIMEOUT.min(request_timeout))
-            .timeout(request_timeout)
-            .user_agent(concat!("servicenow-operator/", env!("CARGO_PKG_VERSION")));
-        if let Some(path) = &ca_bundle {
-            for certificate in read_ca_bundle(path)? {
-                builder = builder.add_root_certificate(certificate);
-            }
-        }
-        for (host, address) in &resolve {
-            builder = builder.resolve(host, *address);
-        }
-        let client = builder
-            .build()
-            .map_err(|error| setup_error("build the HTTP client", &error.without_url()))?;
+        let client = build(client_builder(&config)?.https_only(true))?;
         Ok(Transport {
             client,
-            observer,
+            observer: config.observer,
             limits: Mutex::new(HashMap::new()),
+            quiet_until: Mutex::new(HashMap::new()),
         })
     }
 
@@ -242,8 +228,18 @@ impl Transport {
 
     /// Sends `request` within the instance's in-flight limit, reads the answer, counts the call.
     /// Fails only when no complete answer came ([`ErrorKind::Unreachable`]) or it is too long.
+    /// While the instance's `Retry-After` runs, a REST API call is refused here, unsent, as the
+    /// rate limit it would meet.
     pub async fn send(&self, call: &Call<'_>, request: RequestBuilder) -> Result<Answer, Error> {
-        let limit = self.limit(call.instance.host());
+        let host = call.instance.host();
+        if call.rate_limited()
+            && let Some(rest) = self.quiet_for(host, Instant::now())
+        {
+            return Err(call.error(ErrorKind::RateLimited {
+                retry_after: Some(rest),
+            }));
+        }
+        let limit = self.limit(host);
         // The semaphore is never closed, so acquiring only waits.
         let _permit = limit.acquire_owned().await;
         let mut response = match request.send().await {
@@ -258,6 +254,12 @@ impl Transport {
         let status = response.status();
         self.observer.observe(call.metric, status.as_u16());
         let headers = std::mem::take(response.headers_mut());
+        if status == StatusCode::TOO_MANY_REQUESTS
+            && call.rate_limited()
+            && let Some(wait) = retry_after(&headers)
+        {
+            self.quiet(host, Instant::now() + wait);
+        }
         let mut body = Vec::new();
         loop {
             match response.chunk().await {
@@ -291,6 +293,26 @@ impl Transport {
         }
     }
 
+    /// Keeps REST API calls to `host` from being sent before `until`.
+    fn quiet(&self, host: &str, until: Instant) {
+        let mut quiet = self.quiet_until.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let entry = quiet.entry(host.to_owned()).or_insert(until);
+        *entry = (*entry).max(until);
+    }
+
+    /// The rest of `host`'s quiet period at `now`, if any.
+    fn quiet_for(&self, host: &str, now: Instant) -> Option<Duration> {
+        let mut quiet = self.quiet_until.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let until = *quiet.get(host)?;
+        if until <= now {
+            quiet.remove(host);
+            return None;
+        }
+        // Whole seconds, rounded up, as Retry-After counts.
+        let rest = until - now;
+        Some(Duration::from_secs(rest.as_secs() + u64::from(rest.subsec_nanos() > 0)))
+    }
+
     fn limit(&self, host: &str) -> Arc<Semaphore> {
         let mut limits = self.limits.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         limits
@@ -298,6 +320,40 @@ impl Transport {
             .or_insert_with(|| Arc::new(Semaphore::new(IN_FLIGHT_PER_INSTANCE)))
             .clone()
     }
+}
+
+/// A client for destinations other than instances (the webhook sink): the same TLS roots
+/// (`--ca-bundle` included), DNS overrides, proxy, timeouts and refusal of redirects as the
+/// instances' client, but plain `http://` allowed (in-cluster sinks often are). Fails like
+/// [`Transport::new`].
+pub fn outbound_client(config: &ClientConfig) -> Result<reqwest::Client, Error> {
+    build(client_builder(config)?)
+}
+
+/// What every client of the operator shares; see the module documentation.
+fn client_builder(config: &ClientConfig) -> Result<reqwest::ClientBuilder, Error> {
+    let mut builder = reqwest::Client::builder()
+        .use_rustls_tls()
+        .tls_built_in_root_certs(true)
+        .redirect(reqwest::redirect::Policy::none())
+        .connect_timeout(CONNECT_TIMEOUT.min(config.request_timeout))
+        .timeout(config.request_timeout)
+        .user_agent(concat!("servicenow-operator/", env!("CARGO_PKG_VERSION")));
+    if let Some(path) = &config.ca_bundle {
+        for certificate in read_ca_bundle(path)? {
+            builder = builder.add_root_certificate(certificate);
+        }
+    }
+    for (host, address) in &config.resolve {
+        builder = builder.resolve(host, *address);
+    }
+    Ok(builder)
+}
+
+fn build(builder: reqwest::ClientBuilder) -> Result<reqwest::Client, Error> {
+    builder
+        .build()
+        .map_err(|error| setup_error("build the HTTP client", &error.without_url()))
 }
 
 /// The certificates of a PEM bundle; at least one.
@@ -327,7 +383,7 @@ fn setup_error(action: &str, error: &dyn std::error::Error) -> Error {
 
 /// Why no answer came: the error and its causes, without the URL (it may carry a token in a
 /// query string).
-fn transport_reason(error: reqwest::Error) -> String {
+pub(crate) fn transport_reason(error: reqwest::Error) -> String {
     let timeout = error.is_timeout();
     let text = chain(&error.without_url());
     if timeout { format!("timed out ({text})") } else { text }
@@ -353,6 +409,45 @@ mod tests {
     use reqwest::header::{HeaderValue, RETRY_AFTER};
 
     use super::*;
+
+    #[test]
+    fn a_quiet_period_counts_down_per_host_in_whole_seconds_and_only_grows() {
+        let transport = Transport::new(ClientConfig {
+            ca_bundle: None,
+            resolve: Vec::new(),
+            request_timeout: Duration::from_secs(5),
+            observer: Arc::new(NoObserver),
+        })
+        .unwrap();
+        let start = Instant::now();
+        transport.quiet("acme.service-now.com", start + Duration::from_secs(10));
+        transport.quiet("acme.service-now.com", start + Duration::from_secs(3));
+        let later = start + Duration::from_millis(2500);
+        assert_eq!(
+            transport.quiet_for("acme.service-now.com", later),
+            Some(Duration::from_secs(8))
+        );
+        assert_eq!(transport.quiet_for("other.service-now.com", later), None);
+        assert_eq!(
+            transport.quiet_for("acme.service-now.com", start + Duration::from_secs(10)),
+            None
+        );
+    }
+
+    #[test]
+    fn only_rest_api_calls_count_against_rate_limits() {
+        let instance = InstanceUrl::parse("https://acme.service-now.com").unwrap();
+        let call = |resource| Call {
+            instance: &instance,
+            metric: "m",
+            action: "a".into(),
+            resource,
+            operation: "call",
+        };
+        assert!(call("sys_script").rate_limited());
+        assert!(!call("/oauth_token.do").rate_limited());
+        assert!(!call("/oauth_revoke_token.do").rate_limited());
+    }
 
     fn answer(status: u16, body: &str, retry: Option<&'static str>) -> Answer {
         let mut headers = HeaderMap::new();

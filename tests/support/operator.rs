@@ -236,6 +236,22 @@ impl Operator {
         operator
     }
 
+    /// The value of the series `series` on the operator's `/metrics`, written as the page
+    /// writes it (e.g. `servicenow_operator_webhook_requests_rejected_total{reason="malformed"}`);
+    /// 0 when the page does not show it (yet).
+    pub async fn metric(&self, series: &str) -> f64 {
+        let page = reqwest::get(format!("{}/metrics", self.admin_url))
+            .await
+            .and_then(reqwest::Response::error_for_status)
+            .expect("GET /metrics")
+            .text()
+            .await
+            .expect("the metrics page");
+        page.lines()
+            .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
+            .unwrap_or(0.0)
+    }
+
     /// Everything the operator wrote so far.
     pub fn logs(&self) -> String {
         fs::read_to_string(&self.log).unwrap_or_default()

@@ -1,0 +1,180 @@
+//! The webhook endpoint: `POST /callback/servicenow?connection=<ns>/<name>&token=<t>`, where the
+//! Business Rule on the instance posts each task event. The token is checked before anything is
+//! read of the body; then the body (JSON, at most 64 KiB) is checked and the event accepted
+//! (202) — counting and forwarding happen in the background. Answers are short plain text and
+//! never echo the token; nothing here logs the request URI (it carries the token).
+
+use std::sync::Arc;
+
+use axum::{
+    Router,
+    body::Bytes,
+    extract::{DefaultBodyLimit, FromRequest, RawQuery, Request, State},
+    http::{HeaderMap, StatusCode, header},
+    response::{IntoResponse, Response},
+    routing::post,
+};
+
+use crate::{
+    provision::CALLBACK_PATH,
+    servicenow::SecretString,
+    webhook::{
+        Receiver,
+        event::{self, InvalidEvent, MAX_BODY_BYTES},
+        lookup::Refused,
+    },
+};
+
+/// The webhook route, with its body limit.
+pub fn router(receiver: Arc<Receiver>) -> Router {
+    Router::new()
+        .route(CALLBACK_PATH, post(receive))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(receiver)
+}
+
+/// A refused request: its status, its metric label and a short message.
+struct Refusal {
+    status: StatusCode,
+    reason: &'static str,
+    message: String,
+}
+
+impl Refusal {
+    fn new(status: StatusCode, reason: &'static str, message: impl Into<String>) -> Self {
+        Refusal {
+            status,
+            reason,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<Refused> for Refusal {
+    fn from(refused: Refused) -> Self {
+        match refused {
+            Refused::Unauthorized => Refusal::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "unknown connection or wrong token",
+            ),
+            Refused::Unavailable(error) => {
+                tracing::warn!(%error, "webhook request refused: the Kubernetes API could not be read");
+                Refusal::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "unavailable",
+                    "the operator cannot check the connection right now; try again",
+                )
+            }
+        }
+    }
+}
+
+impl From<InvalidEvent> for Refusal {
+    fn from(invalid: InvalidEvent) -> Self {
+        Refusal::new(StatusCode::BAD_REQUEST, "malformed", invalid.to_string())
+    }
+}
+
+async fn receive(State(receiver): State<Arc<Receiver>>, RawQuery(query): RawQuery, request: Request) -> Response {
+    match handle(&receiver, query.as_deref().unwrap_or_default(), request).await {
+        Ok(()) => (StatusCode::ACCEPTED, "accepted\n").into_response(),
+        Err(refusal) => {
+            receiver.rejected(refusal.reason);
+            (refusal.status, format!("{}\n", refusal.message)).into_response()
+        }
+    }
+}
+
+async fn handle(receiver: &Receiver, query: &str, request: Request) -> Result<(), Refusal> {
+    let (connection, token) = callback_query(query);
+    let target = receiver.authenticate(connection.as_deref(), token.as_ref()).await?;
+    if !is_json(request.headers()) {
+        return Err(Refusal::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "the body must be JSON (Content-Type: application/json)",
+        ));
+    }
+    let body = Bytes::from_request(request, &()).await.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            Refusal::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                format!("the body must be at most {MAX_BODY_BYTES} bytes"),
+            )
+        } else {
+            Refusal::new(StatusCode::BAD_REQUEST, "malformed", "the body could not be read")
+        }
+    })?;
+    let event = event::parse(&body)?;
+    receiver.accept(&target, &event, body);
+    Ok(())
+}
+
+/// `connection` and `token` of the query string (the first of each).
+fn callback_query(query: &str) -> (Option<String>, Option<SecretString>) {
+    let (mut connection, mut token) = (None, None);
+    for (key, value) in url::form_urlencoded::parse(query.as_bytes()) {
+        match &*key {
+            "connection" if connection.is_none() => connection = Some(value.into_owned()),
+            "token" if token.is_none() => token = Some(SecretString::new(value.into_owned())),
+            _ => {}
+        }
+    }
+    (connection, token)
+}
+
+/// `true` for `application/json` and `application/<anything>+json`, parameters allowed.
+fn is_json(headers: &HeaderMap) -> bool {
+    let Some(media_type) = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.split(';').next())
+        .map(|value| value.trim().to_ascii_lowercase())
+    else {
+        return false;
+    };
+    media_type == "application/json"
+        || media_type
+            .strip_prefix("application/")
+            .is_some_and(|subtype| subtype.ends_with("+json"))
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::http::HeaderValue;
+
+    use super::*;
+
+    #[test]
+    fn the_query_gives_the_connection_and_the_token_decoded() {
+        let (connection, token) = callback_query("connection=itsm%2Facme&token=a%2Bb&token=second&x=1");
+        assert_eq!(connection.as_deref(), Some("itsm/acme"));
+        assert_eq!(token.unwrap().expose(), "a+b");
+        let (connection, token) = callback_query("");
+        assert!(connection.is_none() && token.is_none());
+    }
+
+    #[test]
+    fn json_media_types_are_recognised() {
+        let headers =
+            |value: &'static str| HeaderMap::from_iter([(header::CONTENT_TYPE, HeaderValue::from_static(value))]);
+        for json in [
+            "application/json",
+            "Application/JSON; charset=utf-8",
+            "application/cloudevents+json",
+        ] {
+            assert!(is_json(&headers(json)), "{json}");
+        }
+        for other in [
+            "text/plain",
+            "application/x-www-form-urlencoded",
+            "json",
+            "text/json+json",
+        ] {
+            assert!(!is_json(&headers(other)), "{other}");
+        }
+        assert!(!is_json(&HeaderMap::new()));
+    }
+}

@@ -1,0 +1,427 @@
+//! Pure: a task event as the Business Rule `Neo Agent — Task Webhook` posts it (see
+//! `src/provision/task_webhook.js`), checked field by field, and the CloudEvents 1.0 attributes
+//! of its forward to the sink.
+
+use k8s_openapi::jiff::{Timestamp, civil::DateTime, tz::TimeZone};
+use serde_json::{Map, Value};
+
+/// The largest body the receiver reads, in bytes (one event is a few hundred).
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+/// `ce-type` of a forwarded event: this prefix and the operation.
+pub const TYPE_PREFIX: &str = "io.neoagent.servicenow.task.";
+/// The longest table name accepted (ServiceNow's own limit is 80).
+const MAX_TABLE_LEN: usize = 80;
+/// The longest `number` or `sys_updated_by` accepted.
+const MAX_TEXT_LEN: usize = 255;
+/// The format of `sys_updated_on`: the instance's internal date-time, always UTC.
+const GLIDE_DATE_TIME: &str = "%Y-%m-%d %H:%M:%S";
+
+const TABLE_RULE: &str = "a table name: 1 to 80 lower-case letters, digits and underscores, starting with a letter";
+const SYS_ID_RULE: &str = "32 hexadecimal digits";
+const OPERATION_RULE: &str = "one of insert, update, delete";
+const UPDATED_ON_RULE: &str = "a UTC date and time as YYYY-MM-DD HH:MM:SS";
+const TEXT_RULE: &str = "at most 255 characters";
+
+/// What happened to the record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Operation {
+    /// The record was created.
+    Insert,
+    /// The record was changed.
+    Update,
+    /// The record was deleted.
+    Delete,
+}
+
+impl Operation {
+    /// The operation as ServiceNow's `current.operation()` names it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Operation::Insert => "insert",
+            Operation::Update => "update",
+            Operation::Delete => "delete",
+        }
+    }
+
+    fn parse(text: &str) -> Option<Self> {
+        [Operation::Insert, Operation::Update, Operation::Delete]
+            .into_iter()
+            .find(|operation| operation.as_str() == text)
+    }
+}
+
+/// A task event that passed every check.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TaskEvent {
+    /// The record's table (its class), e.g. `incident`.
+    pub table: String,
+    /// The record's `sys_id`.
+    pub sys_id: String,
+    /// What happened.
+    pub operation: Operation,
+    /// The record's number, e.g. `INC0010001`, when it has one.
+    pub number: Option<String>,
+    /// When the record was last updated (`sys_updated_on`), when known.
+    pub updated_at: Option<Timestamp>,
+    /// Who last updated it (`sys_updated_by`), when known.
+    pub updated_by: Option<String>,
+}
+
+/// Why a body is not a task event. The message names the field and the rule it breaks and
+/// never quotes the body.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidEvent {
+    /// The body does not parse as JSON.
+    #[error("the body is not JSON ({0})")]
+    NotJson(String),
+    /// The body is JSON but not an object.
+    #[error("the body must be a JSON object")]
+    NotAnObject,
+    /// A required field is absent, null or empty.
+    #[error("{field} is required")]
+    Missing {
+        /// The field.
+        field: &'static str,
+    },
+    /// A field is not a string.
+    #[error("{field} must be a string")]
+    NotAString {
+        /// The field.
+        field: &'static str,
+    },
+    /// A field breaks its rule.
+    #[error("{field} must be {rule}")]
+    Broken {
+        /// The field.
+        field: &'static str,
+        /// The rule.
+        rule: &'static str,
+    },
+}
+
+/// Checks `body`: a JSON object with the string fields `table`, `sys_id` (32 hex digits) and
+/// `operation` (insert, update or delete), and optionally `number`, `sys_updated_on` and
+/// `sys_updated_by` (null or empty means absent, as `current.getValue()` gives for an empty
+/// field). Other fields are allowed and ignored.
+pub fn parse(body: &[u8]) -> Result<TaskEvent, InvalidEvent> {
+    let value: Value = serde_json::from_slice(body).map_err(|error| {
+        InvalidEvent::NotJson(format!(
+            "{:?} error at line {} column {}",
+            error.classify(),
+            error.line(),
+            error.column()
+        ))
+    })?;
+    let Value::Object(fields) = value else {
+        return Err(InvalidEvent::NotAnObject);
+    };
+    let table = required(&fields, "table")?;
+    check(is_table_name(table), "table", TABLE_RULE)?;
+    let sys_id = required(&fields, "sys_id")?;
+    check(
+        sys_id.len() == 32 && sys_id.bytes().all(|b| b.is_ascii_hexdigit()),
+        "sys_id",
+        SYS_ID_RULE,
+    )?;
+    let operation = Operation::parse(required(&fields, "operation")?).ok_or(InvalidEvent::Broken {
+        field: "operation",
+        rule: OPERATION_RULE,
+    })?;
+    let updated_at = optional(&fields, "sys_updated_on")?
+        .map(|text| {
+            parse_glide_time(text).ok_or(InvalidEvent::Broken {
+                field: "sys_updated_on",
+                rule: UPDATED_ON_RULE,
+            })
+        })
+        .transpose()?;
+    Ok(TaskEvent {
+        table: table.to_owned(),
+        sys_id: sys_id.to_owned(),
+        operation,
+        number: optional(&fields, "number")?.map(str::to_owned),
+        updated_at,
+        updated_by: optional(&fields, "sys_updated_by")?.map(str::to_owned),
+    })
+}
+
+/// The string `field`, `None` when absent, null or empty.
+fn text<'a>(fields: &'a Map<String, Value>, field: &'static str) -> Result<Option<&'a str>, InvalidEvent> {
+    match fields.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(text)) => Ok((!text.is_empty()).then_some(text.as_str())),
+        Some(_) => Err(InvalidEvent::NotAString { field }),
+    }
+}
+
+fn required<'a>(fields: &'a Map<String, Value>, field: &'static str) -> Result<&'a str, InvalidEvent> {
+    text(fields, field)?.ok_or(InvalidEvent::Missing { field })
+}
+
+fn optional<'a>(fields: &'a Map<String, Value>, field: &'static str) -> Result<Option<&'a str>, InvalidEvent> {
+    let value = text(fields, field)?;
+    check(
+        value.is_none_or(|v| v.chars().count() <= MAX_TEXT_LEN),
+        field,
+        TEXT_RULE,
+    )?;
+    Ok(value)
+}
+
+fn check(holds: bool, field: &'static str, rule: &'static str) -> Result<(), InvalidEvent> {
+    if holds {
+        Ok(())
+    } else {
+        Err(InvalidEvent::Broken { field, rule })
+    }
+}
+
+fn is_table_name(table: &str) -> bool {
+    table.len() <= MAX_TABLE_LEN
+        && table.starts_with(|c: char| c.is_ascii_lowercase())
+        && table
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+}
+
+/// `2026-01-31 12:00:00` (UTC, the instance's internal format) as a timestamp.
+fn parse_glide_time(text: &str) -> Option<Timestamp> {
+    let civil = DateTime::strptime(GLIDE_DATE_TIME, text).ok()?;
+    civil.to_zoned(TimeZone::UTC).ok().map(|zoned| zoned.timestamp())
+}
+
+/// The CloudEvents 1.0 attributes of a forwarded event; in HTTP binary mode each is a `ce-`
+/// header and the body is the event's JSON as the instance sent it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CloudEvent {
+    /// `ce-id`: a version-4 UUID minted when the event is accepted and kept across retries, so a
+    /// sink can drop a delivery it already has. Not `<sys_id>-<sys_updated_on>-<operation>`:
+    /// `sys_updated_on` has one-second resolution, so two updates of one record within a second
+    /// — two events — would share that id and a deduplicating sink would lose the second.
+    pub id: String,
+    /// `ce-source`: `<instance URL>/<table>`, e.g. `https://acme.service-now.com/incident`.
+    pub source: String,
+    /// `ce-type`: `io.neoagent.servicenow.task.<operation>`.
+    pub type_: String,
+    /// `ce-subject`: `<table>/<sys_id>`.
+    pub subject: String,
+    /// `ce-time`: `sys_updated_on` in RFC 3339, when the event carries it.
+    pub time: Option<String>,
+}
+
+impl CloudEvent {
+    /// The attributes of `event` from the instance `instance_url`, with the id `id`.
+    pub fn of(event: &TaskEvent, instance_url: &str, id: String) -> Self {
+        CloudEvent {
+            id,
+            source: format!("{}/{}", instance_url.trim_end_matches('/'), event.table),
+            type_: format!("{TYPE_PREFIX}{}", event.operation.as_str()),
+            subject: format!("{}/{}", event.table, event.sys_id),
+            time: event.updated_at.map(|at| at.to_string()),
+        }
+    }
+
+    /// The HTTP headers of a binary-mode delivery, `Content-Type` included.
+    pub fn headers(&self) -> Vec<(&'static str, &str)> {
+        let mut headers = vec![
+            ("ce-specversion", "1.0"),
+            ("ce-id", self.id.as_str()),
+            ("ce-source", self.source.as_str()),
+            ("ce-type", self.type_.as_str()),
+            ("ce-subject", self.subject.as_str()),
+        ];
+        if let Some(time) = &self.time {
+            headers.push(("ce-time", time.as_str()));
+        }
+        headers.push(("content-type", "application/json"));
+        headers
+    }
+}
+
+/// The text form of the version-4 (random) UUID made of `random`.
+pub fn uuid_v4(mut random: [u8; 16]) -> String {
+    random[6] = (random[6] & 0x0f) | 0x40;
+    random[8] = (random[8] & 0x3f) | 0x80;
+    let hex: String = random.iter().map(|byte| format!("{byte:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &hex[..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..]
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SYS_ID: &str = "9d385017c611228701d22104cc95c371";
+
+    fn event(fields: Value) -> Result<TaskEvent, InvalidEvent> {
+        parse(fields.to_string().as_bytes())
+    }
+
+    fn valid() -> Value {
+        serde_json::json!({
+            "table": "incident", "sys_id": SYS_ID, "number": "INC0010001", "operation": "insert",
+            "sys_updated_on": "2026-01-31 12:34:56", "sys_updated_by": "neo.agent",
+        })
+    }
+
+    fn with(field: &str, value: Value) -> Value {
+        let mut fields = valid();
+        fields[field] = value;
+        fields
+    }
+
+    fn without(field: &str) -> Value {
+        let mut fields = valid();
+        fields.as_object_mut().unwrap().remove(field);
+        fields
+    }
+
+    #[test]
+    fn the_rules_event_is_accepted_with_every_field() {
+        let parsed = event(valid()).unwrap();
+        assert_eq!(
+            parsed,
+            TaskEvent {
+                table: "incident".into(),
+                sys_id: SYS_ID.into(),
+                operation: Operation::Insert,
+                number: Some("INC0010001".into()),
+                updated_at: Some("2026-01-31T12:34:56Z".parse().unwrap()),
+                updated_by: Some("neo.agent".into()),
+            }
+        );
+    }
+
+    #[test]
+    fn optional_fields_may_be_absent_null_or_empty_and_unknown_fields_are_ignored() {
+        let mut fields = without("number");
+        fields["sys_updated_on"] = Value::Null;
+        fields["sys_updated_by"] = "".into();
+        fields["extra"] = serde_json::json!({"any": ["thing"]});
+        let parsed = event(fields).unwrap();
+        assert_eq!(
+            (parsed.number, parsed.updated_at, parsed.updated_by),
+            (None, None, None)
+        );
+        for operation in ["update", "delete"] {
+            assert_eq!(
+                event(with("operation", operation.into())).unwrap().operation.as_str(),
+                operation
+            );
+        }
+    }
+
+    #[test]
+    fn a_body_that_is_not_a_json_object_is_refused() {
+        assert!(matches!(parse(b"table=incident"), Err(InvalidEvent::NotJson(_))));
+        assert!(matches!(parse(b""), Err(InvalidEvent::NotJson(_))));
+        assert_eq!(parse(b"[1, 2]"), Err(InvalidEvent::NotAnObject));
+        assert_eq!(parse(b"\"incident\""), Err(InvalidEvent::NotAnObject));
+    }
+
+    #[test]
+    fn each_refusal_names_the_field_and_the_rule() {
+        let cases = [
+            (without("table"), "table is required"),
+            (with("table", "".into()), "table is required"),
+            (with("sys_id", Value::Null), "sys_id is required"),
+            (without("operation"), "operation is required"),
+            (with("table", 42.into()), "table must be a string"),
+            (with("number", serde_json::json!(["INC1"])), "number must be a string"),
+            (with("table", "Incident".into()), &format!("table must be {TABLE_RULE}")),
+            (
+                with("table", "incident; drop".into()),
+                &format!("table must be {TABLE_RULE}"),
+            ),
+            (
+                with("table", "x".repeat(81).into()),
+                &format!("table must be {TABLE_RULE}"),
+            ),
+            (with("sys_id", "xyz".into()), "sys_id must be 32 hexadecimal digits"),
+            (
+                with("sys_id", format!("{SYS_ID}0").into()),
+                "sys_id must be 32 hexadecimal digits",
+            ),
+            (
+                with("sys_id", SYS_ID.replace('9', "g").into()),
+                "sys_id must be 32 hexadecimal digits",
+            ),
+            (
+                with("operation", "merge".into()),
+                "operation must be one of insert, update, delete",
+            ),
+            (
+                with("operation", "INSERT".into()),
+                "operation must be one of insert, update, delete",
+            ),
+            (
+                with("sys_updated_on", "2026-01-31T12:34:56Z".into()),
+                "sys_updated_on must be a UTC date and time as YYYY-MM-DD HH:MM:SS",
+            ),
+            (
+                with("sys_updated_on", "2026-02-30 12:00:00".into()),
+                "sys_updated_on must be a UTC date and time as YYYY-MM-DD HH:MM:SS",
+            ),
+            (
+                with("sys_updated_by", "x".repeat(256).into()),
+                "sys_updated_by must be at most 255 characters",
+            ),
+        ];
+        for (fields, message) in cases {
+            assert_eq!(event(fields.clone()).unwrap_err().to_string(), message, "{fields}");
+        }
+    }
+
+    #[test]
+    fn a_refusal_never_quotes_the_body() {
+        let secret = "s3cret-looking-value";
+        for fields in [
+            with("operation", secret.into()),
+            with("table", secret.into()),
+            with("sys_updated_on", secret.into()),
+        ] {
+            assert!(!event(fields).unwrap_err().to_string().contains(secret));
+        }
+        let broken = format!("{{\"table\": \"{secret}");
+        assert!(!parse(broken.as_bytes()).unwrap_err().to_string().contains(secret));
+    }
+
+    #[test]
+    fn the_cloud_event_attributes_come_from_the_instance_and_the_record() {
+        let parsed = event(with("operation", "update".into())).unwrap();
+        let cloud_event = CloudEvent::of(&parsed, "https://acme.service-now.com", "id-1".into());
+        assert_eq!(
+            cloud_event.headers(),
+            [
+                ("ce-specversion", "1.0"),
+                ("ce-id", "id-1"),
+                ("ce-source", "https://acme.service-now.com/incident"),
+                ("ce-type", "io.neoagent.servicenow.task.update"),
+                ("ce-subject", &*format!("incident/{SYS_ID}")),
+                ("ce-time", "2026-01-31T12:34:56Z"),
+                ("content-type", "application/json"),
+            ]
+        );
+    }
+
+    #[test]
+    fn without_sys_updated_on_there_is_no_ce_time() {
+        let parsed = event(without("sys_updated_on")).unwrap();
+        let cloud_event = CloudEvent::of(&parsed, "https://acme.service-now.com/", "id-2".into());
+        assert_eq!(cloud_event.source, "https://acme.service-now.com/incident");
+        assert!(cloud_event.headers().iter().all(|(name, _)| *name != "ce-time"));
+    }
+
+    #[test]
+    fn event_ids_are_version_4_uuids() {
+        assert_eq!(uuid_v4([0; 16]), "00000000-0000-4000-8000-000000000000");
+        assert_eq!(uuid_v4([0xff; 16]), "ffffffff-ffff-4fff-bfff-ffffffffffff");
+        assert_ne!(uuid_v4(rand::random()), uuid_v4(rand::random()));
+    }
+}

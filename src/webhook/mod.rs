@@ -1,0 +1,89 @@
+//! The webhook receiver's logic, behind `POST /callback/servicenow` (`crate::http::webhook`):
+//! the connection and its token are looked up and checked (`lookup`), the body is checked and
+//! turned into CloudEvents attributes (`event`, pure), accepted events are counted into
+//! `status.webhook` (`counter`) and forwarded to the connection's sink (`forward`). Every replica
+//! receives: nothing here needs the leader.
+
+pub mod counter;
+pub mod event;
+pub mod forward;
+pub mod lookup;
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use k8s_openapi::jiff::Timestamp;
+
+use crate::{
+    servicenow::SecretString,
+    telemetry::{ReasonLabels, WebhookMetrics},
+};
+use counter::Counter;
+use event::{CloudEvent, TaskEvent};
+use forward::{Delivery, Forwarder};
+use lookup::{Lookup, Refused, Target};
+
+/// Everything the receiver shares between requests.
+pub struct Receiver {
+    lookup: Lookup,
+    counter: Arc<Counter>,
+    forwarder: Forwarder,
+    metrics: WebhookMetrics,
+}
+
+impl Receiver {
+    /// A receiver reading connections through `kube` (only in `namespace` when set) and
+    /// delivering with `sink_client`.
+    pub fn new(
+        kube: kube::Client,
+        namespace: Option<String>,
+        sink_client: reqwest::Client,
+        metrics: WebhookMetrics,
+    ) -> Self {
+        Receiver {
+            lookup: Lookup::new(kube.clone(), namespace),
+            counter: Arc::new(Counter::new(kube)),
+            forwarder: Forwarder::new(sink_client, metrics.clone()),
+            metrics,
+        }
+    }
+
+    /// The status writer; run it with [`Counter::run`].
+    pub fn counter(&self) -> Arc<Counter> {
+        self.counter.clone()
+    }
+
+    /// The connection `connection` (`<namespace>/<name>`) when `token` is its webhook token.
+    pub async fn authenticate(
+        &self,
+        connection: Option<&str>,
+        token: Option<&SecretString>,
+    ) -> Result<Target, Refused> {
+        self.lookup.authenticate(connection, token).await
+    }
+
+    /// Takes `event` (whose JSON is `body`) for `target`: counts it and queues its forward
+    /// when the connection has a sink. Never waits.
+    pub fn accept(&self, target: &Target, event: &TaskEvent, body: Bytes) {
+        self.metrics.received.inc();
+        self.counter.count(&target.key, Timestamp::now());
+        tracing::debug!(
+            connection = %target.key, table = %event.table, sys_id = %event.sys_id,
+            operation = event.operation.as_str(), "webhook event accepted"
+        );
+        if let Some(sink) = &target.sink_url {
+            let event = CloudEvent::of(event, &target.instance_url, event::uuid_v4(rand::random()));
+            let delivery = Delivery {
+                sink: sink.clone(),
+                event,
+                body,
+            };
+            self.forwarder.enqueue(&target.key, delivery);
+        }
+    }
+
+    /// Counts a refused request under `reason`.
+    pub fn rejected(&self, reason: &'static str) {
+        self.metrics.rejected.get_or_create(&ReasonLabels { reason }).inc();
+    }
+}

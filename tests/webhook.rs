@@ -1,0 +1,487 @@
+//! The webhook receiver end to end, against a real API server, snowsim and the operator binary:
+//! records written on the instance reach a sink as CloudEvents and are counted in
+//! `status.webhook` (a reconcile keeps the count, and the count costs no call to the instance);
+//! bad requests are refused and neither counted nor forwarded; a rotated token works at once;
+//! deliveries are retried until the sink is back; two replicas count every event once; no
+//! secret leaks anywhere.
+
+mod support;
+
+use std::{
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use axum::{
+    Router,
+    body::Bytes,
+    extract::State,
+    http::{HeaderMap, StatusCode},
+    routing::post,
+};
+use k8s_openapi::api::core::v1::Secret;
+use kube::Api;
+use serde_json::{Value, json};
+use servicenow_operator::{api::ServiceNowConnection, webhook::counter::FIELD_MANAGER};
+use support::{
+    Observed,
+    operator::{AGENT, CONNECTION, HOST, Operator, Ready, Scene, free_port, put_secret},
+    poll_until,
+};
+use tokio::net::TcpListener;
+
+const RECEIVED: &str = "servicenow_operator_webhook_events_received_total";
+const FORWARDED: &str = "servicenow_operator_webhook_events_forwarded_total";
+const RETRIES: &str = "servicenow_operator_webhook_forward_retries_total";
+
+/// One request the sink received.
+#[derive(Clone, Debug)]
+struct Received {
+    headers: HeaderMap,
+    body: Bytes,
+}
+
+impl Received {
+    fn header(&self, name: &str) -> &str {
+        self.headers
+            .get(name)
+            .and_then(|value| value.to_str().ok())
+            .unwrap_or_else(|| panic!("no header {name} in {:?}", self.headers))
+    }
+
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).expect("a JSON body")
+    }
+}
+
+/// What the sink saw, and how many requests it still refuses.
+#[derive(Default)]
+struct SinkState {
+    received: Mutex<Vec<Received>>,
+    refuse: Mutex<usize>,
+}
+
+/// A CloudEvents sink on 127.0.0.1: answers 503 to its first `refuse` requests, then 202, and
+/// keeps everything it receives. Stops when dropped.
+struct Sink {
+    state: Arc<SinkState>,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl Sink {
+    async fn start(port: u16, refuse: usize) -> Sink {
+        let state = Arc::new(SinkState {
+            refuse: Mutex::new(refuse),
+            ..SinkState::default()
+        });
+        let router = Router::new()
+            .route(
+                "/events",
+                post(
+                    |State(state): State<Arc<SinkState>>, headers: HeaderMap, body: Bytes| async move {
+                        let mut refuse = state.refuse.lock().unwrap();
+                        if *refuse > 0 {
+                            *refuse -= 1;
+                            return StatusCode::SERVICE_UNAVAILABLE;
+                        }
+                        state.received.lock().unwrap().push(Received { headers, body });
+                        StatusCode::ACCEPTED
+                    },
+                ),
+            )
+            .with_state(state.clone());
+        let listener = TcpListener::bind(("127.0.0.1", port)).await.expect("bind the sink");
+        let server = tokio::spawn(async move {
+            axum::serve(listener, router).await.expect("serve the sink");
+        });
+        Sink { state, server }
+    }
+
+    fn url(port: u16) -> String {
+        format!("http://127.0.0.1:{port}/events")
+    }
+
+    fn received(&self) -> Vec<Received> {
+        self.state.received.lock().unwrap().clone()
+    }
+
+    /// Waits until the sink holds `count` events and returns them.
+    async fn wait_for(&self, count: usize) -> Vec<Received> {
+        poll_until(
+            Duration::from_secs(60),
+            &format!("{count} events at the sink"),
+            || async {
+                let received = self.received();
+                if received.len() >= count {
+                    Observed::Done(received)
+                } else {
+                    Observed::not_yet(received.len())
+                }
+            },
+        )
+        .await
+    }
+}
+
+impl Drop for Sink {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
+/// A ready connection whose sink is `http://127.0.0.1:<sink_port>/events`.
+async fn ready_with_sink(sink_port: u16) -> Ready {
+    Scene::new(json!({"webhook": {"sinkUrl": Sink::url(sink_port)}}))
+        .await
+        .ready(&[])
+        .await
+}
+
+/// Writes `fields` into `table` through the Table API as the service account, as a person or a
+/// flow on the instance would (the Business Rule runs); `sys_id` updates that record, else a new
+/// one is inserted. Returns the record as the instance answered it.
+async fn write_as_agent(scene: &Scene, table: &str, sys_id: Option<&str>, fields: Value) -> Value {
+    let client = scene
+        .simulator
+        .client_builder()
+        .build()
+        .expect("a client of the instance");
+    let base = format!("{}/api/now/table/{table}", scene.simulator.base_url(HOST));
+    let request = match sys_id {
+        Some(sys_id) => client.patch(format!("{base}/{sys_id}")),
+        None => client.post(base),
+    };
+    let answer: Value = request
+        .basic_auth(AGENT, Some(AGENT))
+        .json(&fields)
+        .send()
+        .await
+        .and_then(reqwest::Response::error_for_status)
+        .unwrap_or_else(|error| panic!("write {table} as {AGENT}: {error}"))
+        .json()
+        .await
+        .expect("the Table API's answer");
+    answer["result"].clone()
+}
+
+/// Asserts that `received` holds the CloudEvent of `operation` on `record` of `table`, as the
+/// instance sent it.
+fn assert_delivered(received: &[Received], table: &str, operation: &str, record: &Value) {
+    let sys_id = record["sys_id"].as_str().expect("sys_id");
+    let updated_on = record["sys_updated_on"].as_str().expect("sys_updated_on");
+    let (subject, type_) = (
+        format!("{table}/{sys_id}"),
+        format!("io.neoagent.servicenow.task.{operation}"),
+    );
+    let event = received
+        .iter()
+        .find(|event| event.header("ce-subject") == subject && event.header("ce-type") == type_)
+        .unwrap_or_else(|| panic!("no {type_} event of {subject} in {received:#?}"));
+    assert_eq!(event.header("ce-specversion"), "1.0");
+    assert_eq!(event.header("ce-source"), format!("https://{HOST}/{table}"));
+    assert_eq!(event.header("ce-time"), format!("{}Z", updated_on.replace(' ', "T")));
+    assert_eq!(event.header("content-type"), "application/json");
+    assert_eq!(
+        event.json(),
+        json!({
+            "table": table, "sys_id": sys_id, "number": record["number"], "operation": operation,
+            "sys_updated_on": updated_on, "sys_updated_by": AGENT,
+        })
+    );
+}
+
+/// The connection's webhook token, from its Secret.
+async fn webhook_token(scene: &Scene) -> String {
+    let secrets: Api<Secret> = Api::namespaced(scene.client.clone(), scene.ns.name());
+    let secret = secrets.get("acme-webhook").await.expect("the webhook Secret");
+    let value = secret.data.and_then(|mut data| data.remove("token")).expect("a token");
+    String::from_utf8(value.0).expect("a UTF-8 token")
+}
+
+/// The callback URL of `operator` for `connection` with `token`.
+fn callback(operator: &Operator, connection: &str, token: &str) -> String {
+    let query = url::form_urlencoded::Serializer::new(String::new())
+        .append_pair("connection", connection)
+        .append_pair("token", token)
+        .finish();
+    format!("{}/callback/servicenow?{query}", operator.public_url)
+}
+
+/// POSTs `body` as `content_type` to `url`; returns the status and the answer's text.
+async fn post_to(url: &str, content_type: &str, body: impl Into<reqwest::Body>) -> (u16, String) {
+    let answer = reqwest::Client::new()
+        .post(url)
+        .header("content-type", content_type)
+        .body(body)
+        .send()
+        .await
+        .expect("the operator answers");
+    (answer.status().as_u16(), answer.text().await.unwrap_or_default())
+}
+
+/// An event as the Business Rule sends it, for a record `n` that the instance need not hold.
+fn synthetic_event(n: u32) -> Value {
+    json!({
+        "table": "incident", "sys_id": format!("{n:032x}"), "number": format!("INC{n:07}"),
+        "operation": "update", "sys_updated_on": "2026-01-31 12:00:00", "sys_updated_by": AGENT,
+    })
+}
+
+/// The fields of `status.webhook` that `manager` owns on `connection` (`f:<name>`).
+fn webhook_fields_of(connection: &ServiceNowConnection, manager: &str) -> Vec<String> {
+    let managed = connection.metadata.managed_fields.iter().flatten();
+    managed
+        .filter(|entry| entry.manager.as_deref() == Some(manager))
+        .filter_map(|entry| entry.fields_v1.as_ref()?.0.pointer("/f:status/f:webhook")?.as_object())
+        .flat_map(|fields| fields.keys().cloned())
+        .collect()
+}
+
+/// How often the instance's `sys_properties` was read since its request log was cleared: once
+/// per reconcile that reaches the webhook step.
+fn property_reads(scene: &Scene) -> usize {
+    scene
+        .simulator
+        .admin()
+        .request_log()
+        .iter()
+        .filter(|call| call.method == "GET" && call.path.ends_with("/sys_properties"))
+        .count()
+}
+
+#[tokio::test]
+async fn records_written_on_the_instance_reach_the_sink_as_cloud_events_and_are_counted() {
+    let sink_port = free_port();
+    let sink = Sink::start(sink_port, 0).await;
+    let ready = ready_with_sink(sink_port).await;
+
+    let mut inserted = Vec::new();
+    for table in ["incident", "sc_task", "change_request"] {
+        let fields = json!({"short_description": format!("webhook test: a new {table}")});
+        inserted.push((table, write_as_agent(&ready, table, None, fields).await));
+    }
+    let received = sink.wait_for(3).await;
+    assert_eq!(received.len(), 3, "{received:#?}");
+    for (table, record) in &inserted {
+        assert_delivered(&received, table, "insert", record);
+    }
+    let mut ids: Vec<&str> = received.iter().map(|event| event.header("ce-id")).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), 3, "each event has an id of its own");
+
+    let status = ready
+        .wait_for("3 events counted", |s| {
+            s.webhook.as_ref().is_some_and(|w| w.events_received == 3)
+        })
+        .await;
+    assert!(status.webhook.unwrap().last_event_time.is_some());
+    // The reconcile applies the status with force: it must leave the receiver's fields alone.
+    let after_reconcile = ready.reconcile_now("after-3-events").await;
+    let webhook = after_reconcile.webhook.expect("webhook status");
+    assert_eq!(webhook.events_received, 3, "a reconcile changed the count");
+    assert!(webhook.business_rule_sys_id.is_some() && webhook.last_event_time.is_some());
+    // And it never takes them over: they belong to the receiver's field manager alone.
+    let connection = ready.api().get(CONNECTION).await.expect("the connection");
+    let counted = ["f:eventsReceived", "f:lastEventTime"];
+    let receiver_fields = webhook_fields_of(&connection, FIELD_MANAGER);
+    let reconciler_fields = webhook_fields_of(&connection, "servicenow-operator");
+    assert!(
+        counted.iter().all(|f| receiver_fields.contains(&f.to_string()))
+            && reconciler_fields.contains(&"f:businessRuleSysId".to_owned())
+            && !reconciler_fields.iter().any(|f| counted.contains(&f.as_str())),
+        "receiver: {receiver_fields:?}, reconcile: {reconciler_fields:?}"
+    );
+
+    // Two updates: counted on top, and the status writes that count them wake no reconcile (only
+    // the requested one reads the instance).
+    ready.simulator.admin().clear_request_log();
+    for (n, (table, record)) in inserted[..2].iter().enumerate() {
+        let sys_id = record["sys_id"].as_str().expect("sys_id");
+        let updated = write_as_agent(&ready, table, Some(sys_id), json!({"state": "2"})).await;
+        assert_delivered(&sink.wait_for(4 + n).await, table, "update", &updated);
+    }
+    ready
+        .wait_for("5 events counted", |s| {
+            s.webhook.as_ref().is_some_and(|w| w.events_received == 5)
+        })
+        .await;
+    let after_reconcile = ready.reconcile_now("after-5-events").await;
+    assert_eq!(after_reconcile.webhook.expect("webhook status").events_received, 5);
+    assert_eq!(
+        property_reads(&ready),
+        1,
+        "a status write woke a reconcile: {:#?}",
+        ready.simulator.admin().request_log()
+    );
+    assert_eq!(ready.operator.metric(RECEIVED).await, 5.0);
+    assert_eq!(ready.operator.metric(FORWARDED).await, 5.0);
+    assert_eq!(sink.received().len(), 5);
+
+    let token = webhook_token(&ready).await;
+    for event in sink.received() {
+        assert!(!format!("{event:?}").contains(&token), "the token reached the sink");
+    }
+    ready.assert_no_secret_leaked().await;
+}
+
+#[tokio::test]
+async fn bad_requests_are_refused_and_neither_counted_nor_forwarded() {
+    let sink_port = free_port();
+    let sink = Sink::start(sink_port, 0).await;
+    let ready = ready_with_sink(sink_port).await;
+    let token = webhook_token(&ready).await;
+    let operator = &ready.operator;
+    let connection = format!("{}/{CONNECTION}", ready.ns.name());
+    let url = callback(operator, &connection, &token);
+    let event = synthetic_event(1).to_string();
+    let wrong = "wrong-token-0123456789abcdefghijklmnopqrstu";
+
+    let unauthorized = [
+        callback(operator, &connection, wrong),
+        callback(operator, &connection, ""),
+        format!("{}/callback/servicenow?connection={connection}", operator.public_url),
+        callback(operator, &format!("{}/other", ready.ns.name()), &token),
+        callback(operator, &format!("default/{CONNECTION}"), &token),
+        callback(operator, CONNECTION, &token),
+    ];
+    for url in &unauthorized {
+        let (status, text) = post_to(url, "application/json", event.clone()).await;
+        assert_eq!(status, 401, "{text}");
+        assert_eq!(text.trim(), "unknown connection or wrong token");
+    }
+    let (status, text) = post_to(&url, "text/plain", event.clone()).await;
+    assert_eq!(
+        (status, text.trim()),
+        (415, "the body must be JSON (Content-Type: application/json)")
+    );
+    let oversized = json!({"padding": "x".repeat(64 * 1024)}).to_string();
+    let (status, text) = post_to(&url, "application/json", oversized).await;
+    assert_eq!((status, text.trim()), (413, "the body must be at most 65536 bytes"));
+    let malformed = [
+        ("{\"table\": ", "the body is not JSON"),
+        ("[]", "the body must be a JSON object"),
+        (
+            &*json!({"table": "incident", "operation": "insert"}).to_string(),
+            "sys_id is required",
+        ),
+        (
+            &*json!({"table": "incident", "sys_id": "42", "operation": "insert"}).to_string(),
+            "sys_id must be 32 hexadecimal digits",
+        ),
+        (
+            &*json!({"table": "incident", "sys_id": "0".repeat(32), "operation": "merge"}).to_string(),
+            "operation must be one of insert, update, delete",
+        ),
+    ];
+    for (body, message) in malformed {
+        let (status, text) = post_to(&url, "application/json", body.to_owned()).await;
+        assert_eq!(status, 400, "{body}: {text}");
+        assert!(text.starts_with(message), "{body}: {text}");
+    }
+    let method = reqwest::Client::new()
+        .get(&url)
+        .send()
+        .await
+        .expect("the operator answers");
+    assert_eq!(method.status().as_u16(), 405);
+    for (reason, count) in [
+        ("unauthorized", 6.0),
+        ("unsupported_media_type", 1.0),
+        ("too_large", 1.0),
+        ("malformed", 5.0),
+    ] {
+        let series = format!("servicenow_operator_webhook_requests_rejected_total{{reason=\"{reason}\"}}");
+        assert_eq!(operator.metric(&series).await, count, "{series}");
+    }
+
+    // Then one good event: the only one counted and forwarded (the sink's queue is in order).
+    let (status, _) = post_to(&url, "application/json; charset=utf-8", event.clone()).await;
+    assert_eq!(status, 202);
+    assert_eq!(operator.metric(RECEIVED).await, 1.0);
+    let received = sink.wait_for(1).await;
+    assert_eq!(received.len(), 1);
+    assert_eq!(received[0].json(), synthetic_event(1));
+    assert_eq!(received[0].header("ce-subject"), format!("incident/{:032x}", 1));
+    let status = ready
+        .wait_for("1 event counted", |s| {
+            s.webhook.as_ref().is_some_and(|w| w.events_received >= 1)
+        })
+        .await;
+    assert_eq!(status.webhook.unwrap().events_received, 1);
+
+    // A rotated token works at once; the old one no longer does.
+    let rotated = "rotated-token-abcdefghijklmnopqrstuvwxyz0123";
+    put_secret(&ready.client, ready.ns.name(), "acme-webhook", &[("token", rotated)]).await;
+    let new_url = callback(operator, &connection, rotated);
+    poll_until(Duration::from_secs(10), "the rotated token to be accepted", || async {
+        let (status, text) = post_to(&new_url, "application/json", synthetic_event(2).to_string()).await;
+        if status == 202 {
+            Observed::Done(())
+        } else {
+            Observed::not_yet((status, text))
+        }
+    })
+    .await;
+    let (status, _) = post_to(&url, "application/json", event).await;
+    assert_eq!(status, 401, "the old token still works");
+
+    for text in [operator.logs(), format!("{:?}", sink.received())] {
+        assert!(!text.contains(&token) && !text.contains(rotated) && !text.contains(wrong));
+    }
+    ready.assert_no_secret_leaked().await;
+}
+
+#[tokio::test]
+async fn deliveries_are_retried_until_the_sink_is_back() {
+    let sink_port = free_port();
+    let ready = ready_with_sink(sink_port).await;
+    let incident = write_as_agent(&ready, "incident", None, json!({"short_description": "Sink down"})).await;
+    poll_until(Duration::from_secs(30), "a failed delivery to be retried", || async {
+        let retries = ready.operator.metric(RETRIES).await;
+        if retries >= 1.0 {
+            Observed::Done(())
+        } else {
+            Observed::not_yet(retries)
+        }
+    })
+    .await;
+    // Back, but answering 503 once more before it takes events.
+    let sink = Sink::start(sink_port, 1).await;
+    let received = sink.wait_for(1).await;
+    assert_eq!(received.len(), 1);
+    assert_delivered(&received, "incident", "insert", &incident);
+    assert_eq!(*sink.state.refuse.lock().unwrap(), 0, "the 503 was retried");
+    assert_eq!(ready.operator.metric(FORWARDED).await, 1.0);
+    assert!(ready.operator.metric(RETRIES).await >= 2.0);
+    ready.assert_no_secret_leaked().await;
+}
+
+#[tokio::test]
+async fn two_replicas_count_every_event_once() {
+    let ready = Scene::new(json!({})).await.ready(&[]).await;
+    let standby = Operator::start(ready.ns.name(), &ready.simulator).await;
+    let token = webhook_token(&ready).await;
+    let connection = format!("{}/{CONNECTION}", ready.ns.name());
+    let replicas = [&ready.operator, &standby];
+    const EVENTS: u32 = 20;
+    let posts = (0..EVENTS).map(|n| {
+        let url = callback(replicas[n as usize % 2], &connection, &token);
+        async move { post_to(&url, "application/json", synthetic_event(n).to_string()).await }
+    });
+    for (status, text) in futures::future::join_all(posts).await {
+        assert_eq!(status, 202, "{text}");
+    }
+    let status = ready
+        .wait_for(&format!("{EVENTS} events counted"), |s| {
+            s.webhook
+                .as_ref()
+                .is_some_and(|w| w.events_received >= i64::from(EVENTS))
+        })
+        .await;
+    assert_eq!(status.webhook.unwrap().events_received, i64::from(EVENTS));
+    for replica in replicas {
+        assert_eq!(replica.metric(RECEIVED).await, f64::from(EVENTS / 2));
+    }
+    ready.assert_no_secret_leaked().await;
+}
