@@ -12,7 +12,10 @@ use support::{
     operator::{Operator, Scene, free_port, install_crd},
 };
 
-const CHART: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/charts/servicenow-operator");
+/// The chart's directory.
+fn chart() -> String {
+    support::repo_path("charts/servicenow-operator").display().to_string()
+}
 
 fn succeeded(what: &str, output: &Output) -> String {
     assert!(
@@ -29,11 +32,15 @@ async fn the_chart_lints_and_refuses_to_render_without_a_public_url() {
     let plane = control_plane().await;
     let lint = plane
         .command("helm")
-        .args(["lint", CHART, "--set", "publicUrl=https://neo.example.com"])
+        .args(["lint", &chart(), "--set", "publicUrl=https://neo.example.com"])
         .output()
         .unwrap();
     succeeded("helm lint", &lint);
-    let missing = plane.command("helm").args(["template", "t", CHART]).output().unwrap();
+    let missing = plane
+        .command("helm")
+        .args(["template", "t", &chart()])
+        .output()
+        .unwrap();
     assert!(!missing.status.success(), "rendering without publicUrl must fail");
     assert!(String::from_utf8_lossy(&missing.stderr).contains("publicUrl is required"));
 }
@@ -48,7 +55,7 @@ async fn the_operator_reaches_ready_to_sync_with_only_the_charts_rbac() {
     // Render without the CRD (installed already, cluster-wide) and apply to the real API server.
     let rendered = plane
         .command("helm")
-        .args(["template", &release, CHART, "--namespace", ns.name()])
+        .args(["template", &release, &chart(), "--namespace", ns.name()])
         .args([
             "--set",
             "publicUrl=https://neo.example.com",

@@ -7,12 +7,16 @@ mod support;
 
 use std::time::Duration;
 
-use k8s_openapi::jiff::{civil::DateTime, tz::TimeZone};
+use k8s_openapi::{
+    api::core::v1::Secret,
+    jiff::{Timestamp, civil::DateTime, tz::TimeZone},
+};
+use kube::{Api, api::DeleteParams};
 use servicenow_operator::api::{RECONNECT, SyncState, conditions::Reason};
 use snowsim::{Fault, FaultAction, RateLimitRule, RateLimitTarget, RequestLogEntry};
 use support::operator::{
-    AGENT, Operator, PROPERTY_QUERY, RULE_QUERY, Ready, Scene, assert_condition, condition, has_condition,
-    ready_connection,
+    AGENT, CREDENTIALS_SECRET, Operator, PROPERTY_QUERY, RULE_QUERY, Ready, Scene, TOKEN_SECRET, assert_condition,
+    condition, has_condition, put_secret, ready_connection,
 };
 
 /// A client secret the instance never issued.
@@ -86,6 +90,133 @@ async fn a_revoked_refresh_token_is_token_rejected() {
     admin.clear_request_log();
     ready.annotate(RECONNECT, "after-revocation").await;
     assert_refresh_refused(&ready, Reason::TokenRejected).await;
+    ready.assert_no_secret_leaked().await;
+}
+
+/// Waits until `Authorized` is False for `reason` with `in_message` in the message — `Stalled`, since
+/// only a person can fix the credentials Secret — and checks the Warning Event and that no call
+/// reached the instance.
+async fn assert_credentials_refused(scene: &Scene, reason: Reason, in_message: &str) {
+    let status = scene
+        .wait_for(
+            &format!("Authorized=False {} naming {in_message}", reason.as_str()),
+            |s| {
+                has_condition(s, "Authorized", "False", reason)
+                    && s.conditions
+                        .iter()
+                        .any(|c| c.type_ == "Authorized" && c.message.contains(in_message))
+            },
+        )
+        .await;
+    let message = assert_condition(&status, "Authorized", "False", reason);
+    assert!(
+        message.starts_with("spec.credentialsSecretRef: "),
+        "the message names no field: {message:?}"
+    );
+    assert_condition(&status, "Stalled", "True", reason);
+    assert_condition(&status, "Ready", "False", reason);
+    assert_eq!(status.sync_state, Some(SyncState::Error));
+    assert_warning_event(scene, "Authorized", reason).await;
+    let log = scene.simulator.admin().request_log();
+    assert!(log.is_empty(), "the instance was called without credentials: {log:#?}");
+}
+
+#[tokio::test]
+async fn missing_or_malformed_credentials_name_the_secret_and_key_until_corrected() {
+    let scene = Scene::new(serde_json::json!({})).await;
+    let secrets: Api<Secret> = Api::namespaced(scene.client.clone(), scene.ns.name());
+    secrets
+        .delete(CREDENTIALS_SECRET, &DeleteParams::default())
+        .await
+        .expect("delete the credentials Secret");
+    let _operator = scene.start_operator(&[]).await;
+    assert_credentials_refused(&scene, Reason::CredentialsMissing, "\"acme-oauth\" does not exist").await;
+
+    let client_id = scene.seed.client_id.as_str();
+    put_secret(
+        &scene.client,
+        scene.ns.name(),
+        CREDENTIALS_SECRET,
+        &[("clientId", client_id)],
+    )
+    .await;
+    assert_credentials_refused(&scene, Reason::CredentialsMissing, "no key \"clientSecret\"").await;
+
+    scene
+        .put_credentials(client_id, &format!("{}\n", scene.seed.client_secret))
+        .await;
+    assert_credentials_refused(
+        &scene,
+        Reason::CredentialsMalformed,
+        "\"clientSecret\" in the credentials Secret \"acme-oauth\" ends with a newline",
+    )
+    .await;
+    scene
+        .put_credentials(&format!(" {client_id}"), &scene.seed.client_secret)
+        .await;
+    assert_credentials_refused(
+        &scene,
+        Reason::CredentialsMalformed,
+        "\"clientId\" in the credentials Secret \"acme-oauth\" has leading or trailing whitespace",
+    )
+    .await;
+
+    // Corrected: the Secret's change alone wakes the connection.
+    scene.put_credentials(client_id, &scene.seed.client_secret).await;
+    let status = scene
+        .wait_for("READY_TO_SYNC once the credentials are right", |s| {
+            s.sync_state == Some(SyncState::ReadyToSync)
+        })
+        .await;
+    assert_condition(&status, "Authorized", "True", Reason::TokenValid);
+    assert_eq!(condition(&status, "Stalled"), None);
+    scene.assert_no_secret_leaked().await;
+}
+
+/// Writes the token Secret with the seed's refresh token and `expires_at` as its expiry.
+async fn put_token(scene: &Scene, expires_at: Timestamp) {
+    put_secret(
+        &scene.client,
+        scene.ns.name(),
+        TOKEN_SECRET,
+        &[
+            ("refreshToken", &scene.seed.refresh_token),
+            ("refreshTokenExpiresAt", &expires_at.to_string()),
+        ],
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_refresh_token_near_its_end_warns_and_one_past_it_is_refresh_token_expired() {
+    let scene = Scene::new(serde_json::json!({})).await;
+    let now = Timestamp::now().as_second();
+    let in_two_days = Timestamp::from_second(now + 2 * 24 * 3600).expect("a time");
+    put_token(&scene, in_two_days).await;
+    let ready = scene.ready(&[]).await;
+    let status = ready
+        .wait_for_condition("Authorized", "True", Reason::RefreshTokenExpiring)
+        .await;
+    let message = assert_condition(&status, "Authorized", "True", Reason::RefreshTokenExpiring);
+    assert!(message.contains(&in_two_days.to_string()), "{message:?}");
+    assert!(message.contains(Reason::RefreshTokenExpiring.remedy()), "{message:?}");
+    assert_condition(&status, "Ready", "True", Reason::ReadyToSync);
+    assert_eq!(
+        status.token.and_then(|t| t.refresh_token_expires_at).map(|t| t.0),
+        Some(in_two_days)
+    );
+    assert_warning_event(&ready, "Authorized", Reason::RefreshTokenExpiring).await;
+
+    // The lifespan passes on the instance; the Secret says when it ended. The next refresh is
+    // refused, and the operator knows why.
+    ready
+        .simulator
+        .admin()
+        .advance_clock(Duration::from_secs(101 * 24 * 3600));
+    put_token(&ready, Timestamp::from_second(now - 3600).expect("a time")).await;
+    ready.simulator.admin().clear_request_log();
+    ready.annotate(RECONNECT, "after-expiry").await;
+    assert_refresh_refused(&ready, Reason::RefreshTokenExpired).await;
     ready.assert_no_secret_leaked().await;
 }
 

@@ -166,10 +166,18 @@ pub async fn authorize<S: ServiceNow>(run: &mut Run<'_, S>, instance: &InstanceU
     Ok(access.token)
 }
 
-/// `Authorized=True`, warning while the refresh token nears its end.
+/// `Authorized=True`, warning while the refresh token nears its end — and once past it, while the
+/// access token obtained before still works (the next refresh fails as `RefreshTokenExpired`).
 fn expiry_verdict(stored: &StoredToken, now: Timestamp) -> Verdict {
+    let warn_within = SignedDuration::try_from(EXPIRY_WARNING).unwrap_or(SignedDuration::MAX);
     match stored.expires_at {
-        Some(at) if Duration::try_from(at.duration_since(now)).is_ok_and(|left| left < EXPIRY_WARNING) => Verdict::new(
+        Some(at) if at <= now => Verdict::new(
+            ConditionType::Authorized,
+            Truth::True,
+            Reason::RefreshTokenExpiring,
+            format!("The refresh token expired at {at}; the access token obtained before still works."),
+        ),
+        Some(at) if at.duration_since(now) < warn_within => Verdict::new(
             ConditionType::Authorized,
             Truth::True,
             Reason::RefreshTokenExpiring,
@@ -240,5 +248,12 @@ mod tests {
             ..soon
         };
         assert_eq!(expiry_verdict(&later, now).reason, Reason::TokenValid);
+        let past = StoredToken {
+            expires_at: Some(now - SignedDuration::from_hours(1)),
+            ..later
+        };
+        let verdict = expiry_verdict(&past, now);
+        assert_eq!(verdict.reason, Reason::RefreshTokenExpiring);
+        assert!(verdict.message.contains("expired"), "{}", verdict.message);
     }
 }

@@ -3,6 +3,11 @@
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 
+use crate::api::conditions::Reason;
+
+/// Reasons that ask for action while their condition is still True: Warning Events too.
+const WARNING_WHILE_TRUE: &[Reason] = &[Reason::RefreshTokenExpiring];
+
 /// One Event to publish.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Transition {
@@ -25,7 +30,7 @@ pub fn transitions(old: &[Condition], new: &[Condition]) -> Vec<Transition> {
                 .any(|o| o.type_ == c.type_ && o.status == c.status && o.reason == c.reason)
         })
         .map(|c| Transition {
-            warning: c.status == "False",
+            warning: c.status == "False" || WARNING_WHILE_TRUE.iter().any(|r| r.as_str() == c.reason),
             reason: c.reason.clone(),
             action: c.type_.clone(),
             note: c.message.clone(),
@@ -68,5 +73,14 @@ mod tests {
         assert!(events[0].warning);
         assert_eq!(events[0].reason, "TokenRejected");
         assert_eq!(events[0].action, "Authorized");
+    }
+
+    #[test]
+    fn a_refresh_token_nearing_its_end_is_a_warning_though_authorized() {
+        let old = [condition("Authorized", "True", "TokenValid")];
+        let new = [condition("Authorized", "True", "RefreshTokenExpiring")];
+        let events = transitions(&old, &new);
+        assert_eq!(events.len(), 1);
+        assert!(events[0].warning);
     }
 }

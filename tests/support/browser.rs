@@ -47,8 +47,8 @@ use sha2::{Digest as _, Sha256};
 pub const CHROMIUM: &str = "/usr/bin/chromium";
 /// Debian's ChromeDriver (package `chromium-driver`).
 pub const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
-/// What installs them.
-const INSTALL_SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/browser/install");
+/// What installs them (relative to the repository).
+const INSTALL_SCRIPT: &str = "tests/browser/install";
 /// How long chromedriver may take to listen and to start Chromium.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long an action waits for the element it needs (pages load and forms submit meanwhile).

@@ -33,9 +33,8 @@ use kube::{
 };
 use rand::Rng as _;
 
-/// Where `tests/envtest/up` lives (the tests run with the package root as working directory, but
-/// don't rely on it).
-const UP_SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/envtest/up");
+/// Where `tests/envtest/up` lives, relative to the repository.
+const UP_SCRIPT: &str = "tests/envtest/up";
 /// Interval between two attempts of [`poll_until`].
 const POLL_INTERVAL: Duration = Duration::from_millis(100);
 /// How long a new control plane may take to answer its first request.
@@ -51,6 +50,15 @@ pub struct ControlPlane {
     server_version: String,
     /// The directory `tests/envtest/up` ran in, when this process started the control plane.
     started_in: Option<PathBuf>,
+}
+
+/// `relative` in this checkout. Read from `CARGO_MANIFEST_DIR` when the test runs (cargo sets it),
+/// not when it is built: the build directory is shared by every checkout on the machine, and a
+/// test binary built in another one would point there.
+pub fn repo_path(relative: &str) -> PathBuf {
+    let root = std::env::var_os("CARGO_MANIFEST_DIR")
+        .expect("CARGO_MANIFEST_DIR is not set: run the tests through `cargo test` (or `make test`)");
+    PathBuf::from(root).join(relative)
 }
 
 static CONTROL_PLANE: OnceLock<Result<ControlPlane, String>> = OnceLock::new();
@@ -118,7 +126,7 @@ impl ControlPlane {
         let dir = runs.join(format!("envtest-{}", std::process::id()));
         let started = std::time::Instant::now();
         let up = Command::new("bash")
-            .arg(UP_SCRIPT)
+            .arg(repo_path(UP_SCRIPT))
             .arg(&dir)
             .env("ENVTEST_WATCH_PID", std::process::id().to_string())
             .stdin(Stdio::null())

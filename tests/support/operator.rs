@@ -444,6 +444,8 @@ pub fn assert_condition(status: &ServiceNowConnectionStatus, type_: &str, truth:
 pub const CONNECTION: &str = "acme";
 /// The connection's token Secret (the operator's naming: `<connection>-token`).
 pub const TOKEN_SECRET: &str = "acme-token";
+/// The connection's credentials Secret.
+pub const CREDENTIALS_SECRET: &str = "acme-oauth";
 /// The operator's Business Rule on the instance (`sys_script`).
 pub const RULE_QUERY: &str = "name=Neo Agent — Task Webhook^collection=task";
 /// The legacy rule older connections left (`sys_script`).
@@ -493,7 +495,7 @@ impl Scene {
         put_secret(
             &client,
             ns.name(),
-            "acme-oauth",
+            CREDENTIALS_SECRET,
             &[("clientId", &seed.client_id), ("clientSecret", &seed.client_secret)],
         )
         .await;
@@ -508,7 +510,7 @@ impl Scene {
         }
         let mut spec = serde_json::json!({
             "instanceUrl": "https://acme.service-now.com",
-            "credentialsSecretRef": {"name": "acme-oauth"},
+            "credentialsSecretRef": {"name": CREDENTIALS_SECRET},
             "expectedUserName": AGENT,
         });
         if let (Some(spec), Some(extra)) = (spec.as_object_mut(), extra_spec.as_object()) {
@@ -610,7 +612,7 @@ impl Scene {
         put_secret(
             &self.client,
             self.ns.name(),
-            "acme-oauth",
+            CREDENTIALS_SECRET,
             &[("clientId", client_id), ("clientSecret", client_secret)],
         )
         .await;
