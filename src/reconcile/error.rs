@@ -64,6 +64,23 @@ pub enum Error {
     Cleanup(String),
 }
 
+impl Error {
+    /// `true` when the API server refused the finalizer patch because the cached connection was
+    /// older than its own (the patch's JSON-patch `test` failed, 422): the watch brings the newer
+    /// object and wakes the reconcile, so there is nothing to back off from.
+    pub fn is_stale_finalizer_patch(&self) -> bool {
+        use kube::runtime::finalizer::Error as Finalizer;
+        let Error::Finalizer(error) = self else {
+            return false;
+        };
+        matches!(
+            error.as_ref(),
+            Finalizer::AddFinalizer(kube::Error::Api(status)) | Finalizer::RemoveFinalizer(kube::Error::Api(status))
+                if status.code == 422
+        )
+    }
+}
+
 /// Wraps a Kubernetes API failure with what was being done.
 pub fn kube(action: &'static str) -> impl FnOnce(kube::Error) -> Error {
     move |source| Error::Kube { action, source }
@@ -111,6 +128,30 @@ mod tests {
             host: "acme.service-now.com".into(),
             kind,
         }
+    }
+
+    #[test]
+    fn only_a_refused_finalizer_patch_is_a_stale_cache() {
+        use kube::{core::Status, runtime::finalizer::Error as Finalizer};
+        let api = |code| {
+            kube::Error::Api(
+                Status::failure("the test operation failed", "Invalid")
+                    .with_code(code)
+                    .boxed(),
+            )
+        };
+        let finalizer = |error| Error::Finalizer(Box::new(error));
+        assert!(finalizer(Finalizer::AddFinalizer(api(422))).is_stale_finalizer_patch());
+        assert!(finalizer(Finalizer::RemoveFinalizer(api(422))).is_stale_finalizer_patch());
+        assert!(!finalizer(Finalizer::AddFinalizer(api(403))).is_stale_finalizer_patch());
+        assert!(!finalizer(Finalizer::ApplyFailed(Error::Cleanup("x".into()))).is_stale_finalizer_patch());
+        assert!(
+            !Error::Kube {
+                action: "patch the status",
+                source: api(422)
+            }
+            .is_stale_finalizer_patch()
+        );
     }
 
     #[test]

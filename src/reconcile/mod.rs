@@ -130,12 +130,21 @@ pub async fn reconcile<S: ServiceNow>(
     result
 }
 
-/// kube-runtime's error policy: per-connection exponential backoff with jitter.
+/// How soon a reconcile that met a stale cached connection looks again, should the watch event
+/// that normally wakes it not come.
+const STALE_CACHE_RETRY: Duration = Duration::from_secs(2);
+
+/// kube-runtime's error policy: per-connection exponential backoff with jitter — except for a
+/// finalizer patch refused because the cache lagged behind, which is no failure.
 pub fn error_policy<S: ServiceNow>(
     connection: Arc<ServiceNowConnection>,
     error: &Error,
     context: Arc<Context<S>>,
 ) -> Action {
+    if error.is_stale_finalizer_patch() {
+        tracing::debug!(connection = %key(&connection), %error, "the cached connection was stale; waiting for the watch");
+        return Action::requeue(STALE_CACHE_RETRY);
+    }
     let delay = context.backoff.next_delay(&key(&connection));
     tracing::warn!(connection = %key(&connection), %error, retry_in = ?delay, "reconcile failed");
     Action::requeue(delay)
