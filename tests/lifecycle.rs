@@ -1,13 +1,14 @@
 //! A connection over its life, against a real API server and snowsim: credentials rotated in
-//! place, an operator killed half-way through provisioning, deletion with either policy
-//! (including a connection whose instance cannot be reached), and suspension.
+//! place, an operator killed half-way through provisioning, an operator whose public URL changed,
+//! an instance whose webhook another connection owns, deletion with either policy (including a
+//! connection whose instance cannot be reached), and suspension.
 
 mod support;
 
 use std::time::Duration;
 
 use kube::api::DeleteParams;
-use servicenow_operator::api::{SyncState, conditions::Reason};
+use servicenow_operator::api::{RECONNECT, SyncState, conditions::Reason};
 use snowsim::{Fault, FaultAction};
 use support::{
     operator::{
@@ -239,4 +240,87 @@ async fn a_suspended_connection_makes_no_call_to_the_instance() {
         "resuming made no call"
     );
     ready.assert_no_secret_leaked().await;
+}
+
+/// The instance's one callback property and one rule; fails when there are others.
+fn the_property_and_the_rule(scene: &Scene) -> (String, String) {
+    let admin = scene.simulator.admin();
+    let properties = admin.records("sys_properties", PROPERTY_QUERY);
+    assert_eq!(properties.len(), 1, "exactly one property: {properties:#?}");
+    let rules = admin.records("sys_script", RULE_QUERY);
+    assert_eq!(rules.len(), 1, "exactly one rule: {rules:#?}");
+    (properties[0]["value"].clone(), rules[0]["description"].clone())
+}
+
+#[tokio::test]
+async fn an_operator_whose_public_url_changed_takes_its_own_webhook_along() {
+    let mut ready = ready_connection(serde_json::json!({})).await;
+    let (before, _) = the_property_and_the_rule(&ready);
+    assert!(before.starts_with(&ready.operator.public_url), "{before:?}");
+    ready.operator.kill();
+    // Another port: another public URL. The property still names the old one, with the
+    // connection's own webhook token: it is this connection's, not another owner's.
+    ready.operator = ready.scene.start_operator(&[]).await;
+    ready.annotate(RECONNECT, "moved").await;
+    let status = ready
+        .wait_for("the reconnect after the move", |s| {
+            s.last_handled_reconnect_at.as_deref() == Some("moved") && s.sync_state == Some(SyncState::ReadyToSync)
+        })
+        .await;
+    assert_condition(&status, "WebhookProvisioned", "True", Reason::DriftRepaired);
+    let (after, description) = the_property_and_the_rule(&ready);
+    assert!(after.starts_with(&ready.operator.public_url), "{after:?}");
+    assert!(
+        description.contains(&ready.operator.public_url),
+        "the rule still names the old operator: {description:?}"
+    );
+    ready.assert_no_secret_leaked().await;
+}
+
+#[tokio::test]
+async fn an_instance_whose_webhook_another_connection_owns_is_left_alone_until_taken_over() {
+    let scene = Scene::new(serde_json::json!({})).await;
+    let admin = scene.simulator.admin();
+    let theirs = "https://other.example.com/callback/servicenow?connection=ops%2Fsn&token=theirs";
+    admin
+        .insert(
+            "sys_properties",
+            [
+                ("name", "x_neoagent.callback_url"),
+                ("value", theirs),
+                ("type", "string"),
+            ],
+        )
+        .await
+        .expect("insert the other owner's property");
+    admin.clear_request_log();
+    let operator = scene.start_operator(&[]).await;
+    let status = scene
+        .wait_for_condition("WebhookProvisioned", "False", Reason::InstanceClaimedElsewhere)
+        .await;
+    let message = assert_condition(&status, "WebhookProvisioned", "False", Reason::InstanceClaimedElsewhere);
+    assert!(
+        message.contains("connection ops/sn of the operator at https://other.example.com"),
+        "the owner is not named: {message:?}"
+    );
+    assert_condition(&status, "Stalled", "True", Reason::InstanceClaimedElsewhere);
+    assert_eq!(status.sync_state, Some(SyncState::Error));
+    let log = admin.request_log();
+    assert!(
+        log.iter().all(|c| c.method == "GET" || !c.path.starts_with("/api/")),
+        "wrote to an instance another connection owns: {log:#?}"
+    );
+    assert!(admin.records("sys_script", RULE_QUERY).is_empty());
+
+    scene
+        .patch_spec(serde_json::json!({"webhook": {"takeOver": true}}))
+        .await;
+    scene
+        .wait_for("READY_TO_SYNC after taking over", |s| {
+            s.sync_state == Some(SyncState::ReadyToSync)
+        })
+        .await;
+    let (value, _) = the_property_and_the_rule(&scene);
+    assert!(value.starts_with(&operator.public_url), "{value:?}");
+    scene.assert_no_secret_leaked().await;
 }

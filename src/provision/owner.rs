@@ -5,7 +5,7 @@ use std::fmt;
 
 use url::Url;
 
-use crate::servicenow::records::SystemProperty;
+use crate::servicenow::{SecretString, records::SystemProperty};
 
 /// The path the operator's webhook receiver serves, under its public URL.
 pub const CALLBACK_PATH: &str = "/callback/servicenow";
@@ -65,12 +65,25 @@ fn normalized(public_url: &str) -> String {
     }
 }
 
+/// The webhook token a callback URL carries.
+fn token_of(value: &str) -> Option<String> {
+    let url = Url::parse(value).ok()?;
+    url.query_pairs()
+        .find(|(key, _)| key == "token")
+        .map(|(_, token)| token.into_owned())
+}
+
 /// Another owner named by any of the callback `properties`, if one is. A value that is empty or
-/// not a callback URL of this operator's shape names nobody (it is simply repaired).
-pub fn claimed_by_other(properties: &[SystemProperty], owner: &Owner) -> Option<Owner> {
+/// not a callback URL of this operator's shape names nobody (it is simply repaired). A value that
+/// carries `token`, the connection's own webhook token, is the connection's whatever public URL it
+/// names: only this connection knows its token, so its operator moved (`--public-url` changed)
+/// and the value is simply updated.
+pub fn claimed_by_other(properties: &[SystemProperty], owner: &Owner, token: Option<&SecretString>) -> Option<Owner> {
     properties
         .iter()
-        .filter_map(|property| Owner::of_callback(&property.fields.value))
+        .map(|property| property.fields.value.as_str())
+        .filter(|value| !token.is_some_and(|token| token_of(value).as_deref() == Some(token.expose())))
+        .filter_map(Owner::of_callback)
         .find(|other| !other.same_as(owner))
 }
 
@@ -132,19 +145,33 @@ pub(super) mod tests {
 
     #[test]
     fn the_property_is_claimed_only_by_a_recognisable_other_owner() {
-        assert_eq!(claimed_by_other(&[], &owner()), None);
-        assert_eq!(claimed_by_other(&[property("")], &owner()), None);
+        assert_eq!(claimed_by_other(&[], &owner(), None), None);
+        assert_eq!(claimed_by_other(&[property("")], &owner(), None), None);
         assert_eq!(
-            claimed_by_other(&[property("https://hand.example.com/hook")], &owner()),
+            claimed_by_other(&[property("https://hand.example.com/hook")], &owner(), None),
             None
         );
         let mine = property("https://neo.example.com/callback/servicenow?connection=itsm%2Facme&token=t");
-        assert_eq!(claimed_by_other(std::slice::from_ref(&mine), &owner()), None);
+        assert_eq!(claimed_by_other(std::slice::from_ref(&mine), &owner(), None), None);
         let theirs = property("https://other.example.com/callback/servicenow?connection=ops%2Fsn&token=t");
-        let other = claimed_by_other(&[mine, theirs], &owner()).unwrap();
+        let other = claimed_by_other(&[mine, theirs], &owner(), None).unwrap();
         assert_eq!(
             other.to_string(),
             "connection ops/sn of the operator at https://other.example.com"
         );
+    }
+
+    #[test]
+    fn a_value_with_the_connections_own_token_is_its_own_after_the_operator_moved() {
+        let token = SecretString::new("s3cret-token");
+        let moved = property("https://old.example.com/callback/servicenow?connection=itsm%2Facme&token=s3cret-token");
+        assert_eq!(
+            claimed_by_other(std::slice::from_ref(&moved), &owner(), Some(&token)),
+            None
+        );
+        let other_token = SecretString::new("another-token");
+        let claimed = claimed_by_other(std::slice::from_ref(&moved), &owner(), Some(&other_token)).unwrap();
+        assert_eq!(claimed.public_url, "https://old.example.com");
+        assert_eq!(claimed_by_other(&[moved], &owner(), None).unwrap(), claimed);
     }
 }

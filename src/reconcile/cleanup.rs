@@ -60,8 +60,11 @@ pub async fn cleanup<S: ServiceNow>(connection: &ServiceNowConnection, context: 
         .properties(&instance, &token, provision::PROPERTY_NAME)
         .await
         .map_err(failed)?;
+    let webhook_token = secrets::read_webhook_token(&secrets_api, &secrets::webhook_secret_name(connection))
+        .await
+        .map_err(kube("read the webhook token Secret"))?;
     // The rule serves whoever owns the property: leave both to another owner.
-    if provision::claimed_by_other(&properties, &owner).is_none() {
+    if provision::claimed_by_other(&properties, &owner, webhook_token.as_ref()).is_none() {
         let rules = servicenow
             .business_rules(&instance, &token, &[provision::RULE_NAME, provision::LEGACY_RULE_NAME])
             .await

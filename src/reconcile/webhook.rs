@@ -68,7 +68,7 @@ pub async fn provision<S: ServiceNow>(
         .await
         .map_err(|e| failure_on_webhook(run, &e))?;
 
-    if let Some(other) = provision::claimed_by_other(&properties, &owner)
+    if let Some(other) = provision::claimed_by_other(&properties, &owner, Some(&webhook_token))
         && !connection.spec.webhook.take_over
     {
         return Err(Stop::terminal(
