@@ -82,7 +82,7 @@ pub fn claimed_by_other(properties: &[SystemProperty], owner: &Owner, token: Opt
     properties
         .iter()
         .map(|property| property.fields.value.as_str())
-        .filter(|value| !token.is_some_and(|token| token_of(value).as_deref() == Some(token.expose())))
+        .filter(|value| token.is_none_or(|token| token_of(value).as_deref() != Some(token.expose())))
         .filter_map(Owner::of_callback)
         .find(|other| !other.same_as(owner))
 }
