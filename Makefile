@@ -25,7 +25,8 @@ lint:
 envtest-bins:
 	tests/envtest/build >/dev/null
 
-## integration: starts etcd + kube-apiserver + kube-controller-manager, runs every test, stops them.
+## integration: starts etcd + kube-apiserver + kube-controller-manager, runs every test, stops them
+## (their directory, logs included, is removed after a run that passed and kept after one that failed).
 ## browser-deps: Debian's chromium + chromedriver for the consent tests (apt-get, once).
 browser-deps:
 	tests/browser/install
@@ -33,7 +34,7 @@ browser-deps:
 integration: envtest-bins browser-deps
 	rm -rf "$(ENVTEST_RUN)"
 	ENVTEST_WATCH_PID=$$$$ tests/envtest/up "$(ENVTEST_RUN)" >/dev/null; \
-	trap 'tests/envtest/down "$(ENVTEST_RUN)"' EXIT; \
+	trap 'status=$$?; tests/envtest/down "$(ENVTEST_RUN)"; [[ $$status -ne 0 ]] || rm -rf "$(ENVTEST_RUN)"' EXIT; \
 	ENVTEST_KUBECONFIG="$(ENVTEST_RUN)/kubeconfig" timeout --kill-after=30s $(TEST_TIMEOUT) cargo test --workspace --locked --no-fail-fast
 
 ## demo: the operator end to end on this machine (tests/demo/run): control plane, snowsim, the CRD and
