@@ -1,8 +1,11 @@
 //! Startup wiring of `run`: clients, the controller, the listeners, and shutdown on a signal.
 
-use std::sync::{
-    Arc,
-    atomic::{AtomicBool, Ordering},
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
 };
 
 use k8s_openapi::api::core::v1::Secret;
@@ -20,6 +23,10 @@ use crate::{
     telemetry::{self, Metrics},
     webhook::Receiver,
 };
+
+/// How long the webhook events queued when the operator is asked to stop may take to reach their
+/// sinks (inside Kubernetes' default termination grace period of 30 s).
+pub const FORWARD_GRACE: Duration = Duration::from_secs(10);
 
 /// Why the operator could not start.
 #[derive(Debug, thiserror::Error)]
@@ -138,11 +145,16 @@ pub async fn run(args: RunArgs) -> Result<(), StartError> {
         metrics.webhook.clone(),
     ));
     let counter = receiver.counter();
-    let counting = tokio::spawn({
-        let stopped = stopped();
-        async move { counter.run(stopped).await }
+    // The counts are written a last time once the public listener has stopped taking events.
+    let (public_stopped, counting_stop) = tokio::sync::oneshot::channel::<()>();
+    let counting = tokio::spawn(async move {
+        counter
+            .run(async {
+                let _ = counting_stop.await;
+            })
+            .await;
     });
-    let public = consent.merge(http::webhook::router(receiver));
+    let public = consent.merge(http::webhook::router(receiver.clone()));
     let public_server = tokio::spawn(http::serve(listen, public, stopped()));
 
     let context = Arc::new(Context::new(client.clone(), servicenow, public_url, metrics));
@@ -217,10 +229,14 @@ pub async fn run(args: RunArgs) -> Result<(), StartError> {
         let _ = lease_task.await;
     }
 
-    // The last event counts are written once the operator is asked to stop.
+    // The public listener stops taking events; those it took get their grace to reach the sinks,
+    // and the last counts are written.
+    let public_result = public_server.await;
+    drop(public_stopped);
+    receiver.finish(FORWARD_GRACE).await;
     let _ = counting.await;
-    for (address, server) in [(admin_listen, admin_server), (listen, public_server)] {
-        if let Ok(Err(source)) = server.await {
+    for (address, result) in [(admin_listen, admin_server.await), (listen, public_result)] {
+        if let Ok(Err(source)) = result {
             return Err(StartError::Listen { address, source });
         }
     }

@@ -54,7 +54,7 @@ pub struct WebhookMetrics {
     pub forwarded: Counter,
     /// Events not delivered to the sink, by reason: `queue_full`, `refused` (the sink answered
     /// 4xx), `gave_up` (still failing after the last attempt), `invalid` (no request could be
-    /// built).
+    /// built), `shutdown` (still waiting when the operator stopped, after the grace period).
     pub forward_failed: Family<ReasonLabels, Counter>,
     /// Delivery attempts that failed and were retried.
     pub forward_retries: Counter,

@@ -458,6 +458,38 @@ async fn deliveries_are_retried_until_the_sink_is_back() {
 }
 
 #[tokio::test]
+async fn events_queued_when_the_operator_stops_still_reach_the_sink_and_are_counted() {
+    let sink_port = free_port();
+    let mut ready = ready_with_sink(sink_port).await;
+    let incident = write_as_agent(&ready, "incident", None, json!({"short_description": "Stopping"})).await;
+    poll_until(Duration::from_secs(30), "a failed delivery to be retried", || async {
+        let retries = ready.operator.metric(RETRIES).await;
+        if retries >= 1.0 {
+            Observed::Done(())
+        } else {
+            Observed::not_yet(retries)
+        }
+    })
+    .await;
+    // Asked to stop while the event waits for its next attempt; the sink comes back meanwhile.
+    ready.operator.terminate();
+    let sink = Sink::start(sink_port, 0).await;
+    let exit = ready.operator.wait_for_exit(Duration::from_secs(30)).await;
+    assert!(exit.success(), "the operator ended with {exit}");
+    let received = sink.received();
+    assert_eq!(
+        received.len(),
+        1,
+        "the queued event was not forwarded before the operator exited"
+    );
+    assert_delivered(&received, "incident", "insert", &incident);
+    let connection = ready.api().get(CONNECTION).await.expect("the connection");
+    let webhook = connection.status.and_then(|s| s.webhook).expect("webhook status");
+    assert_eq!(webhook.events_received, 1, "{webhook:?}");
+    ready.assert_no_secret_leaked().await;
+}
+
+#[tokio::test]
 async fn two_replicas_count_every_event_once() {
     let ready = Scene::new(json!({})).await.ready(&[]).await;
     let standby = Operator::start(ready.ns.name(), &ready.simulator).await;

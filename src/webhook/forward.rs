@@ -3,17 +3,22 @@
 //! events in order, one at a time; the handler only queues, never waits, and a full queue drops
 //! the event (counted and logged). A delivery is tried again with exponential backoff after no
 //! answer, a 5xx, a 408 or a 429 (honouring `Retry-After`), up to [`MAX_ATTEMPTS`] times; any
-//! other answer ends it. A worker with nothing to do for [`IDLE`] stops. Queued events are lost
-//! when the operator stops.
+//! other answer ends it. A worker with nothing to do for [`IDLE`] stops. When the operator stops,
+//! [`Forwarder::finish`] gives the queued events a grace period to reach the sink; those still
+//! waiting after it are counted as dropped (`shutdown`).
 
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
     time::Duration,
 };
 
 use axum::body::Bytes;
 use tokio::sync::mpsc;
+use tokio_util::task::TaskTracker;
 
 use super::event::CloudEvent;
 use crate::{
@@ -61,6 +66,10 @@ pub struct Forwarder {
     client: reqwest::Client,
     metrics: WebhookMetrics,
     queues: Arc<Mutex<HashMap<String, mpsc::Sender<Delivery>>>>,
+    /// Every worker, to wait for them when the operator stops.
+    workers: TaskTracker,
+    /// Events queued and not yet done with (delivered or dropped).
+    waiting: Arc<AtomicU64>,
 }
 
 impl Forwarder {
@@ -71,6 +80,32 @@ impl Forwarder {
             client,
             metrics,
             queues: Arc::default(),
+            workers: TaskTracker::new(),
+            waiting: Arc::default(),
+        }
+    }
+
+    /// Takes no more events and waits up to `grace` for the queued ones to be delivered (retries
+    /// included); what is still waiting then is counted and logged as dropped (`shutdown`). Call it
+    /// once the listener that queues events has stopped.
+    pub async fn finish(&self, grace: Duration) {
+        // Without their senders the workers deliver what they hold, then stop.
+        self.queues
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clear();
+        self.workers.close();
+        if tokio::time::timeout(grace, self.workers.wait()).await.is_err() {
+            let left = self.waiting.load(Ordering::Acquire);
+            self.metrics
+                .forward_failed
+                .get_or_create(&ReasonLabels { reason: "shutdown" })
+                .inc_by(left);
+            tracing::warn!(
+                events = left,
+                ?grace,
+                "stopping with webhook events not forwarded to their sinks"
+            );
         }
     }
 
@@ -80,10 +115,12 @@ impl Forwarder {
         if queues.get(key).is_none_or(mpsc::Sender::is_closed) {
             // No worker yet, or it left (idle) or died.
             let (sender, receiver) = mpsc::channel(QUEUE_CAPACITY);
-            tokio::spawn(self.clone().drain(key.to_owned(), receiver));
+            self.workers.spawn(self.clone().drain(key.to_owned(), receiver));
             queues.insert(key.to_owned(), sender);
         }
-        if queues[key].try_send(delivery).is_err() {
+        if queues[key].try_send(delivery).is_ok() {
+            self.waiting.fetch_add(1, Ordering::AcqRel);
+        } else {
             self.failed(
                 key,
                 "queue_full",
@@ -96,7 +133,10 @@ impl Forwarder {
     async fn drain(self, key: String, mut receiver: mpsc::Receiver<Delivery>) {
         loop {
             match tokio::time::timeout(IDLE, receiver.recv()).await {
-                Ok(Some(delivery)) => self.deliver(&key, &delivery).await,
+                Ok(Some(delivery)) => {
+                    self.deliver(&key, &delivery).await;
+                    self.waiting.fetch_sub(1, Ordering::AcqRel);
+                }
                 Ok(None) => return,
                 Err(_idle) => {
                     // Under the lock `enqueue` takes: nothing can arrive between the look and
@@ -237,5 +277,34 @@ mod tests {
             "https://events.example:8443"
         );
         assert_eq!(origin("not a url"), "(invalid URL)");
+    }
+
+    #[tokio::test]
+    async fn events_still_waiting_after_the_grace_are_counted_as_dropped_at_shutdown() {
+        // A sink nobody listens on: every attempt fails and is retried after a backoff.
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+        let sink = format!("http://{}/events", closed.local_addr().expect("its address"));
+        drop(closed);
+        let body = br#"{"table":"incident","sys_id":"0123456789abcdef0123456789abcdef","operation":"insert"}"#;
+        let event = super::super::event::parse(body).expect("an event");
+        let metrics = WebhookMetrics::default();
+        let forwarder = Forwarder::new(reqwest::Client::new(), metrics.clone());
+        for _ in 0..2 {
+            forwarder.enqueue(
+                "itsm/acme",
+                Delivery {
+                    sink: sink.clone(),
+                    event: CloudEvent::of(&event, "https://acme.service-now.com", "id".into()),
+                    body: Bytes::from_static(body),
+                },
+            );
+        }
+        forwarder.finish(Duration::from_millis(200)).await;
+        let dropped = metrics
+            .forward_failed
+            .get_or_create(&ReasonLabels { reason: "shutdown" })
+            .get();
+        assert_eq!(dropped, 2);
+        assert_eq!(metrics.forwarded.get(), 0);
     }
 }

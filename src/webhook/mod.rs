@@ -9,7 +9,7 @@ pub mod event;
 pub mod forward;
 pub mod lookup;
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
 use axum::body::Bytes;
 use k8s_openapi::jiff::Timestamp;
@@ -80,6 +80,11 @@ impl Receiver {
             };
             self.forwarder.enqueue(&target.key, delivery);
         }
+    }
+
+    /// Gives the queued forwards up to `grace` to finish (see [`Forwarder::finish`]).
+    pub async fn finish(&self, grace: Duration) {
+        self.forwarder.finish(grace).await;
     }
 
     /// Counts a refused request under `reason`.

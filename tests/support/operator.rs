@@ -262,6 +262,31 @@ impl Operator {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+
+    /// Asks the operator to stop as Kubernetes does (SIGTERM), without waiting.
+    pub fn terminate(&self) {
+        let pid = self.child.id();
+        let status = Command::new("sh")
+            .args(["-c", &format!("kill -TERM {pid}")])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -TERM {pid} failed: {status}");
+    }
+
+    /// Waits up to `deadline` for the operator to exit; returns how it ended.
+    pub async fn wait_for_exit(&mut self, deadline: Duration) -> std::process::ExitStatus {
+        let started = std::time::Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait for the operator") {
+                return status;
+            }
+            assert!(
+                started.elapsed() < deadline,
+                "the operator did not exit within {deadline:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
 }
 
 impl Drop for Operator {
