@@ -18,6 +18,7 @@ use support::operator::{
     AGENT, CREDENTIALS_SECRET, Operator, PROPERTY_QUERY, RULE_QUERY, Ready, Scene, TOKEN_SECRET, assert_condition,
     condition, has_condition, put_secret, ready_connection,
 };
+use support::{Observed, poll_until};
 
 /// A client secret the instance never issued.
 const WRONG_SECRET: &str = "not-the-client-secret-0f9e8d7c";
@@ -310,6 +311,7 @@ async fn an_instance_that_cannot_be_reached_is_unreachable_and_still_reconciling
         "a transient failure is not Stalled"
     );
     assert_eq!(status.sync_state, Some(SyncState::Provisioning));
+    assert_warning_event(&scene, "Authorized", Reason::Unreachable).await;
     assert!(
         scene.simulator.admin().request_log().is_empty(),
         "the simulator was reached"
@@ -370,6 +372,43 @@ async fn timeouts_are_unreachable_and_recovered_from_without_a_restart() {
     // The instance stalls each call for longer than the operator waits (the stalled calls never
     // finish, so they are not in the request log).
     unreachable_until_lifted(&ready, FaultAction::Latency { ms: 6000 }, "timed out").await;
+    ready.assert_no_secret_leaked().await;
+}
+
+#[tokio::test]
+async fn the_retries_of_a_reconnect_refresh_the_token_once() {
+    let ready = ready_connection(serde_json::json!({})).await;
+    let admin = ready.simulator.admin();
+    admin.inject_fault(Fault::new("/api/now", FaultAction::Status { code: 500, body: None }));
+    admin.clear_request_log();
+    ready.annotate(RECONNECT, "during-an-outage").await;
+    poll_until(
+        Duration::from_secs(30),
+        "the reconnect to be tried three times",
+        || async {
+            let failed = admin
+                .request_log()
+                .iter()
+                .filter(|c| c.path.starts_with("/api/") && c.status == 500)
+                .count();
+            if failed >= 3 {
+                Observed::Done(())
+            } else {
+                Observed::not_yet(failed)
+            }
+        },
+    )
+    .await;
+    admin.clear_faults();
+    ready
+        .wait_for("the reconnect to succeed once the instance is back", |s| {
+            s.last_handled_reconnect_at.as_deref() == Some("during-an-outage")
+                && s.sync_state == Some(SyncState::ReadyToSync)
+        })
+        .await;
+    let log = admin.request_log();
+    let refreshes = log.iter().filter(|c| c.path == "/oauth_token.do").count();
+    assert_eq!(refreshes, 1, "one refresh per reconnect, not per retry: {log:#?}");
     ready.assert_no_secret_leaked().await;
 }
 

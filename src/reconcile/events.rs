@@ -11,7 +11,8 @@ const WARNING_WHILE_TRUE: &[Reason] = &[Reason::RefreshTokenExpiring];
 /// One Event to publish.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Transition {
-    /// `true` for a Warning, `false` for a Normal event.
+    /// `true` for a Warning (a condition False, or Unknown because the instance failed or
+    /// rate-limited, or a warning reason while True), `false` for a Normal event.
     pub warning: bool,
     /// The condition's reason (the Event reason).
     pub reason: String,
@@ -30,7 +31,7 @@ pub fn transitions(old: &[Condition], new: &[Condition]) -> Vec<Transition> {
                 .any(|o| o.type_ == c.type_ && o.status == c.status && o.reason == c.reason)
         })
         .map(|c| Transition {
-            warning: c.status == "False" || WARNING_WHILE_TRUE.iter().any(|r| r.as_str() == c.reason),
+            warning: c.status != "True" || WARNING_WHILE_TRUE.iter().any(|r| r.as_str() == c.reason),
             reason: c.reason.clone(),
             action: c.type_.clone(),
             note: c.message.clone(),
@@ -73,6 +74,18 @@ mod tests {
         assert!(events[0].warning);
         assert_eq!(events[0].reason, "TokenRejected");
         assert_eq!(events[0].action, "Authorized");
+    }
+
+    #[test]
+    fn an_unknown_condition_is_a_warning_and_a_recovery_is_normal() {
+        let healthy = [condition("IdentityResolved", "True", "IdentityResolved")];
+        let failing = [condition("IdentityResolved", "Unknown", "Unreachable")];
+        let events = transitions(&healthy, &failing);
+        assert_eq!(events.len(), 1);
+        assert!(events[0].warning);
+        let events = transitions(&failing, &healthy);
+        assert_eq!(events.len(), 1);
+        assert!(!events[0].warning);
     }
 
     #[test]

@@ -192,8 +192,8 @@ async fn steps<S: ServiceNow>(run: &mut Run<'_, S>) -> Result<(), Halt> {
         )
     })?;
     let reconnect = connection.annotations().get(RECONNECT);
-    if reconnect.is_some() && reconnect != run.status.last_handled_reconnect_at.as_ref() {
-        run.context.tokens.forget(&key(connection));
+    if let Some(request) = reconnect.filter(|request| Some(*request) != run.status.last_handled_reconnect_at.as_ref()) {
+        run.context.tokens.forget_for_reconnect(&key(connection), request);
     }
     let access_token = authorize::authorize(run, &instance).await?;
     identity::resolve(run, &instance, &access_token).await?;

@@ -36,6 +36,9 @@ impl AccessToken {
 #[derive(Debug, Default)]
 pub struct TokenCache {
     slots: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Option<AccessToken>>>>>,
+    /// The last reconnect request (`neoagent.io/reconnect`) each connection's token was
+    /// forgotten for.
+    reconnects: Mutex<HashMap<String, String>>,
 }
 
 impl TokenCache {
@@ -45,9 +48,30 @@ impl TokenCache {
         slots.entry(key.to_owned()).or_default().clone()
     }
 
-    /// Forgets the token of `key` (deleted connection, rejected token, reconnect).
+    /// Forgets the token of `key` (rejected token, re-consent).
     pub fn forget(&self, key: &str) {
         self.slots
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .remove(key);
+    }
+
+    /// Forgets the token of `key` for the reconnect request `request`, once: the retries of a
+    /// reconnect that failed half-way reuse the token its first attempt obtained.
+    pub fn forget_for_reconnect(&self, key: &str, request: &str) {
+        let mut handled = self.reconnects.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if handled.get(key).is_some_and(|last| last == request) {
+            return;
+        }
+        handled.insert(key.to_owned(), request.to_owned());
+        drop(handled);
+        self.forget(key);
+    }
+
+    /// Forgets everything about `key` (a deleted connection).
+    pub fn remove(&self, key: &str) {
+        self.forget(key);
+        self.reconnects
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .remove(key);
@@ -78,6 +102,36 @@ mod tests {
         };
         assert!(token.is_fresh(now));
         assert!(!token.is_fresh(now + Duration::from_secs(31)));
+    }
+
+    #[test]
+    fn a_reconnect_request_forgets_the_token_once() {
+        let cache = TokenCache::default();
+        let store = |cache: &TokenCache| {
+            *cache.slot("itsm/acme").try_lock().expect("free") = Some(AccessToken {
+                token: SecretString::new("t"),
+                expires_at: Instant::now() + Duration::from_secs(1800),
+                origin: String::new(),
+            });
+        };
+        let held = |cache: &TokenCache| cache.slot("itsm/acme").try_lock().expect("free").is_some();
+        store(&cache);
+        cache.forget_for_reconnect("itsm/acme", "1");
+        assert!(!held(&cache), "the first sight of a request forgets the token");
+        store(&cache);
+        cache.forget_for_reconnect("itsm/acme", "1");
+        assert!(held(&cache), "a retry of the same request keeps the new token");
+        cache.forget_for_reconnect("itsm/acme", "2");
+        assert!(!held(&cache), "a new request forgets it again");
+        store(&cache);
+        cache.remove("itsm/acme");
+        assert!(!held(&cache));
+        store(&cache);
+        cache.forget_for_reconnect("itsm/acme", "2");
+        assert!(
+            !held(&cache),
+            "a connection created again under the same name starts afresh"
+        );
     }
 
     #[test]
