@@ -1,6 +1,6 @@
 //! The Helm chart: it lints, renders, applies to a real API server, and its RBAC is enough for
-//! the operator — the operator runs with the chart's ServiceAccount token and takes a connection
-//! to READY_TO_SYNC (and is refused what the chart does not grant).
+//! the operator — the operator runs with the chart's ServiceAccount token, takes a connection
+//! to READY_TO_SYNC and counts a webhook event (and is refused what the chart does not grant).
 
 mod support;
 
@@ -124,6 +124,19 @@ async fn the_operator_reaches_ready_to_sync_with_only_the_charts_rbac() {
     scene
         .wait_for("READY_TO_SYNC under the chart's RBAC", |s| {
             s.sync_state == Some(SyncState::ReadyToSync)
+        })
+        .await;
+    // The webhook receiver works under the same RBAC: it reads the connection and its token
+    // Secret, and counts the event into the status.
+    scene
+        .simulator
+        .admin()
+        .insert("incident", [("short_description", "Under the chart's RBAC")])
+        .await
+        .expect("insert an incident");
+    scene
+        .wait_for("the webhook event counted under the chart's RBAC", |s| {
+            s.webhook.as_ref().is_some_and(|w| w.events_received == 1)
         })
         .await;
     let logs = operator.logs();
