@@ -12,7 +12,7 @@ ENVTEST_RUN ?= $(CACHE_DIR)/run/envtest-$(shell echo $$PPID)
 # A hung test fails the run with the names of the tests still running instead of eating CI's budget.
 TEST_TIMEOUT ?= 40m
 
-.PHONY: test lint integration crds envtest-bins browser-deps clean-cache demo demo-bins demo-check
+.PHONY: test lint integration crds envtest-bins browser-deps clean-cache demo demo-bins demo-check bench
 
 ## test: everything CI runs — format, lints, unit and integration tests against a real API server,
 ## and the demo once through (on ports of its own).
@@ -54,6 +54,13 @@ demo: envtest-bins browser-deps demo-bins
 ## demo-check: `make demo DEMO_EXIT=1` on ports the tests do not use, after the integration tests.
 demo-check: integration demo-bins
 	DEMO_SNOWSIM_PORT=18443 DEMO_PUBLIC_PORT=18080 DEMO_ADMIN_PORT=18081 tests/demo/run --exit-when-ready
+
+## bench: the benchmarks, which print their figures: snowsim's startup and Table API GETs per second;
+## the operator's start to READY_TO_SYNC, requested-reconcile latency and instance calls per
+## reconcile (against a control plane of its own).
+bench: envtest-bins
+	cargo bench --locked -p snowsim
+	cargo bench --locked -p servicenow-operator --bench reconcile
 
 ## crds: regenerate crds/ from the code.
 crds:
