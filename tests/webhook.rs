@@ -432,9 +432,9 @@ async fn bad_requests_are_refused_and_neither_counted_nor_forwarded() {
     ready.assert_no_secret_leaked().await;
 }
 
-#[tokio::test]
-async fn deliveries_are_retried_until_the_sink_is_back() {
-    let sink_port = free_port();
+/// A ready connection whose sink (on `sink_port`) is down, and an incident written on the instance
+/// whose delivery failed once and waits for its retry.
+async fn incident_while_the_sink_is_down(sink_port: u16) -> (Ready, Value) {
     let ready = ready_with_sink(sink_port).await;
     let incident = write_as_agent(&ready, "incident", None, json!({"short_description": "Sink down"})).await;
     poll_until(Duration::from_secs(30), "a failed delivery to be retried", || async {
@@ -446,6 +446,13 @@ async fn deliveries_are_retried_until_the_sink_is_back() {
         }
     })
     .await;
+    (ready, incident)
+}
+
+#[tokio::test]
+async fn deliveries_are_retried_until_the_sink_is_back() {
+    let sink_port = free_port();
+    let (ready, incident) = incident_while_the_sink_is_down(sink_port).await;
     // Back, but answering 503 once more before it takes events.
     let sink = Sink::start(sink_port, 1).await;
     let received = sink.wait_for(1).await;
@@ -460,17 +467,7 @@ async fn deliveries_are_retried_until_the_sink_is_back() {
 #[tokio::test]
 async fn events_queued_when_the_operator_stops_still_reach_the_sink_and_are_counted() {
     let sink_port = free_port();
-    let mut ready = ready_with_sink(sink_port).await;
-    let incident = write_as_agent(&ready, "incident", None, json!({"short_description": "Stopping"})).await;
-    poll_until(Duration::from_secs(30), "a failed delivery to be retried", || async {
-        let retries = ready.operator.metric(RETRIES).await;
-        if retries >= 1.0 {
-            Observed::Done(())
-        } else {
-            Observed::not_yet(retries)
-        }
-    })
-    .await;
+    let (mut ready, incident) = incident_while_the_sink_is_down(sink_port).await;
     // Asked to stop while the event waits for its next attempt; the sink comes back meanwhile.
     ready.operator.terminate();
     let sink = Sink::start(sink_port, 0).await;
