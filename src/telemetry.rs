@@ -1,8 +1,10 @@
 //! Logs and metrics: tracing initialisation and the Prometheus metric families.
 
+use std::sync::atomic::AtomicU64;
+
 use prometheus_client::{
     encoding::EncodeLabelSet,
-    metrics::{counter::Counter, family::Family, histogram::Histogram},
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
     registry::Registry,
 };
 
@@ -42,6 +44,79 @@ pub struct ReasonLabels {
     pub reason: &'static str,
 }
 
+/// Labels of one connection.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ConnectionLabels {
+    /// The connection's namespace.
+    pub namespace: String,
+    /// The connection's name.
+    pub name: String,
+}
+
+/// Labels of one status of one connection's `Ready` condition.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReadyLabels {
+    /// The connection's namespace.
+    pub namespace: String,
+    /// The connection's name.
+    pub name: String,
+    /// `True`, `False` or `Unknown`.
+    pub condition: &'static str,
+}
+
+/// Per-connection gauges, for alerts (the leader's view; one series set per connection, removed
+/// with the connection).
+#[derive(Clone, Default)]
+pub struct ConnectionMetrics {
+    /// 1 for the status the connection's `Ready` condition has, 0 for the other two.
+    pub ready: Family<ReadyLabels, Gauge>,
+    /// When the connection's refresh token expires, in UNIX seconds (absent while unknown).
+    pub refresh_token_expiration: Family<ConnectionLabels, Gauge<f64, AtomicU64>>,
+}
+
+impl ConnectionMetrics {
+    /// Shows the connection `namespace/name` as `ready` (`True`, `False` or `Unknown`) with its
+    /// refresh token expiring at `refresh_token_expires_at` (UNIX seconds) when known.
+    pub fn observe(&self, namespace: &str, name: &str, ready: &str, refresh_token_expires_at: Option<i64>) {
+        for condition in ["True", "False", "Unknown"] {
+            let labels = ReadyLabels {
+                namespace: namespace.to_owned(),
+                name: name.to_owned(),
+                condition,
+            };
+            self.ready.get_or_create(&labels).set(i64::from(condition == ready));
+        }
+        let labels = ConnectionLabels {
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+        };
+        match refresh_token_expires_at {
+            // UNIX seconds fit an f64 exactly for the next 285 million years.
+            Some(at) => {
+                self.refresh_token_expiration.get_or_create(&labels).set(at as f64);
+            }
+            None => {
+                self.refresh_token_expiration.remove(&labels);
+            }
+        }
+    }
+
+    /// Removes every series of the connection `namespace/name` (it was deleted).
+    pub fn forget(&self, namespace: &str, name: &str) {
+        for condition in ["True", "False", "Unknown"] {
+            self.ready.remove(&ReadyLabels {
+                namespace: namespace.to_owned(),
+                name: name.to_owned(),
+                condition,
+            });
+        }
+        self.refresh_token_expiration.remove(&ConnectionLabels {
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+        });
+    }
+}
+
 /// The webhook receiver's metrics.
 #[derive(Clone, Default)]
 pub struct WebhookMetrics {
@@ -69,6 +144,8 @@ pub struct Metrics {
     pub reconcile_seconds: Histogram,
     /// Calls to ServiceNow by action and status.
     pub servicenow_calls: Family<CallLabels, Counter>,
+    /// Per-connection gauges.
+    pub connections: ConnectionMetrics,
     /// The webhook receiver.
     pub webhook: WebhookMetrics,
 }
@@ -80,8 +157,19 @@ impl Metrics {
             reconciles: Family::default(),
             reconcile_seconds: Histogram::new([0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
             servicenow_calls: Family::default(),
+            connections: ConnectionMetrics::default(),
             webhook: WebhookMetrics::default(),
         };
+        registry.register(
+            "servicenow_operator_connection_ready_status",
+            "1 for the status (condition label) of each connection's Ready condition, 0 for the others",
+            metrics.connections.ready.clone(),
+        );
+        registry.register(
+            "servicenow_operator_refresh_token_expiration_timestamp_seconds",
+            "When each connection's refresh token expires, in UNIX seconds",
+            metrics.connections.refresh_token_expiration.clone(),
+        );
         registry.register(
             "servicenow_operator_reconciles",
             "Reconciles by outcome",
@@ -137,5 +225,40 @@ impl crate::servicenow::CallObserver for Metrics {
         self.servicenow_calls
             .get_or_create(&CallLabels { action, status })
             .inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn page(registry: &Registry) -> String {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, registry).expect("encode");
+        text
+    }
+
+    #[test]
+    fn a_connection_shows_its_ready_status_and_token_expiry_until_it_is_forgotten() {
+        let mut registry = Registry::default();
+        let metrics = Metrics::register(&mut registry);
+        metrics
+            .connections
+            .observe("itsm", "acme", "False", Some(1_800_000_000));
+        let text = page(&registry);
+        for line in [
+            r#"servicenow_operator_connection_ready_status{namespace="itsm",name="acme",condition="True"} 0"#,
+            r#"servicenow_operator_connection_ready_status{namespace="itsm",name="acme",condition="False"} 1"#,
+            r#"servicenow_operator_connection_ready_status{namespace="itsm",name="acme",condition="Unknown"} 0"#,
+            r#"servicenow_operator_refresh_token_expiration_timestamp_seconds{namespace="itsm",name="acme"} 1800000000"#,
+        ] {
+            assert!(text.contains(line), "{line} not in\n{text}");
+        }
+        metrics.connections.observe("itsm", "acme", "True", None);
+        let text = page(&registry);
+        assert!(text.contains(r#"condition="True"} 1"#), "{text}");
+        assert!(!text.contains(r#"expiration_timestamp_seconds{"#), "{text}");
+        metrics.connections.forget("itsm", "acme");
+        assert!(!page(&registry).contains("acme"));
     }
 }

@@ -207,6 +207,11 @@ async fn a_refresh_token_near_its_end_warns_and_one_past_it_is_refresh_token_exp
         Some(in_two_days)
     );
     assert_warning_event(&ready, "Authorized", Reason::RefreshTokenExpiring).await;
+    let expiration = format!(
+        "servicenow_operator_refresh_token_expiration_timestamp_seconds{{namespace=\"{}\",name=\"acme\"}}",
+        ready.ns.name()
+    );
+    assert_eq!(ready.operator.metric(&expiration).await, in_two_days.as_second() as f64);
 
     // The lifespan passes on the instance; the Secret says when it ended. The next refresh is
     // refused, and the operator knows why.

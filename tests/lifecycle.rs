@@ -167,6 +167,11 @@ async fn deleting_with_policy_delete_removes_rule_and_property_and_revokes_the_t
         "the property is left"
     );
     assert!(refresh_token_revoked(&ready), "the refresh token was not revoked");
+    let page = ready.operator.metrics_page().await;
+    assert!(
+        !page.contains(&format!("namespace=\"{}\"", ready.ns.name())),
+        "the deleted connection's series are left: {page}"
+    );
     ready.assert_no_secret_leaked().await;
 }
 

@@ -58,6 +58,17 @@ async fn a_consented_connection_reaches_ready_to_sync_with_one_rule_and_one_prop
         calls.iter().filter(|c| c.path == "/oauth_token.do").count() == 1,
         "one token refresh: {calls:#?}"
     );
+    let series = |condition: &str| {
+        format!(
+            "servicenow_operator_connection_ready_status{{namespace=\"{}\",name=\"acme\",condition=\"{condition}\"}}",
+            ready.ns.name()
+        )
+    };
+    assert_eq!(ready.operator.metric(&series("True")).await, 1.0);
+    let page = ready.operator.metrics_page().await;
+    for other in ["False", "Unknown"] {
+        assert!(page.contains(&format!("{} 0", series(other))), "{other}: {page}");
+    }
     ready.assert_no_secret_leaked().await;
 }
 

@@ -109,8 +109,12 @@ pub async fn reconcile<S: ServiceNow>(
             FinalizerEvent::Apply(connection) => pipeline::apply(&connection, &context).await,
             FinalizerEvent::Cleanup(connection) => {
                 let action = cleanup::cleanup(&connection, &context).await?;
-                // The connection is gone: so are its failure count and any hold.
+                // The connection is gone: so are its failure count, any hold and its metrics.
                 context.backoff.reset(&key(&connection));
+                context
+                    .metrics
+                    .connections
+                    .forget(&connection.namespace().unwrap_or_default(), &connection.name_any());
                 Ok(action)
             }
         }

@@ -158,6 +158,20 @@ pub async fn apply<S: ServiceNow>(connection: &ServiceNowConnection, context: &C
         write_status(connection, context, &status).await?;
         publish(context, connection, transitions).await;
     }
+    let ready = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == ConditionType::Ready.as_str());
+    context.metrics.connections.observe(
+        &connection.namespace().unwrap_or_default(),
+        &connection.name_any(),
+        ready.map_or("Unknown", |c| c.status.as_str()),
+        status
+            .token
+            .as_ref()
+            .and_then(|t| t.refresh_token_expires_at.as_ref())
+            .map(|at| at.0.as_second()),
+    );
     Ok(action)
 }
 

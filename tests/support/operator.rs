@@ -240,16 +240,22 @@ impl Operator {
     /// writes it (e.g. `servicenow_operator_webhook_requests_rejected_total{reason="malformed"}`);
     /// 0 when the page does not show it (yet).
     pub async fn metric(&self, series: &str) -> f64 {
-        let page = reqwest::get(format!("{}/metrics", self.admin_url))
+        self.metrics_page()
+            .await
+            .lines()
+            .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
+            .unwrap_or(0.0)
+    }
+
+    /// The operator's `/metrics` page.
+    pub async fn metrics_page(&self) -> String {
+        reqwest::get(format!("{}/metrics", self.admin_url))
             .await
             .and_then(reqwest::Response::error_for_status)
             .expect("GET /metrics")
             .text()
             .await
-            .expect("the metrics page");
-        page.lines()
-            .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
-            .unwrap_or(0.0)
+            .expect("the metrics page")
     }
 
     /// Everything the operator wrote so far.
