@@ -147,37 +147,15 @@ impl Browser {
         std::fs::create_dir_all(&profile).unwrap_or_else(|error| panic!("could not create {}: {error}", dir.display()));
         let log_path = dir.join("chromedriver.log");
 
-        let mut chromedriver = Command::new(CHROMEDRIVER)
-            .arg("--port=0")
-            .arg(format!("--log-path={}", log_path.display()))
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .process_group(0)
-            .spawn()
-            .unwrap_or_else(|error| panic!("could not start {CHROMEDRIVER}: {error}"));
-        let group = chromedriver.id();
-        // Kills the group when this process lets go of the pipe, however it ends.
-        let mut watcher = Command::new("sh")
-            .arg("-c")
-            .arg(format!("read _ ; kill -9 -{group} 2>/dev/null"))
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|error| {
-                let _ = chromedriver.kill();
-                panic!("could not start the watcher of chromedriver (sh): {error}")
-            });
-        let watcher_pipe = watcher.stdin.take();
-
-        let port = match read_port(&mut chromedriver).await {
-            Ok(port) => port,
-            Err(error) => {
-                kill_group(group, &mut chromedriver);
-                panic!("{CHROMEDRIVER} did not start: {error}; its log: {}", tail(&log_path));
-            }
-        };
+        let Driver {
+            process: mut chromedriver,
+            group,
+            watcher,
+            watcher_pipe,
+            port,
+        } = start_driver(&log_path)
+            .await
+            .unwrap_or_else(|error| panic!("{CHROMEDRIVER} did not start: {error}"));
         Browser {
             id,
             client: match connect(port, &options, &profile).await {
@@ -520,6 +498,76 @@ async fn connect(port: u16, options: &BrowserOptions, profile: &Path) -> Result<
 }
 
 /// Kills chromedriver's process group (chromedriver and Chromium) and reaps chromedriver.
+/// A running chromedriver: its process (leader of its own process group), the watcher that kills
+/// the group once this process lets go of the watcher's stdin, and its port.
+struct Driver {
+    process: Child,
+    group: u32,
+    watcher: Child,
+    watcher_pipe: Option<std::process::ChildStdin>,
+    port: u16,
+}
+
+/// How many times chromedriver is started when it loses the race for a port: given `--port=0`
+/// it picks a port itself and now and then finds it taken (`ERR_ADDRESS_IN_USE`).
+const DRIVER_ATTEMPTS: u32 = 3;
+
+/// Starts chromedriver, logging to `log_path`; retried only when its port was taken.
+async fn start_driver(log_path: &Path) -> Result<Driver, String> {
+    let mut attempt = 1;
+    loop {
+        let _ = std::fs::remove_file(log_path);
+        let mut process = Command::new(CHROMEDRIVER)
+            .arg("--port=0")
+            .arg(format!("--log-path={}", log_path.display()))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .process_group(0)
+            .spawn()
+            .map_err(|error| format!("could not start it: {error}"))?;
+        let group = process.id();
+        // Kills the group when this process lets go of the pipe, however it ends.
+        let mut watcher = match Command::new("sh")
+            .arg("-c")
+            .arg(format!("read _ ; kill -9 -{group} 2>/dev/null"))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+        {
+            Ok(watcher) => watcher,
+            Err(error) => {
+                kill_group(group, &mut process);
+                return Err(format!("could not start its watcher (sh): {error}"));
+            }
+        };
+        let watcher_pipe = watcher.stdin.take();
+        match read_port(&mut process).await {
+            Ok(port) => {
+                return Ok(Driver {
+                    process,
+                    group,
+                    watcher,
+                    watcher_pipe,
+                    port,
+                });
+            }
+            Err(error) => {
+                kill_group(group, &mut process);
+                drop(watcher_pipe);
+                let _ = watcher.wait();
+                let log = tail(log_path);
+                if attempt < DRIVER_ATTEMPTS && log.contains("ERR_ADDRESS_IN_USE") {
+                    attempt += 1;
+                    continue;
+                }
+                return Err(format!("{error} (attempt {attempt}); its log: {log}"));
+            }
+        }
+    }
+}
+
 fn kill_group(group: u32, chromedriver: &mut Child) {
     let _ = Command::new("kill")
         .args(["-KILL", "--", &format!("-{group}")])
