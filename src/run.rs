@@ -223,6 +223,8 @@ pub async fn run(args: RunArgs) -> Result<(), StartError> {
                 break;
             }
             tracing::warn!(%identity, "lost leadership: the controller stopped");
+            // The new leader reports the connections now; stale series here would contradict it.
+            context.metrics.connections.clear();
         }
         // Dropping the receiver makes the lease task release the Lease for the next leader.
         drop(leader);

@@ -101,6 +101,12 @@ impl ConnectionMetrics {
         }
     }
 
+    /// Removes every connection's series (this replica stopped leading: the new leader shows them).
+    pub fn clear(&self) {
+        self.ready.clear();
+        self.refresh_token_expiration.clear();
+    }
+
     /// Removes every series of the connection `namespace/name` (it was deleted).
     pub fn forget(&self, namespace: &str, name: &str) {
         for condition in ["True", "False", "Unknown"] {
@@ -260,5 +266,9 @@ mod tests {
         assert!(!text.contains(r#"expiration_timestamp_seconds{"#), "{text}");
         metrics.connections.forget("itsm", "acme");
         assert!(!page(&registry).contains("acme"));
+        metrics.connections.observe("itsm", "acme", "True", Some(1));
+        metrics.connections.observe("ops", "beta", "False", Some(2));
+        metrics.connections.clear();
+        assert!(!page(&registry).contains("namespace="));
     }
 }

@@ -8,8 +8,8 @@ use std::{fs, process::Output};
 
 use servicenow_operator::api::SyncState;
 use support::{
-    TestNamespace, control_plane,
-    operator::{Operator, Scene, free_port, install_crd},
+    ControlPlane, TestNamespace, control_plane,
+    operator::{Operator, Scene, TOKEN_SECRET, free_port, install_crd, put_secret},
 };
 
 /// The chart's directory.
@@ -43,6 +43,83 @@ async fn the_chart_lints_and_refuses_to_render_without_a_public_url() {
         .unwrap();
     assert!(!missing.status.success(), "rendering without publicUrl must fail");
     assert!(String::from_utf8_lossy(&missing.stderr).contains("publicUrl is required"));
+}
+
+/// The chart rendered with the ServiceMonitor and the PrometheusRule, as YAML documents.
+fn rendered_with_monitoring(plane: &ControlPlane) -> Vec<serde_yaml_ng::Value> {
+    let rendered = plane
+        .command("helm")
+        .args(["template", "t", &chart(), "--set", "publicUrl=https://neo.example.com"])
+        .args(["--set", "metrics.serviceMonitor.enabled=true"])
+        .args(["--set", "metrics.prometheusRule.enabled=true"])
+        .output()
+        .expect("run helm");
+    let text = succeeded("helm template with monitoring", &rendered);
+    serde_yaml_ng::Deserializer::from_str(&text)
+        .map(|document| serde::Deserialize::deserialize(document).expect("a YAML document"))
+        .filter(|document: &serde_yaml_ng::Value| !document.is_null())
+        .collect()
+}
+
+/// The document of `kind` among `documents`.
+fn of_kind<'a>(documents: &'a [serde_yaml_ng::Value], kind: &str) -> &'a serde_yaml_ng::Value {
+    documents
+        .iter()
+        .find(|d| d["kind"].as_str() == Some(kind))
+        .unwrap_or_else(|| panic!("no {kind} rendered"))
+}
+
+/// The operator metrics the rendered PrometheusRule's expressions name.
+fn metrics_in_rules(documents: &[serde_yaml_ng::Value]) -> Vec<String> {
+    let rule = of_kind(documents, "PrometheusRule");
+    let rules = rule["spec"]["groups"][0]["rules"].as_sequence().expect("rules");
+    rules
+        .iter()
+        .flat_map(|rule| {
+            let expr = rule["expr"].as_str().expect("an expr").to_owned();
+            expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .filter(|word| word.starts_with("servicenow_operator_"))
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn the_service_monitor_scrapes_the_admin_port_of_the_charts_service_and_the_rules_alert() {
+    let documents = rendered_with_monitoring(control_plane().await);
+    let service = of_kind(&documents, "Service");
+    let monitor = of_kind(&documents, "ServiceMonitor");
+    let selector = monitor["spec"]["selector"]["matchLabels"]
+        .as_mapping()
+        .expect("matchLabels");
+    for (key, value) in selector {
+        assert_eq!(&service["metadata"]["labels"][key], value, "the Service lacks {key:?}");
+    }
+    let port = monitor["spec"]["endpoints"][0]["port"].as_str().expect("a port name");
+    let ports = service["spec"]["ports"].as_sequence().expect("ports");
+    assert!(
+        ports.iter().any(|p| p["name"].as_str() == Some(port)),
+        "the Service has no port {port:?}"
+    );
+    assert_eq!(port, "admin", "metrics are on the admin listener");
+    let alerts: Vec<_> = of_kind(&documents, "PrometheusRule")["spec"]["groups"][0]["rules"]
+        .as_sequence()
+        .expect("rules")
+        .iter()
+        .map(|rule| rule["alert"].as_str().expect("an alert").to_owned())
+        .collect();
+    assert_eq!(
+        alerts,
+        ["ServiceNowConnectionNotReady", "ServiceNowRefreshTokenExpiresSoon"]
+    );
+    assert_eq!(
+        metrics_in_rules(&documents),
+        [
+            "servicenow_operator_connection_ready_status",
+            "servicenow_operator_refresh_token_expiration_timestamp_seconds"
+        ]
+    );
 }
 
 #[tokio::test]
@@ -120,6 +197,18 @@ async fn the_operator_reaches_ready_to_sync_with_only_the_charts_rbac() {
     assert!(!as_operator("create", "pods"), "the chart grants more than needed");
 
     let scene = Scene::in_namespace(client, ns, serde_json::json!({})).await;
+    // As consent leaves it: the refresh token with its expiry (100 days).
+    let expires = k8s_openapi::jiff::Timestamp::now() + k8s_openapi::jiff::SignedDuration::from_hours(2400);
+    put_secret(
+        &scene.client,
+        scene.ns.name(),
+        TOKEN_SECRET,
+        &[
+            ("refreshToken", &scene.seed.refresh_token),
+            ("refreshTokenExpiresAt", &expires.to_string()),
+        ],
+    )
+    .await;
     let operator = Operator::start_as(scene.ns.name(), &scene.simulator, free_port(), &[], &kubeconfig).await;
     scene
         .wait_for("READY_TO_SYNC under the chart's RBAC", |s| {
@@ -139,6 +228,14 @@ async fn the_operator_reaches_ready_to_sync_with_only_the_charts_rbac() {
             s.webhook.as_ref().is_some_and(|w| w.events_received == 1)
         })
         .await;
+    // The alert rules name series the operator exposes.
+    let page = operator.metrics_page().await;
+    for metric in metrics_in_rules(&rendered_with_monitoring(plane)) {
+        assert!(
+            page.contains(&format!("{metric}{{namespace=\"{}\",name=\"acme\"", scene.ns.name())),
+            "the operator does not expose {metric} for the connection:\n{page}"
+        );
+    }
     let logs = operator.logs();
     assert!(
         !logs.contains("forbidden"),
