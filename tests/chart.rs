@@ -9,7 +9,7 @@ use std::{fs, process::Output};
 use servicenow_operator::api::SyncState;
 use support::{
     ControlPlane, TestNamespace, control_plane,
-    operator::{Operator, Scene, TOKEN_SECRET, free_port, install_crd, put_secret},
+    operator::{Operator, Scene, free_port, install_crd},
 };
 
 /// The chart's directory.
@@ -198,17 +198,11 @@ async fn the_operator_reaches_ready_to_sync_with_only_the_charts_rbac() {
 
     let scene = Scene::in_namespace(client, ns, serde_json::json!({})).await;
     // As consent leaves it: the refresh token with its expiry (100 days).
-    let expires = k8s_openapi::jiff::Timestamp::now() + k8s_openapi::jiff::SignedDuration::from_hours(2400);
-    put_secret(
-        &scene.client,
-        scene.ns.name(),
-        TOKEN_SECRET,
-        &[
-            ("refreshToken", &scene.seed.refresh_token),
-            ("refreshTokenExpiresAt", &expires.to_string()),
-        ],
-    )
-    .await;
+    scene
+        .put_token_expiring_at(
+            k8s_openapi::jiff::Timestamp::now() + k8s_openapi::jiff::SignedDuration::from_hours(2400),
+        )
+        .await;
     let operator = Operator::start_as(scene.ns.name(), &scene.simulator, free_port(), &[], &kubeconfig).await;
     scene
         .wait_for("READY_TO_SYNC under the chart's RBAC", |s| {

@@ -15,8 +15,8 @@ use kube::{Api, api::DeleteParams};
 use servicenow_operator::api::{RECONNECT, SyncState, conditions::Reason};
 use snowsim::{Fault, FaultAction, RateLimitRule, RateLimitTarget, RequestLogEntry};
 use support::operator::{
-    AGENT, CREDENTIALS_SECRET, Operator, PROPERTY_QUERY, RULE_QUERY, Ready, Scene, TOKEN_SECRET, assert_condition,
-    condition, has_condition, put_secret, ready_connection,
+    AGENT, CREDENTIALS_SECRET, Operator, PROPERTY_QUERY, RULE_QUERY, Ready, Scene, assert_condition, condition,
+    has_condition, put_secret, ready_connection,
 };
 use support::{Observed, poll_until};
 
@@ -174,26 +174,12 @@ async fn missing_or_malformed_credentials_name_the_secret_and_key_until_correcte
     scene.assert_no_secret_leaked().await;
 }
 
-/// Writes the token Secret with the seed's refresh token and `expires_at` as its expiry.
-async fn put_token(scene: &Scene, expires_at: Timestamp) {
-    put_secret(
-        &scene.client,
-        scene.ns.name(),
-        TOKEN_SECRET,
-        &[
-            ("refreshToken", &scene.seed.refresh_token),
-            ("refreshTokenExpiresAt", &expires_at.to_string()),
-        ],
-    )
-    .await;
-}
-
 #[tokio::test]
 async fn a_refresh_token_near_its_end_warns_and_one_past_it_is_refresh_token_expired() {
     let scene = Scene::new(serde_json::json!({})).await;
     let now = Timestamp::now().as_second();
     let in_two_days = Timestamp::from_second(now + 2 * 24 * 3600).expect("a time");
-    put_token(&scene, in_two_days).await;
+    scene.put_token_expiring_at(in_two_days).await;
     let ready = scene.ready(&[]).await;
     let status = ready
         .wait_for_condition("Authorized", "True", Reason::RefreshTokenExpiring)
@@ -219,7 +205,9 @@ async fn a_refresh_token_near_its_end_warns_and_one_past_it_is_refresh_token_exp
         .simulator
         .admin()
         .advance_clock(Duration::from_secs(101 * 24 * 3600));
-    put_token(&ready, Timestamp::from_second(now - 3600).expect("a time")).await;
+    ready
+        .put_token_expiring_at(Timestamp::from_second(now - 3600).expect("a time"))
+        .await;
     ready.simulator.admin().clear_request_log();
     ready.annotate(RECONNECT, "after-expiry").await;
     assert_refresh_refused(&ready, Reason::RefreshTokenExpired).await;

@@ -634,6 +634,21 @@ impl Scene {
             .expect("patch the connection's spec");
     }
 
+    /// Writes the token Secret as consent leaves it: the seed's refresh token, expiring at
+    /// `expires_at`.
+    pub async fn put_token_expiring_at(&self, expires_at: k8s_openapi::jiff::Timestamp) {
+        put_secret(
+            &self.client,
+            self.ns.name(),
+            TOKEN_SECRET,
+            &[
+                ("refreshToken", &self.seed.refresh_token),
+                ("refreshTokenExpiresAt", &expires_at.to_string()),
+            ],
+        )
+        .await;
+    }
+
     /// Writes the credentials Secret in place (the values are remembered for the leak check).
     pub async fn put_credentials(&self, client_id: &str, client_secret: &str) {
         self.written
