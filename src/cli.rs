@@ -60,9 +60,11 @@ pub struct HttpArgs {
     /// Address of the admin listener (`/healthz`, `/readyz`, `/metrics`).
     #[arg(long, env = "ADMIN_LISTEN", default_value = "0.0.0.0:8081")]
     pub admin_listen: SocketAddr,
-    /// The namespace the operator runs in (where its own Secret lives).
-    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
-    pub operator_namespace: String,
+    /// The namespace the operator runs in, where its Lease and consent-key Secret live (default:
+    /// the Kubernetes client's namespace — the pod's own in a cluster, the kubeconfig context's
+    /// outside).
+    #[arg(long, env = "POD_NAMESPACE")]
+    pub operator_namespace: Option<String>,
     /// The operator's own Secret holding the key that signs consent states (created if missing;
     /// shared by all replicas).
     #[arg(long, env = "STATE_KEY_SECRET", default_value = "servicenow-operator-consent-key")]

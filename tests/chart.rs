@@ -45,8 +45,9 @@ async fn the_chart_lints_and_refuses_to_render_without_a_public_url() {
     assert!(String::from_utf8_lossy(&missing.stderr).contains("publicUrl is required"));
 }
 
-/// The chart rendered with the ServiceMonitor and the PrometheusRule, as YAML documents.
-fn rendered_with_monitoring(plane: &ControlPlane) -> Vec<serde_yaml_ng::Value> {
+/// The chart rendered as release `t`, with the ServiceMonitor and the PrometheusRule, as YAML
+/// documents.
+fn rendered_in_full(plane: &ControlPlane) -> Vec<serde_yaml_ng::Value> {
     let rendered = plane
         .command("helm")
         .args(["template", "t", &chart(), "--set", "publicUrl=https://neo.example.com"])
@@ -54,7 +55,7 @@ fn rendered_with_monitoring(plane: &ControlPlane) -> Vec<serde_yaml_ng::Value> {
         .args(["--set", "metrics.prometheusRule.enabled=true"])
         .output()
         .expect("run helm");
-    let text = succeeded("helm template with monitoring", &rendered);
+    let text = succeeded("helm template in full", &rendered);
     serde_yaml_ng::Deserializer::from_str(&text)
         .map(|document| serde::Deserialize::deserialize(document).expect("a YAML document"))
         .filter(|document: &serde_yaml_ng::Value| !document.is_null())
@@ -67,6 +68,29 @@ fn of_kind<'a>(documents: &'a [serde_yaml_ng::Value], kind: &str) -> &'a serde_y
         .iter()
         .find(|d| d["kind"].as_str() == Some(kind))
         .unwrap_or_else(|| panic!("no {kind} rendered"))
+}
+
+#[tokio::test]
+async fn the_operator_keeps_its_lease_and_key_in_its_own_namespace_with_a_lease_per_release() {
+    let documents = rendered_in_full(control_plane().await);
+    let deployment = of_kind(&documents, "Deployment");
+    let env = deployment["spec"]["template"]["spec"]["containers"][0]["env"]
+        .as_sequence()
+        .expect("env");
+    let var = |name: &str| {
+        env.iter()
+            .find(|v| v["name"].as_str() == Some(name))
+            .unwrap_or_else(|| panic!("no {name} in {env:?}"))
+    };
+    assert_eq!(
+        var("POD_NAMESPACE")["valueFrom"]["fieldRef"]["fieldPath"].as_str(),
+        Some("metadata.namespace")
+    );
+    assert_eq!(
+        var("POD_NAME")["valueFrom"]["fieldRef"]["fieldPath"].as_str(),
+        Some("metadata.name")
+    );
+    assert_eq!(var("LEASE_NAME")["value"].as_str(), Some("t-servicenow-operator"));
 }
 
 /// The operator metrics the rendered PrometheusRule's expressions name.
@@ -87,7 +111,7 @@ fn metrics_in_rules(documents: &[serde_yaml_ng::Value]) -> Vec<String> {
 
 #[tokio::test]
 async fn the_service_monitor_scrapes_the_admin_port_of_the_charts_service_and_the_rules_alert() {
-    let documents = rendered_with_monitoring(control_plane().await);
+    let documents = rendered_in_full(control_plane().await);
     let service = of_kind(&documents, "Service");
     let monitor = of_kind(&documents, "ServiceMonitor");
     let selector = monitor["spec"]["selector"]["matchLabels"]
@@ -224,7 +248,7 @@ async fn the_operator_reaches_ready_to_sync_with_only_the_charts_rbac() {
         .await;
     // The alert rules name series the operator exposes.
     let page = operator.metrics_page().await;
-    for metric in metrics_in_rules(&rendered_with_monitoring(plane)) {
+    for metric in metrics_in_rules(&rendered_in_full(plane)) {
         assert!(
             page.contains(&format!("{metric}{{namespace=\"{}\",name=\"acme\"", scene.ns.name())),
             "the operator does not expose {metric} for the connection:\n{page}"
