@@ -197,10 +197,13 @@ async fn tampered_malformed_and_expired_states_get_a_400_and_nothing_is_stored()
     assert_eq!(param("response_type"), "code");
     let state = param("state");
 
-    // One character of the signature changed.
-    let mut tampered = state.clone();
-    let last = tampered.pop().expect("a non-empty state");
-    tampered.push(if last == 'A' { 'B' } else { 'A' });
+    // One character of the signature changed: the next-to-last, whose 6 bits all count (the last
+    // one of unpadded base64url also carries padding bits, and changing those makes the state
+    // malformed, not forged).
+    let mut tampered: Vec<char> = state.chars().collect();
+    let at = tampered.len() - 2;
+    tampered[at] = if tampered[at] == 'A' { 'B' } else { 'A' };
+    let tampered: String = tampered.into_iter().collect();
     // Signed with the operator's real key, but minted 11 minutes ago.
     let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(scene.client.clone(), scene.ns.name());
     let key = secrets
