@@ -1,6 +1,7 @@
 //! The operator end to end against a real API server and snowsim: a connection with a refresh
 //! token reaches READY_TO_SYNC with exactly one rule and one property; a resync then makes no
-//! write to ServiceNow and no status patch; drift is repaired; no secret leaks anywhere.
+//! write to ServiceNow and no status patch; drift is repaired; `HTTPS_PROXY` is honoured; no secret
+//! leaks anywhere.
 
 mod support;
 
@@ -13,8 +14,11 @@ use kube::{
 };
 use servicenow_operator::api::SyncState;
 use support::{
-    operator::{AGENT, LEGACY_QUERY, PROPERTY_QUERY, RULE_QUERY, Ready, condition, ready_connection, wait_for_status},
+    operator::{
+        AGENT, LEGACY_QUERY, PROPERTY_QUERY, RULE_QUERY, Ready, Scene, condition, ready_connection, wait_for_status,
+    },
     poll_until,
+    proxy::ConnectProxy,
 };
 
 #[tokio::test]
@@ -174,4 +178,24 @@ async fn drift_on_the_instance_is_repaired_by_a_reconnect() {
     })
     .await;
     ready.assert_no_secret_leaked().await;
+}
+
+#[tokio::test]
+async fn through_https_proxy_a_connection_reaches_ready_to_sync_with_tls_verified_end_to_end() {
+    let scene = Scene::new(serde_json::json!({})).await;
+    let proxy = ConnectProxy::start(scene.simulator.addr()).await;
+    // The instance's host name leads nowhere: only the proxy reaches the simulator.
+    let _operator = scene.start_operator_via_proxy(&proxy.url).await;
+    scene
+        .wait_for("READY_TO_SYNC through the proxy", |s| {
+            s.sync_state == Some(SyncState::ReadyToSync)
+        })
+        .await;
+    let connects = proxy.connects();
+    assert!(!connects.is_empty(), "nothing went through the proxy");
+    assert!(
+        connects.iter().all(|authority| authority == "acme.service-now.com:443"),
+        "the proxy was asked for something else: {connects:?}"
+    );
+    scene.assert_no_secret_leaked().await;
 }

@@ -14,6 +14,7 @@
 
 pub mod browser;
 pub mod operator;
+pub mod proxy;
 
 use std::{
     collections::BTreeMap,

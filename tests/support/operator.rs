@@ -145,6 +145,7 @@ impl Operator {
             public_port,
             &public_url,
             extra,
+            &[],
             kubeconfig,
         )
         .await
@@ -166,6 +167,7 @@ impl Operator {
             listen_port,
             public_url,
             &[],
+            &[],
             plane.kubeconfig_path(),
         )
         .await
@@ -173,6 +175,7 @@ impl Operator {
 
     /// Starts the operator; the instance's host resolves to `instance` (the simulator, or a port
     /// nobody listens on).
+    #[allow(clippy::too_many_arguments)] // one private constructor behind the named ones
     async fn spawn(
         namespace: &str,
         simulator: &snowsim::Server,
@@ -180,6 +183,7 @@ impl Operator {
         public_port: u16,
         public_url: &str,
         extra: &[&str],
+        env: &[(&str, &str)],
         kubeconfig: &std::path::Path,
     ) -> Operator {
         let admin_port = free_port();
@@ -206,6 +210,7 @@ impl Operator {
             .env("KUBECONFIG", kubeconfig)
             .env_remove("HTTPS_PROXY")
             .env_remove("https_proxy")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(log_file.try_clone().expect("log file"))
             .stderr(log_file)
@@ -570,6 +575,18 @@ impl Scene {
     /// Starts an operator that reaches no instance: the instance's host resolves to a port
     /// nobody listens on, so every connection is refused.
     pub async fn start_operator_without_instance(&self) -> Operator {
+        self.start_operator_resolving_nowhere(&[]).await
+    }
+
+    /// Starts an operator that reaches the instance only through the HTTP proxy at `proxy_url`
+    /// (`HTTPS_PROXY`): the host name itself resolves to a port nobody listens on.
+    pub async fn start_operator_via_proxy(&self, proxy_url: &str) -> Operator {
+        self.start_operator_resolving_nowhere(&[("HTTPS_PROXY", proxy_url), ("NO_PROXY", "127.0.0.1,localhost")])
+            .await
+    }
+
+    /// Starts an operator with `env` whose instance host resolves to a port nobody listens on.
+    async fn start_operator_resolving_nowhere(&self, env: &[(&str, &str)]) -> Operator {
         let closed = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let plane = control_plane().await;
         let port = free_port();
@@ -580,6 +597,7 @@ impl Scene {
             port,
             &format!("http://127.0.0.1:{port}"),
             &[],
+            env,
             plane.kubeconfig_path(),
         )
         .await
