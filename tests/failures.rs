@@ -249,6 +249,40 @@ async fn an_account_without_itil_is_insufficient_privileges_until_the_role_is_gr
 }
 
 #[tokio::test]
+async fn email_via_psa_without_email_api_send_provisions_nothing_until_the_role_is_granted() {
+    let scene = Scene::new(serde_json::json!({"notifications": {"emailViaPsa": true}})).await;
+    let _operator = scene.start_operator(&[]).await;
+    let status = scene
+        .wait_for_condition("EmailViaPsa", "False", Reason::MissingEmailApiSendRole)
+        .await;
+    let message = assert_condition(&status, "EmailViaPsa", "False", Reason::MissingEmailApiSendRole);
+    assert!(
+        message.contains(AGENT) && message.contains("email_api_send"),
+        "the message names neither the account nor the role: {message:?}"
+    );
+    assert_condition(&status, "Ready", "False", Reason::MissingEmailApiSendRole);
+    assert_condition(&status, "Stalled", "True", Reason::MissingEmailApiSendRole);
+    assert_condition(&status, "IdentityResolved", "True", Reason::IdentityResolved);
+    assert_eq!(status.capabilities.and_then(|c| c.email_via_psa), Some(false));
+    assert_warning_event(&scene, "EmailViaPsa", Reason::MissingEmailApiSendRole).await;
+    assert!(
+        writes(&scene.simulator.admin().request_log()).is_empty(),
+        "provisioned without email_api_send"
+    );
+    // The remedy: grant the role, then ask for a reconcile.
+    scene
+        .simulator
+        .admin()
+        .grant_role(AGENT, "email_api_send")
+        .expect("grant email_api_send");
+    let status = scene.reconcile_now("email-granted").await;
+    assert_eq!(status.sync_state, Some(SyncState::ReadyToSync), "{status:#?}");
+    assert_condition(&status, "EmailViaPsa", "True", Reason::EmailApiSendGranted);
+    assert_eq!(status.capabilities.and_then(|c| c.email_via_psa), Some(true));
+    scene.assert_no_secret_leaked().await;
+}
+
+#[tokio::test]
 async fn an_identity_other_than_the_expected_one_is_a_mismatch_and_provisions_nothing() {
     let scene = Scene::new(serde_json::json!({"expectedUserName": "someone.else"})).await;
     let _operator = scene.start_operator(&[]).await;
