@@ -1,7 +1,7 @@
 //! Benchmark of the operator against a real API server and snowsim, on this machine: how long a
 //! consented connection takes from the operator's start to `READY_TO_SYNC`, how long a requested
-//! reconcile takes from the annotation to its echo in the status (watched, not polled), and what
-//! a steady-state reconcile costs the instance. Prints the figures; targets, when there are any,
+//! reconcile takes from the annotation to its echo in the status (seen on one watch opened
+//! beforehand, not polled), and what a steady-state reconcile costs the instance. Prints the figures; targets, when there are any,
 //! are read off them, never asserted in a timed test.
 //!
 //! `cargo bench --bench reconcile` (with `ENVTEST_KUBECONFIG` set, as `make bench` does, or it
@@ -12,7 +12,8 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use kube::runtime::wait::await_condition;
+use futures::{Stream, TryStreamExt as _};
+use kube::runtime::watcher::{self, watch_object};
 use servicenow_operator::api::{RECONCILE_REQUESTED_AT, ServiceNowConnection, SyncState};
 use support::operator::{CONNECTION, Scene};
 
@@ -21,13 +22,26 @@ const ROUNDS: usize = 40;
 /// Longest wait for one reconcile.
 const DEADLINE: Duration = Duration::from_secs(30);
 
-/// Waits, through a watch, until the connection's status satisfies `done`.
-async fn watch_until(scene: &Scene, what: &str, done: impl Fn(&ServiceNowConnection) -> bool) {
-    let condition = move |object: Option<&ServiceNowConnection>| object.is_some_and(&done);
-    match tokio::time::timeout(DEADLINE, await_condition(scene.api(), CONNECTION, condition)).await {
-        Ok(Ok(_)) => {}
-        Ok(Err(error)) => panic!("watching for {what}: {error}"),
-        Err(_) => panic!("{what} did not happen within {DEADLINE:?}"),
+/// Reads `updates` (a watch on the connection) until the connection satisfies `done`.
+async fn watch_until(
+    updates: &mut (impl Stream<Item = Result<Option<ServiceNowConnection>, watcher::Error>> + Unpin),
+    what: &str,
+    done: impl Fn(&ServiceNowConnection) -> bool,
+) {
+    let seen = async {
+        while let Some(update) = updates
+            .try_next()
+            .await
+            .unwrap_or_else(|error| panic!("watching for {what}: {error}"))
+        {
+            if update.as_ref().is_some_and(&done) {
+                return;
+            }
+        }
+        panic!("the watch ended before {what}");
+    };
+    if tokio::time::timeout(DEADLINE, seen).await.is_err() {
+        panic!("{what} did not happen within {DEADLINE:?}");
     }
 }
 
@@ -40,10 +54,11 @@ fn quantile(samples: &[Duration], q: f64) -> f64 {
 #[tokio::main]
 async fn main() {
     let scene = Scene::new(serde_json::json!({})).await;
+    let mut updates = std::pin::pin!(watch_object(scene.api(), CONNECTION));
     let started = Instant::now();
     let operator = scene.start_operator(&[]).await;
     let up = started.elapsed();
-    watch_until(&scene, "READY_TO_SYNC", |c| {
+    watch_until(&mut updates, "READY_TO_SYNC", |c| {
         c.status
             .as_ref()
             .is_some_and(|s| s.sync_state == Some(SyncState::ReadyToSync))
@@ -61,7 +76,7 @@ async fn main() {
         let token = format!("bench-{round}");
         let asked = Instant::now();
         scene.annotate(RECONCILE_REQUESTED_AT, &token).await;
-        watch_until(&scene, &format!("the reconcile {token}"), |c| {
+        watch_until(&mut updates, &format!("the reconcile {token}"), |c| {
             c.status
                 .as_ref()
                 .is_some_and(|s| s.last_handled_reconcile_at.as_deref() == Some(token.as_str()))
