@@ -62,7 +62,7 @@ pub struct HttpArgs {
     pub admin_listen: SocketAddr,
     /// The namespace the operator runs in, where its Lease and consent-key Secret live (default:
     /// the Kubernetes client's namespace — the pod's own in a cluster, the kubeconfig context's
-    /// outside).
+    /// outside; an empty value counts as unset).
     #[arg(long, env = "POD_NAMESPACE")]
     pub operator_namespace: Option<String>,
     /// The operator's own Secret holding the key that signs consent states (created if missing;

@@ -124,7 +124,10 @@ pub async fn run(args: RunArgs) -> Result<(), StartError> {
     });
     let admin_server = tokio::spawn(http::serve(admin_listen, admin, stopped()));
 
-    let operator_namespace = operator_namespace.unwrap_or_else(|| client.default_namespace().to_owned());
+    // An empty POD_NAMESPACE counts as unset.
+    let operator_namespace = operator_namespace
+        .filter(|namespace| !namespace.is_empty())
+        .unwrap_or_else(|| client.default_namespace().to_owned());
     let secrets_api: Api<Secret> = Api::namespaced(client.clone(), &operator_namespace);
     let state_key = secrets::ensure_state_key(&secrets_api, &state_key_secret)
         .await

@@ -227,7 +227,7 @@ async fn the_operator_reaches_ready_to_sync_with_only_the_charts_rbac() {
             k8s_openapi::jiff::Timestamp::now() + k8s_openapi::jiff::SignedDuration::from_hours(2400),
         )
         .await;
-    let operator = Operator::start_as(scene.ns.name(), &scene.simulator, free_port(), &[], &kubeconfig).await;
+    let operator = Operator::start_as(scene.ns.name(), &scene.simulator, free_port(), &[], &[], &kubeconfig).await;
     scene
         .wait_for("READY_TO_SYNC under the chart's RBAC", |s| {
             s.sync_state == Some(SyncState::ReadyToSync)

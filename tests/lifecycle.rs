@@ -7,13 +7,15 @@ mod support;
 
 use std::time::Duration;
 
-use kube::api::DeleteParams;
+use k8s_openapi::api::{coordination::v1::Lease, core::v1::Secret};
+use kube::{Api, api::DeleteParams};
 use servicenow_operator::api::{RECONNECT, SyncState, conditions::Reason};
 use snowsim::{Fault, FaultAction};
 use support::{
+    control_plane,
     operator::{
         AGENT, CONNECTION, LEGACY_QUERY, Operator, PROPERTY_QUERY, RULE_QUERY, Scene, assert_condition, condition,
-        ready_connection,
+        free_port, ready_connection,
     },
     poll_until,
 };
@@ -327,5 +329,54 @@ async fn an_instance_whose_webhook_another_connection_owns_is_left_alone_until_t
         .await;
     let (value, _) = the_property_and_the_rule(&scene);
     assert!(value.starts_with(&operator.public_url), "{value:?}");
+    scene.assert_no_secret_leaked().await;
+}
+
+#[tokio::test]
+async fn without_an_operator_namespace_the_lease_and_consent_key_live_in_the_kubeconfigs_namespace() {
+    let scene = Scene::new(serde_json::json!({})).await;
+    let plane = control_plane().await;
+    // A kubeconfig whose context names the test namespace, as a pod's in-cluster config names its own.
+    let kubeconfig = std::env::temp_dir().join(format!("{}-context.kubeconfig", scene.ns.name()));
+    std::fs::copy(plane.kubeconfig_path(), &kubeconfig).expect("copy the kubeconfig");
+    let set = plane
+        .command("kubectl")
+        .args(["config", "set-context", "--current", "--namespace", scene.ns.name()])
+        .arg("--kubeconfig")
+        .arg(&kubeconfig)
+        .output()
+        .expect("run kubectl config");
+    assert!(set.status.success(), "kubectl config set-context: {set:?}");
+    // An empty POD_NAMESPACE is unset, and no --operator-namespace is given.
+    let _operator = Operator::start_as(
+        scene.ns.name(),
+        &scene.simulator,
+        free_port(),
+        &[],
+        &[("POD_NAMESPACE", "")],
+        &kubeconfig,
+    )
+    .await;
+    scene
+        .wait_for("READY_TO_SYNC", |s| s.sync_state == Some(SyncState::ReadyToSync))
+        .await;
+    let leases: Api<Lease> = Api::namespaced(scene.client.clone(), scene.ns.name());
+    assert!(
+        leases
+            .get_opt("servicenow-operator")
+            .await
+            .expect("read the Lease")
+            .is_some(),
+        "no Lease in the kubeconfig's namespace"
+    );
+    let secrets: Api<Secret> = Api::namespaced(scene.client.clone(), scene.ns.name());
+    assert!(
+        secrets
+            .get_opt("servicenow-operator-consent-key")
+            .await
+            .expect("read the consent key")
+            .is_some(),
+        "no consent key in the kubeconfig's namespace"
+    );
     scene.assert_no_secret_leaked().await;
 }

@@ -126,15 +126,17 @@ impl Operator {
         extra: &[&str],
     ) -> Operator {
         let plane = control_plane().await;
-        Self::start_as(namespace, simulator, public_port, extra, plane.kubeconfig_path()).await
+        Self::start_as(namespace, simulator, public_port, extra, &[], plane.kubeconfig_path()).await
     }
 
-    /// Starts the operator with the identity of `kubeconfig` (e.g. the chart's ServiceAccount).
+    /// Starts the operator with the identity of `kubeconfig` (e.g. the chart's ServiceAccount)
+    /// and the environment variables `env` on top of the harness's.
     pub async fn start_as(
         namespace: &str,
         simulator: &snowsim::Server,
         public_port: u16,
         extra: &[&str],
+        env: &[(&str, &str)],
         kubeconfig: &std::path::Path,
     ) -> Operator {
         let public_url = format!("http://127.0.0.1:{public_port}");
@@ -145,7 +147,7 @@ impl Operator {
             public_port,
             &public_url,
             extra,
-            &[],
+            env,
             kubeconfig,
         )
         .await
@@ -199,8 +201,9 @@ impl Operator {
             .args(["--admin-listen", &format!("127.0.0.1:{admin_port}")])
             .args(["--namespace", namespace])
             // The test namespace is also the operator's own: its Lease and state-key Secret stay
-            // per test, so concurrent tests never wait for each other's leader.
-            .args(["--operator-namespace", namespace])
+            // per test, so concurrent tests never wait for each other's leader. Through the
+            // environment, as the chart does, so that `env` can override it.
+            .env("POD_NAMESPACE", namespace)
             .args(["--lease-duration", "3s"])
             .args(["--resolve", &format!("{HOST}={instance}")])
             .arg("--ca-bundle")
