@@ -53,6 +53,27 @@ pub struct ConnectionLabels {
     pub name: String,
 }
 
+impl ConnectionLabels {
+    fn of(namespace: &str, name: &str) -> Self {
+        ConnectionLabels {
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+        }
+    }
+
+    /// The labels of this connection's `Ready` series for `condition`.
+    fn ready(&self, condition: &'static str) -> ReadyLabels {
+        ReadyLabels {
+            namespace: self.namespace.clone(),
+            name: self.name.clone(),
+            condition,
+        }
+    }
+}
+
+/// The statuses a condition can have.
+const CONDITION_STATUSES: [&str; 3] = ["True", "False", "Unknown"];
+
 /// Labels of one status of one connection's `Ready` condition.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReadyLabels {
@@ -78,18 +99,12 @@ impl ConnectionMetrics {
     /// Shows the connection `namespace/name` as `ready` (`True`, `False` or `Unknown`) with its
     /// refresh token expiring at `refresh_token_expires_at` (UNIX seconds) when known.
     pub fn observe(&self, namespace: &str, name: &str, ready: &str, refresh_token_expires_at: Option<i64>) {
-        for condition in ["True", "False", "Unknown"] {
-            let labels = ReadyLabels {
-                namespace: namespace.to_owned(),
-                name: name.to_owned(),
-                condition,
-            };
-            self.ready.get_or_create(&labels).set(i64::from(condition == ready));
+        let labels = ConnectionLabels::of(namespace, name);
+        for condition in CONDITION_STATUSES {
+            self.ready
+                .get_or_create(&labels.ready(condition))
+                .set(i64::from(condition == ready));
         }
-        let labels = ConnectionLabels {
-            namespace: namespace.to_owned(),
-            name: name.to_owned(),
-        };
         match refresh_token_expires_at {
             // UNIX seconds fit an f64 exactly for the next 285 million years.
             Some(at) => {
@@ -109,17 +124,11 @@ impl ConnectionMetrics {
 
     /// Removes every series of the connection `namespace/name` (it was deleted).
     pub fn forget(&self, namespace: &str, name: &str) {
-        for condition in ["True", "False", "Unknown"] {
-            self.ready.remove(&ReadyLabels {
-                namespace: namespace.to_owned(),
-                name: name.to_owned(),
-                condition,
-            });
+        let labels = ConnectionLabels::of(namespace, name);
+        for condition in CONDITION_STATUSES {
+            self.ready.remove(&labels.ready(condition));
         }
-        self.refresh_token_expiration.remove(&ConnectionLabels {
-            namespace: namespace.to_owned(),
-            name: name.to_owned(),
-        });
+        self.refresh_token_expiration.remove(&labels);
     }
 }
 

@@ -18,7 +18,6 @@ pub async fn cleanup<S: ServiceNow>(connection: &ServiceNowConnection, context: 
     let connection_key = key(connection);
     if connection.spec.deletion_policy == DeletionPolicy::Orphan || connection.spec.suspend {
         tracing::info!(connection = %connection_key, "deleted; leaving the instance as it is (Orphan or suspended)");
-        context.tokens.remove(&connection_key);
         return Ok(Action::await_change());
     }
     let Ok(instance) = InstanceUrl::parse(&connection.spec.instance_url) else {
@@ -86,7 +85,6 @@ pub async fn cleanup<S: ServiceNow>(connection: &ServiceNowConnection, context: 
         .revoke(&instance, &credentials, &stored.refresh_token)
         .await
         .map_err(failed)?;
-    context.tokens.remove(&connection_key);
     tracing::info!(connection = %connection_key, "deleted; removed the webhook and revoked the token");
     Ok(Action::await_change())
 }

@@ -109,8 +109,11 @@ pub async fn reconcile<S: ServiceNow>(
             FinalizerEvent::Apply(connection) => pipeline::apply(&connection, &context).await,
             FinalizerEvent::Cleanup(connection) => {
                 let action = cleanup::cleanup(&connection, &context).await?;
-                // The connection is gone: so are its failure count, any hold and its metrics.
-                context.backoff.reset(&key(&connection));
+                // The connection is gone: so are its access token, failure count, any hold and
+                // its metrics.
+                let connection_key = key(&connection);
+                context.tokens.remove(&connection_key);
+                context.backoff.reset(&connection_key);
                 context
                     .metrics
                     .connections
