@@ -48,7 +48,7 @@ struct Args {
     #[arg(long, default_value = "neo.agent")]
     password: String,
     /// Deadline for the whole consent.
-    #[arg(long, default_value = "120s", value_parser = servicenow_operator::cli::parse_duration)]
+    #[arg(long, default_value = "120s", value_parser = servicenow_operator::api::duration::parse)]
     timeout: Duration,
 }
 

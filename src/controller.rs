@@ -46,12 +46,12 @@ pub fn connections_using(
 }
 
 /// What of a connection wakes its reconcile: what a person can change on it
-/// ([`reconcile::pipeline::inputs`]) and its finalizers (the first reconcile adds the finalizer
+/// ([`reconcile::inputs`]) and its finalizers (the first reconcile adds the finalizer
 /// and waits for that change). Its status is not part of it.
 fn trigger(connection: &ServiceNowConnection) -> Option<u64> {
     use std::hash::{Hash, Hasher};
     let mut hash = std::collections::hash_map::DefaultHasher::new();
-    reconcile::pipeline::inputs(connection).hash(&mut hash);
+    reconcile::inputs(connection).hash(&mut hash);
     connection.finalizers().hash(&mut hash);
     Some(hash.finish())
 }

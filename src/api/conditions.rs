@@ -53,94 +53,88 @@ impl ConditionType {
     }
 }
 
-/// Why a condition is what it is: the closed vocabulary of reasons. Each reason's
-/// [`Reason::remedy`] tells the person on call what to do, in the words of the connect guide.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Reason {
-    /// Everything is in place.
-    ReadyToSync,
-    /// The connection is suspended by `spec.suspend`.
-    Suspended,
-    /// The operator is still working towards the desired state.
-    Progressing,
-    /// The spec breaks a rule the API server could not check.
-    InvalidSpec,
-    /// The credentials Secret or one of its keys is missing.
-    CredentialsMissing,
-    /// A credentials value is empty or has stray whitespace or a newline.
-    CredentialsMalformed,
-    /// No refresh token yet: consent has not been given.
-    ConsentRequired,
-    /// The person asked to consent clicked Deny.
-    ConsentDenied,
-    /// The instance refused the client id/secret or the refresh token.
-    TokenRejected,
-    /// The credentials changed since the last good refresh and the instance refuses them.
-    CredentialsChanged,
-    /// The refresh token is past its lifespan.
-    RefreshTokenExpired,
-    /// The refresh token expires soon: consent must be renewed.
-    RefreshTokenExpiring,
-    /// The token is good.
-    TokenValid,
-    /// The instance could not be reached (DNS, TCP, TLS, timeout, 5xx).
-    Unreachable,
-    /// The instance answered 429.
-    RateLimited,
-    /// The identity is known and has the roles it needs.
-    IdentityResolved,
-    /// The OAuth user lacks a role or a right the operator needs.
-    InsufficientPrivileges,
-    /// Consent was given by another user than `spec.expectedUserName`.
-    IdentityMismatch,
-    /// The rule and the property are as desired.
-    Provisioned,
-    /// Drift on the instance was found and repaired.
-    DriftRepaired,
-    /// The legacy incident rule was removed.
-    LegacyRuleRemoved,
-    /// The callback property belongs to another live connection.
-    InstanceClaimedElsewhere,
-    /// Provisioning failed for a reason other than rights.
-    ProvisioningFailed,
-    /// The account holds `email_api_send`.
-    EmailApiSendGranted,
-    /// `notifications.emailViaPsa` is set but the account lacks `email_api_send`.
-    MissingEmailApiSendRole,
+/// Declares [`Reason`] with its list [`Reason::ALL`] and its string, the variant's name: one list,
+/// so nothing can be left out of either.
+macro_rules! reasons {
+    ($(#[$enum_doc:meta])* pub enum Reason { $( $(#[$doc:meta])* $name:ident, )* }) => {
+        $(#[$enum_doc])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        pub enum Reason {
+            $( $(#[$doc])* $name, )*
+        }
+
+        impl Reason {
+            /// Every reason, in declaration order.
+            pub const ALL: &'static [Reason] = &[$(Reason::$name),*];
+
+            /// The `reason` string of a condition (also the Event reason): the variant's name.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(Reason::$name => stringify!($name),)*
+                }
+            }
+        }
+    };
+}
+
+reasons! {
+    /// Why a condition is what it is: the closed vocabulary of reasons. Each reason's
+    /// [`Reason::remedy`] tells the person on call what to do, in the words of the connect guide.
+    pub enum Reason {
+        /// Everything is in place.
+        ReadyToSync,
+        /// The connection is suspended by `spec.suspend`.
+        Suspended,
+        /// The operator is still working towards the desired state.
+        Progressing,
+        /// The spec breaks a rule the API server could not check.
+        InvalidSpec,
+        /// The credentials Secret or one of its keys is missing.
+        CredentialsMissing,
+        /// A credentials value is empty or has stray whitespace or a newline.
+        CredentialsMalformed,
+        /// No refresh token yet: consent has not been given.
+        ConsentRequired,
+        /// The person asked to consent clicked Deny.
+        ConsentDenied,
+        /// The instance refused the client id/secret or the refresh token.
+        TokenRejected,
+        /// The credentials changed since the last good refresh and the instance refuses them.
+        CredentialsChanged,
+        /// The refresh token is past its lifespan.
+        RefreshTokenExpired,
+        /// The refresh token expires soon: consent must be renewed.
+        RefreshTokenExpiring,
+        /// The token is good.
+        TokenValid,
+        /// The instance could not be reached (DNS, TCP, TLS, timeout, 5xx).
+        Unreachable,
+        /// The instance answered 429.
+        RateLimited,
+        /// The identity is known and has the roles it needs.
+        IdentityResolved,
+        /// The OAuth user lacks a role or a right the operator needs.
+        InsufficientPrivileges,
+        /// Consent was given by another user than `spec.expectedUserName`.
+        IdentityMismatch,
+        /// The rule and the property are as desired.
+        Provisioned,
+        /// Drift on the instance was found and repaired.
+        DriftRepaired,
+        /// The legacy incident rule was removed.
+        LegacyRuleRemoved,
+        /// The callback property belongs to another live connection.
+        InstanceClaimedElsewhere,
+        /// Provisioning failed for a reason other than rights.
+        ProvisioningFailed,
+        /// The account holds `email_api_send`.
+        EmailApiSendGranted,
+        /// `notifications.emailViaPsa` is set but the account lacks `email_api_send`.
+        MissingEmailApiSendRole,
+    }
 }
 
 impl Reason {
-    /// The `reason` string of a condition (also the Event reason).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Reason::ReadyToSync => "ReadyToSync",
-            Reason::Suspended => "Suspended",
-            Reason::Progressing => "Progressing",
-            Reason::InvalidSpec => "InvalidSpec",
-            Reason::CredentialsMissing => "CredentialsMissing",
-            Reason::CredentialsMalformed => "CredentialsMalformed",
-            Reason::ConsentRequired => "ConsentRequired",
-            Reason::ConsentDenied => "ConsentDenied",
-            Reason::TokenRejected => "TokenRejected",
-            Reason::CredentialsChanged => "CredentialsChanged",
-            Reason::RefreshTokenExpired => "RefreshTokenExpired",
-            Reason::RefreshTokenExpiring => "RefreshTokenExpiring",
-            Reason::TokenValid => "TokenValid",
-            Reason::Unreachable => "Unreachable",
-            Reason::RateLimited => "RateLimited",
-            Reason::IdentityResolved => "IdentityResolved",
-            Reason::InsufficientPrivileges => "InsufficientPrivileges",
-            Reason::IdentityMismatch => "IdentityMismatch",
-            Reason::Provisioned => "Provisioned",
-            Reason::DriftRepaired => "DriftRepaired",
-            Reason::LegacyRuleRemoved => "LegacyRuleRemoved",
-            Reason::InstanceClaimedElsewhere => "InstanceClaimedElsewhere",
-            Reason::ProvisioningFailed => "ProvisioningFailed",
-            Reason::EmailApiSendGranted => "EmailApiSendGranted",
-            Reason::MissingEmailApiSendRole => "MissingEmailApiSendRole",
-        }
-    }
-
     /// What to do about it, appended to the condition's message. Empty for reasons that need
     /// nothing from a person.
     pub fn remedy(self) -> &'static str {

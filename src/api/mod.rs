@@ -3,6 +3,9 @@
 //! comments below are what `kubectl explain` prints.
 
 pub mod conditions;
+pub mod duration;
+mod key;
+pub mod paths;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::{CustomResource, KubeSchema};
@@ -10,6 +13,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 pub use conditions::{ConditionType, SyncState};
+pub use key::{key, split_key};
 
 /// The API group of the operator's resources.
 pub const GROUP: &str = "neoagent.io";

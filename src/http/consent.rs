@@ -28,16 +28,10 @@ use super::{
     pages::page,
 };
 use crate::{
-    api::{CONSENT_NONCES, CONSENT_RESULT, ServiceNowConnection},
-    reconcile::split_key,
+    api::{CONSENT_NONCES, CONSENT_RESULT, ServiceNowConnection, paths, split_key},
     secrets::{self, StoredToken},
     servicenow::{ErrorKind, InstanceUrl, SecretString, ServiceNow, oauth},
 };
-
-/// The path of the consent start endpoint.
-pub const START_PATH: &str = "/oauth/servicenow/start";
-/// The path of the OAuth redirect (callback) endpoint.
-pub const CALLBACK_PATH: &str = "/oauth/servicenow/callback";
 
 /// What the consent endpoints need.
 pub struct ConsentContext<S> {
@@ -45,7 +39,7 @@ pub struct ConsentContext<S> {
     pub kube: kube::Client,
     /// The ServiceNow client.
     pub servicenow: S,
-    /// The operator's public base URL; the redirect URL is this + [`CALLBACK_PATH`].
+    /// The operator's public base URL; the redirect URL is this + [`paths::CONSENT_CALLBACK`].
     pub public_url: url::Url,
     /// The key that signs consent states (the same on every replica).
     pub state_key: SecretString,
@@ -56,15 +50,15 @@ pub struct ConsentContext<S> {
 impl<S> ConsentContext<S> {
     /// The redirect URL registered in the Application Registry, byte for byte.
     pub fn redirect_uri(&self) -> String {
-        format!("{}{CALLBACK_PATH}", self.public_url.as_str().trim_end_matches('/'))
+        paths::redirect_url(&self.public_url)
     }
 }
 
 /// The consent routes.
 pub fn router<S: ServiceNow>(context: Arc<ConsentContext<S>>) -> Router {
     Router::new()
-        .route(START_PATH, get(start::<S>))
-        .route(CALLBACK_PATH, get(callback::<S>))
+        .route(paths::CONSENT_START, get(start::<S>))
+        .route(paths::CONSENT_CALLBACK, get(callback::<S>))
         .with_state(context)
 }
 

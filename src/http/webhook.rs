@@ -16,7 +16,6 @@ use axum::{
 };
 
 use crate::{
-    provision::CALLBACK_PATH,
     servicenow::SecretString,
     webhook::{
         Receiver,
@@ -28,7 +27,7 @@ use crate::{
 /// The webhook route, with its body limit.
 pub fn router(receiver: Arc<Receiver>) -> Router {
     Router::new()
-        .route(CALLBACK_PATH, post(receive))
+        .route(crate::api::paths::WEBHOOK, post(receive))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(receiver)
 }

@@ -2,7 +2,7 @@
 //! callback property ([`desired()`]), who owns an instance's webhook ([`Owner`],
 //! [`claimed_by_other`]), and the ordered writes from what was observed to what is desired
 //! ([`plan()`]). Sync functions over plain values: no I/O, nothing of the crate but
-//! `servicenow::records`.
+//! `servicenow::records` and the webhook path of `api::paths`.
 
 pub mod desired;
 pub mod owner;
@@ -12,5 +12,5 @@ pub use desired::{
     Desired, LEGACY_RULE_NAME, LEGACY_RULE_TABLE, PROPERTY_NAME, RULE_NAME, RULE_ORDER, RULE_SCRIPT, RULE_TABLE,
     RULE_WHEN, desired,
 };
-pub use owner::{CALLBACK_PATH, Owner, claimed_by_other};
+pub use owner::{Owner, claimed_by_other};
 pub use plan::{Description, Plan, Step, describe, kept_property, kept_rule, plan};

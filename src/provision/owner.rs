@@ -5,10 +5,10 @@ use std::fmt;
 
 use url::Url;
 
-use crate::servicenow::{SecretString, records::SystemProperty};
-
-/// The path the operator's webhook receiver serves, under its public URL.
-pub const CALLBACK_PATH: &str = "/callback/servicenow";
+use crate::{
+    api::paths::WEBHOOK as CALLBACK_PATH,
+    servicenow::{SecretString, records::SystemProperty},
+};
 
 /// A connection, as the owner of an instance's webhook: the operator's public URL and the
 /// connection's `<namespace>/<name>`.

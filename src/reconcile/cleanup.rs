@@ -1,12 +1,17 @@
 //! Deletion behind the finalizer. `deletionPolicy: Delete` removes the Business Rule and the
 //! callback property (only when this connection owns it) and revokes the refresh token;
-//! `Orphan` leaves them. An instance that cannot be reached is retried with backoff; to let go
-//! anyway, set `deletionPolicy: Orphan` (the spec stays editable while the object is deleted).
+//! `Orphan` leaves them. An instance that cannot be reached is retried with backoff; a refusal
+//! (rights, credentials) waits for the resync period or a change; to let go anyway, set
+//! `deletionPolicy: Orphan` (the spec stays editable while the object is deleted).
 
 use k8s_openapi::api::core::v1::Secret;
 use kube::{Api, ResourceExt, runtime::controller::Action};
 
-use super::{Context, Error, authorize::credentials, error::kube, key, pipeline::Halt};
+use super::{
+    Context, Error,
+    error::{CleanupError, kube},
+    gather, key,
+};
 use crate::{
     api::{DeletionPolicy, ServiceNowConnection},
     provision, secrets,
@@ -32,20 +37,11 @@ pub async fn cleanup<S: ServiceNow>(connection: &ServiceNowConnection, context: 
         // Never consented: nothing was provisioned under this connection.
         return Ok(Action::await_change());
     };
-    let credentials = match credentials(context, &namespace, &connection.spec.credentials_secret_ref.name).await {
-        Ok(credentials) => credentials,
-        Err(Halt::Failed(error)) => return Err(error),
-        Err(Halt::Stop(stop)) => {
-            return Err(Error::Cleanup(format!(
-                "{} Restore the credentials Secret, or set spec.deletionPolicy to Orphan to leave the instance as it is",
-                stop.verdict.message
-            )));
-        }
-    };
+    let credentials = gather::credentials(&secrets_api, &connection.spec.credentials_secret_ref.name)
+        .await?
+        .map_err(CleanupError::Credentials)?;
     let servicenow = &context.servicenow;
-    let failed = |error: crate::servicenow::Error| {
-        Error::Cleanup(format!("{error}; set spec.deletionPolicy to Orphan to stop trying"))
-    };
+    let failed = CleanupError::Instance;
     let grant = servicenow
         .refresh_token(&instance, &credentials, &stored.refresh_token)
         .await

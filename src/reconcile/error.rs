@@ -1,49 +1,6 @@
-//! How a reconcile stops early: an outcome for the status (condition, reason, message) and when
-//! to look again. Failures of ServiceNow calls are classified here, in one place.
-
-use std::time::Duration;
-
-use crate::{
-    api::{ConditionType, conditions::Reason},
-    reconcile::status::{Progress, Truth, Verdict},
-    servicenow::{self, ErrorKind},
-};
-
-/// When to reconcile a connection again.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Retry {
-    /// After this long (a 429's `Retry-After`, a token refresh, the resync period).
-    After(Duration),
-    /// After the connection's next exponential-backoff delay (transient failures).
-    Backoff,
-    /// At the resync period: nothing will change without a person, but the instance side may be
-    /// fixed without any change in Kubernetes (a role granted, an application re-activated).
-    Resync,
-    /// Only when the connection or one of its Secrets changes.
-    OnChange,
-}
-
-/// A reconcile that ended before `READY_TO_SYNC`.
-#[derive(Debug)]
-pub struct Stop {
-    /// The condition that explains it.
-    pub verdict: Verdict,
-    /// How the summary reads.
-    pub progress: Progress,
-    /// When to look again.
-    pub retry: Retry,
-}
-
-impl Stop {
-    /// A stop that needs a person: `Stalled`, retried at the resync period.
-    pub fn terminal(condition: ConditionType, reason: Reason, message: impl Into<String>) -> Self {
-        Stop {
-            verdict: Verdict::new(condition, Truth::False, reason, message),
-            progress: Progress::Stalled,
-            retry: Retry::Resync,
-        }
-    }
-}
+//! The reconcile's own failures: Kubernetes API calls, the finalizer, and a cleanup on the instance
+//! that could not finish. All are retried with backoff by `error_policy`, except a cleanup that a
+//! person must unblock, which waits for a change of the connection.
 
 /// The reconcile's own failures (Kubernetes API calls), retried with backoff by `error_policy`.
 #[derive(Debug, thiserror::Error)]
@@ -59,12 +16,48 @@ pub enum Error {
     /// The finalizer helper failed.
     #[error("failed to run the finalizer: {0}")]
     Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
-    /// Cleanup on the instance could not finish; retried with backoff.
+    /// Cleanup on the instance could not finish.
     #[error("failed to clean up on the instance: {0}")]
-    Cleanup(String),
+    Cleanup(#[from] CleanupError),
+}
+
+/// Why a deleted connection's cleanup on the instance could not finish.
+#[derive(Debug, thiserror::Error)]
+pub enum CleanupError {
+    /// The credentials Secret is missing or unusable: a person must restore it, or let go.
+    #[error("{0}; restore the credentials Secret, or set spec.deletionPolicy to Orphan to leave the instance as it is")]
+    Credentials(#[source] crate::secrets::CredentialsError),
+    /// The instance failed or refused a call.
+    #[error("{0}; set spec.deletionPolicy to Orphan to stop trying")]
+    Instance(#[source] crate::servicenow::Error),
+}
+
+impl CleanupError {
+    /// `true` when only a person can unblock it: unusable credentials, or an instance that
+    /// refuses (401: the token or the credentials; 403: the account's rights; 404). Transient
+    /// failures (unreachable, 5xx, 429) are not.
+    pub fn needs_a_person(&self) -> bool {
+        match self {
+            CleanupError::Credentials(_) => true,
+            CleanupError::Instance(error) => !error.is_transient(),
+        }
+    }
 }
 
 impl Error {
+    /// `true` for a failure that retrying soon will not fix (see [`CleanupError::needs_a_person`]).
+    pub fn needs_a_person(&self) -> bool {
+        let cleanup = match self {
+            Error::Cleanup(cleanup) => cleanup,
+            Error::Finalizer(finalizer) => match finalizer.as_ref() {
+                kube::runtime::finalizer::Error::CleanupFailed(Error::Cleanup(cleanup)) => cleanup,
+                _ => return false,
+            },
+            Error::Kube { .. } => return false,
+        };
+        cleanup.needs_a_person()
+    }
+
     /// `true` when the API server refused the finalizer patch because the cached connection was
     /// older than its own (the patch's JSON-patch `test` failed, 422): the watch brings the newer
     /// object and wakes the reconcile, so there is nothing to back off from.
@@ -86,49 +79,9 @@ pub fn kube(action: &'static str) -> impl FnOnce(kube::Error) -> Error {
     move |source| Error::Kube { action, source }
 }
 
-/// Classifies a failed ServiceNow call that is not a token failure: transient failures keep the
-/// condition `Unknown` and retry; an ACL refusal is `InsufficientPrivileges`; anything else is
-/// `failure` on `condition`.
-pub fn classify(condition: ConditionType, failure: Reason, error: &servicenow::Error) -> Stop {
-    let message = format!("{error}.");
-    match &error.kind {
-        ErrorKind::RateLimited { retry_after } => Stop {
-            verdict: Verdict::new(condition, Truth::Unknown, Reason::RateLimited, message),
-            progress: Progress::Working,
-            retry: retry_after.map(Retry::After).unwrap_or(Retry::Backoff),
-        },
-        ErrorKind::Unreachable { .. } | ErrorKind::Server { .. } => Stop {
-            verdict: Verdict::new(condition, Truth::Unknown, Reason::Unreachable, message),
-            progress: Progress::Working,
-            retry: Retry::Backoff,
-        },
-        ErrorKind::Forbidden { table, operation, .. } => Stop::terminal(
-            condition,
-            Reason::InsufficientPrivileges,
-            format!(
-                "{error}. The service account needs {} rights on {table}: the itil role covers task tables; writing sys_script and sys_properties needs the admin role or ACLs granting create, read, write and delete on them.",
-                operation
-            ),
-        ),
-        ErrorKind::Unauthorized { .. } | ErrorKind::NotFound { .. } | ErrorKind::Protocol { .. } => Stop {
-            verdict: Verdict::new(condition, Truth::False, failure, message),
-            progress: Progress::Working,
-            retry: Retry::Backoff,
-        },
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn error(kind: ErrorKind) -> servicenow::Error {
-        servicenow::Error {
-            action: "list sys_script".into(),
-            host: "acme.service-now.com".into(),
-            kind,
-        }
-    }
 
     #[test]
     fn only_a_refused_finalizer_patch_is_a_stale_cache() {
@@ -144,7 +97,14 @@ mod tests {
         assert!(finalizer(Finalizer::AddFinalizer(api(422))).is_stale_finalizer_patch());
         assert!(finalizer(Finalizer::RemoveFinalizer(api(422))).is_stale_finalizer_patch());
         assert!(!finalizer(Finalizer::AddFinalizer(api(403))).is_stale_finalizer_patch());
-        assert!(!finalizer(Finalizer::ApplyFailed(Error::Cleanup("x".into()))).is_stale_finalizer_patch());
+        let cleanup = || {
+            Error::Cleanup(CleanupError::Credentials(
+                crate::secrets::CredentialsError::SecretMissing {
+                    secret: "acme-oauth".into(),
+                },
+            ))
+        };
+        assert!(!finalizer(Finalizer::ApplyFailed(cleanup())).is_stale_finalizer_patch());
         assert!(
             !Error::Kube {
                 action: "patch the status",
@@ -155,43 +115,36 @@ mod tests {
     }
 
     #[test]
-    fn a_429_waits_for_retry_after() {
-        let stop = classify(
-            ConditionType::WebhookProvisioned,
-            Reason::ProvisioningFailed,
-            &error(ErrorKind::RateLimited {
-                retry_after: Some(Duration::from_secs(7)),
-            }),
-        );
-        assert_eq!(stop.retry, Retry::After(Duration::from_secs(7)));
-        assert_eq!(stop.verdict.reason, Reason::RateLimited);
-    }
-
-    #[test]
-    fn a_403_names_the_table_and_the_rights() {
-        let stop = classify(
-            ConditionType::WebhookProvisioned,
-            Reason::ProvisioningFailed,
-            &error(ErrorKind::Forbidden {
+    fn only_a_cleanup_that_a_person_must_unblock_waits() {
+        use kube::runtime::finalizer::Error as Finalizer;
+        let instance = |kind| {
+            Error::Cleanup(CleanupError::Instance(crate::servicenow::Error {
+                action: "delete sys_script".into(),
+                host: "acme.service-now.com".into(),
+                kind,
+            }))
+        };
+        let forbidden = || {
+            instance(crate::servicenow::ErrorKind::Forbidden {
                 table: "sys_script".into(),
-                operation: "create",
-                message: "ACL Exception Insert Failed due to security constraints".into(),
-            }),
+                operation: "delete",
+                message: "ACL Exception Delete Failed due to security constraints".into(),
+            })
+        };
+        assert!(forbidden().needs_a_person());
+        assert!(Error::Finalizer(Box::new(Finalizer::CleanupFailed(forbidden()))).needs_a_person());
+        assert!(!Error::Finalizer(Box::new(Finalizer::ApplyFailed(forbidden()))).needs_a_person());
+        let unreachable = instance(crate::servicenow::ErrorKind::Unreachable {
+            reason: "timed out".into(),
+        });
+        assert!(!unreachable.needs_a_person());
+        assert!(
+            Error::Cleanup(CleanupError::Credentials(
+                crate::secrets::CredentialsError::SecretMissing {
+                    secret: "acme-oauth".into()
+                }
+            ))
+            .needs_a_person()
         );
-        assert_eq!(stop.verdict.reason, Reason::InsufficientPrivileges);
-        assert!(stop.verdict.message.contains("sys_script"));
-        assert_eq!(stop.progress, Progress::Stalled);
-    }
-
-    #[test]
-    fn a_timeout_is_transient() {
-        let stop = classify(
-            ConditionType::Authorized,
-            Reason::TokenRejected,
-            &error(ErrorKind::Unreachable {
-                reason: "timed out".into(),
-            }),
-        );
-        assert_eq!((stop.retry, stop.verdict.truth), (Retry::Backoff, Truth::Unknown));
     }
 }

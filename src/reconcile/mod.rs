@@ -1,23 +1,35 @@
-//! One connection's reconcile, as a pipeline: the spec is checked (`validate`), credentials and
-//! tokens read and refreshed (`authorize`), the identity resolved (`identity`), the webhook
-//! planned and written (`webhook` + `crate::provision`), and the status computed (`status`) and
-//! written only when it changed. Deletion runs `cleanup` behind a finalizer.
+//! One connection's reconcile, by phase (see ARCHITECTURE.md):
+//!
+//! 1. [`gather`] — all reads: the connection's Secrets, an access token (memory or one refresh),
+//!    the OAuth user and roles, the webhook records on the instance;
+//! 2. [`decide`] — pure: the writes to make and the status they lead to (every condition reason
+//!    is decided there);
+//! 3. [`act`] — the writes: the token Secret, the access-token cache, the instance;
+//! 4. [`decide::conclude`] then [`report`] — the final status, written only when it changed, its
+//!    Events and gauges.
+//!
+//! Deletion runs [`cleanup`] behind a finalizer. Shared state: [`tokens`] (access tokens in
+//! memory), [`backoff`] (per-connection failure counts and holds); pure helpers: [`status`]
+//! (conditions and the kstatus summary), [`events`] (which transitions deserve an Event).
 
-pub mod authorize;
+pub mod act;
 pub mod backoff;
 pub mod cleanup;
+pub mod decide;
 pub mod error;
 pub mod events;
-pub mod identity;
-pub mod pipeline;
+pub mod gather;
+pub mod report;
 pub mod status;
 pub mod tokens;
-pub mod webhook;
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use kube::{
-    Api, Resource, ResourceExt,
+    Api, ResourceExt,
     runtime::{
         controller::Action,
         events::{Recorder, Reporter},
@@ -71,30 +83,7 @@ impl<S: ServiceNow> Context<S> {
     }
 }
 
-/// The key of a connection in the per-connection maps: `namespace/name`.
-pub fn key(connection: &ServiceNowConnection) -> String {
-    format!(
-        "{}/{}",
-        connection.namespace().unwrap_or_default(),
-        connection.name_any()
-    )
-}
-
-/// A connection's `namespace/name` split in two, when both are names the API server could hold
-/// (DNS-1123: lower-case letters, digits, `-` and `.`, starting and ending with a letter or
-/// digit, at most 253); anything else names no connection and is never sent to the API server.
-pub fn split_key(key: &str) -> Option<(&str, &str)> {
-    let is_name = |part: &str| {
-        part.len() <= 253
-            && part.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
-            && part.ends_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
-            && part
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
-    };
-    key.split_once('/')
-        .filter(|(namespace, name)| is_name(namespace) && is_name(name))
-}
+pub use crate::api::{key, split_key};
 
 /// Reconciles one connection (kube-runtime's reconciler).
 pub async fn reconcile<S: ServiceNow>(
@@ -106,7 +95,7 @@ pub async fn reconcile<S: ServiceNow>(
     let api: Api<ServiceNowConnection> = Api::namespaced(context.kube.clone(), &namespace);
     let result = finalizer(&api, FINALIZER, connection, |event| async {
         match event {
-            FinalizerEvent::Apply(connection) => pipeline::apply(&connection, &context).await,
+            FinalizerEvent::Apply(connection) => apply(&connection, &context).await,
             FinalizerEvent::Cleanup(connection) => {
                 let action = cleanup::cleanup(&connection, &context).await?;
                 // The connection is gone: so are its access token, failure count, any hold and
@@ -152,60 +141,86 @@ pub fn error_policy<S: ServiceNow>(
         tracing::debug!(connection = %key(&connection), %error, "the cached connection was stale; waiting for the watch");
         return Action::requeue(STALE_CACHE_RETRY);
     }
+    if error.needs_a_person() {
+        // Retrying at once changes nothing: look again at the resync period (or on a change).
+        let every = crate::api::duration::parse(&connection.spec.resync_interval).unwrap_or(Duration::from_secs(600));
+        tracing::warn!(connection = %key(&connection), %error, retry_in = ?every, "cleanup needs a person");
+        return Action::requeue(capped(every));
+    }
     let delay = context.backoff.next_delay(&key(&connection));
     tracing::warn!(connection = %key(&connection), %error, retry_in = ?delay, "reconcile failed");
     Action::requeue(delay)
 }
 
-/// Publishes `transitions` as Events on `connection` (best effort: a failed Event is logged).
-pub async fn publish<S>(context: &Context<S>, connection: &ServiceNowConnection, transitions: Vec<events::Transition>) {
-    use kube::runtime::events::{Event, EventType};
-    let reference = connection.object_ref(&());
-    for transition in transitions {
-        let event = Event {
-            type_: if transition.warning {
-                EventType::Warning
-            } else {
-                EventType::Normal
-            },
-            reason: transition.reason,
-            note: Some(transition.note),
-            action: transition.action,
-            secondary: None,
-        };
-        if let Err(error) = context.recorder.publish(&event, &reference).await {
-            tracing::warn!(connection = %key(connection), %error, "failed to publish an Event");
+/// What a person can change on the connection itself — the object (uid), its generation (the
+/// spec), annotations (reconcile, reconnect, reconsent requests) and deletion — hashed; its status
+/// excluded.
+pub fn inputs(connection: &ServiceNowConnection) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hash = std::collections::hash_map::DefaultHasher::new();
+    connection.metadata.uid.hash(&mut hash);
+    connection.metadata.generation.hash(&mut hash);
+    connection.annotations().hash(&mut hash);
+    connection.metadata.deletion_timestamp.is_some().hash(&mut hash);
+    hash.finish()
+}
+
+/// Reconciles a connection that is not being deleted: gather → decide → act → conclude → report.
+pub async fn apply<S: ServiceNow>(connection: &ServiceNowConnection, context: &Context<S>) -> Result<Action, Error> {
+    let connection_key = key(connection);
+    let inputs = inputs(connection);
+    if let Some(rest) = context.backoff.held(&connection_key, inputs, Instant::now()) {
+        // Woken by a watch event (often our own status write) while waiting out Retry-After or a
+        // backoff delay, and nothing a person controls changed: no call, no write.
+        tracing::debug!(connection = %connection_key, wait = ?rest, "still waiting after a transient failure");
+        return Ok(Action::requeue(rest));
+    }
+    let now = k8s_openapi::jiff::Timestamp::now();
+    let instance = decide::validate(&connection.spec).ok();
+    let gathered = match &instance {
+        Some(instance) => gather::gather(connection, context, instance).await?,
+        None => gather::Gathered::default(),
+    };
+    let plan = decide::decide(connection, &gathered, &context.public_url, now);
+    let outcome = match &instance {
+        Some(instance) => {
+            let token = gathered.access.as_ref().and_then(|a| a.as_ref().ok()).map(|a| &a.token);
+            act::act(connection, context, instance, token, &plan).await?
         }
+        None => decide::Outcome::default(),
+    };
+    let conclusion = decide::conclude(connection, plan, outcome, now);
+    report::report(connection, context, &conclusion).await?;
+    Ok(next_action(context, &connection_key, inputs, conclusion.next))
+}
+
+/// The requeue for `next`: jittered resync (sooner when something is due), or the stop's retry —
+/// waited out without calls or writes (`backoff.hold`) for Retry-After and backoff delays.
+fn next_action<S>(context: &Context<S>, connection_key: &str, inputs: u64, next: decide::Next) -> Action {
+    use decide::{Next, Retry};
+    let wait_out = |delay: Duration| {
+        context.backoff.hold(connection_key, inputs, Instant::now(), delay);
+        Action::requeue(delay)
+    };
+    match next {
+        Next::Resync { every, due } => {
+            context.backoff.reset(connection_key);
+            let mut delay = backoff::jittered_resync(every);
+            if let Some(due) = due {
+                delay = delay.min(due);
+            }
+            Action::requeue(capped(delay.max(Duration::from_secs(1))))
+        }
+        Next::Stopped { retry, every } => match retry {
+            Retry::After(delay) => wait_out(delay.max(Duration::from_secs(1))),
+            Retry::Backoff => wait_out(context.backoff.next_delay(connection_key)),
+            Retry::Resync => Action::requeue(capped(backoff::jittered_resync(every))),
+            Retry::OnChange => Action::await_change(),
+        },
     }
 }
 
 /// Caps a requeue delay so a very long resync interval still re-checks daily.
 pub fn capped(delay: Duration) -> Duration {
     delay.min(Duration::from_secs(24 * 3600))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::split_key;
-
-    #[test]
-    fn a_key_splits_into_a_namespace_and_a_name_the_api_server_could_hold() {
-        assert_eq!(split_key("itsm/acme"), Some(("itsm", "acme")));
-        assert_eq!(split_key("t-1/acme.prod-2"), Some(("t-1", "acme.prod-2")));
-        for refused in [
-            "",
-            "acme",
-            "/acme",
-            "itsm/",
-            "itsm/acme/x",
-            "itsm/Acme",
-            "itsm/a b",
-            "../acme",
-            "itsm/-a",
-            "itsm/a?b",
-        ] {
-            assert_eq!(split_key(refused), None, "{refused:?}");
-        }
-        assert_eq!(split_key(&format!("itsm/{}", "a".repeat(254))), None);
-    }
 }

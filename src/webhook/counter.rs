@@ -13,10 +13,7 @@ use kube::{
     api::{Patch, PatchParams},
 };
 
-use crate::{
-    api::{ServiceNowConnection, WebhookStatus},
-    reconcile,
-};
+use crate::api::{ServiceNowConnection, WebhookStatus};
 
 /// The field manager of the receiver's status writes.
 pub const FIELD_MANAGER: &str = "servicenow-operator-webhook";
@@ -120,7 +117,7 @@ impl Counter {
 
     /// Adds `tally` to the stored status of `key`.
     async fn write(&self, key: &str, tally: Tally) -> Result<(), FlushError> {
-        let (namespace, name) = reconcile::split_key(key).ok_or(FlushError::Gone)?;
+        let (namespace, name) = crate::api::split_key(key).ok_or(FlushError::Gone)?;
         let api: Api<ServiceNowConnection> = Api::namespaced(self.kube.clone(), namespace);
         let params = PatchParams {
             field_manager: Some(FIELD_MANAGER.to_owned()),

@@ -15,7 +15,7 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
 use sha2::Sha256;
 
-use crate::{api::ServiceNowConnection, reconcile, secrets, servicenow::SecretString};
+use crate::{api::ServiceNowConnection, secrets, servicenow::SecretString};
 
 /// How long what was read (a connection and its token, or their absence) is trusted.
 pub const TTL: Duration = Duration::from_secs(5);
@@ -89,7 +89,7 @@ impl Lookup {
         token: Option<&SecretString>,
     ) -> Result<Target, Refused> {
         let (Some((namespace, name)), Some(token)) = (
-            connection.and_then(reconcile::split_key),
+            connection.and_then(crate::api::split_key),
             token.filter(|token| !token.expose().is_empty()),
         ) else {
             return Err(Refused::Unauthorized);
@@ -139,7 +139,7 @@ impl Lookup {
         let token = secrets::read_webhook_token(&secrets_api, &secrets::webhook_secret_name(&connection)).await?;
         Ok(token.map(|token| Known {
             target: Target {
-                key: reconcile::key(&connection),
+                key: crate::api::key(&connection),
                 instance_url: connection.spec.instance_url.clone(),
                 sink_url: connection.spec.webhook.sink_url.clone(),
             },

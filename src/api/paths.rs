@@ -1,0 +1,71 @@
+//! Every path the operator serves on its public URL, and the URLs built from them: the consent
+//! URL a connection's status carries, the OAuth redirect URL registered on the instance, and the
+//! callback URL the Business Rule posts to. One home, so the router, the status and the instance
+//! always agree.
+
+use url::Url;
+
+/// Consent start: where `status.consentUrl` points.
+pub const CONSENT_START: &str = "/oauth/servicenow/start";
+/// The OAuth redirect (callback) endpoint: registered, byte for byte, as the Application
+/// Registry's Redirect URL.
+pub const CONSENT_CALLBACK: &str = "/oauth/servicenow/callback";
+/// The webhook receiver: where the Business Rule posts task events.
+pub const WEBHOOK: &str = "/callback/servicenow";
+
+/// `public_url` with `path` appended to its own path (a trailing `/` is not significant), and no
+/// query.
+fn under(public_url: &Url, path: &str) -> Url {
+    let mut url = public_url.clone();
+    url.set_path(&format!("{}{path}", public_url.path().trim_end_matches('/')));
+    url.set_query(None);
+    url
+}
+
+/// The consent URL of the connection `namespace/name`.
+pub fn consent_url(public_url: &Url, namespace: &str, name: &str) -> String {
+    let mut url = under(public_url, CONSENT_START);
+    url.query_pairs_mut()
+        .append_pair("connection", &format!("{namespace}/{name}"));
+    url.to_string()
+}
+
+/// The OAuth redirect URL.
+pub fn redirect_url(public_url: &Url) -> String {
+    under(public_url, CONSENT_CALLBACK).to_string()
+}
+
+/// The webhook callback URL of the connection `namespace/name`, carrying its webhook token.
+pub fn callback_url(public_url: &Url, namespace: &str, name: &str, token: &str) -> String {
+    let mut url = under(public_url, WEBHOOK);
+    url.query_pairs_mut()
+        .append_pair("connection", &format!("{namespace}/{name}"))
+        .append_pair("token", token);
+    url.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_sit_under_the_public_url_whatever_its_trailing_slash() {
+        for base in ["https://neo.example.com/base", "https://neo.example.com/base/"] {
+            let public = Url::parse(base).unwrap();
+            assert_eq!(
+                consent_url(&public, "itsm", "acme"),
+                "https://neo.example.com/base/oauth/servicenow/start?connection=itsm%2Facme"
+            );
+            assert_eq!(
+                redirect_url(&public),
+                "https://neo.example.com/base/oauth/servicenow/callback"
+            );
+            assert_eq!(
+                callback_url(&public, "itsm", "acme", "t+/="),
+                "https://neo.example.com/base/callback/servicenow?connection=itsm%2Facme&token=t%2B%2F%3D"
+            );
+        }
+        let root = Url::parse("https://neo.example.com?x=1").unwrap();
+        assert_eq!(redirect_url(&root), "https://neo.example.com/oauth/servicenow/callback");
+    }
+}

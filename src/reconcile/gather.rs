@@ -1,0 +1,216 @@
+//! Phase 1, gather: all that a reconcile reads, in order — the credentials Secret, the stored
+//! refresh token, an access token (from memory, or one refresh at the instance), the OAuth user
+//! and its roles, the connection's webhook token, and the webhook records on the instance. A layer
+//! is read only when the one before it succeeded and `decide` could use it (a failure is kept, as
+//! it is, for `decide` to explain); nothing here sets a condition.
+//!
+//! Two writes happen here because reading needs them: the access-token cache in memory (a refresh
+//! is shared by every reconcile of the connection), and the connection's webhook-token Secret,
+//! created once when it does not exist yet (the callback URL the rule posts to carries it).
+
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::Secret;
+use kube::{Api, ResourceExt};
+
+use super::{
+    Context, Error, decide,
+    error::kube,
+    key,
+    tokens::{self, AccessToken},
+};
+use crate::{
+    api::ServiceNowConnection,
+    secrets::{self, CredentialsError, StoredToken},
+    servicenow::{self, BusinessRule, ClientCredentials, InstanceUrl, SecretString, ServiceNow, SystemProperty, User},
+};
+
+/// A credentials Secret that cannot be used, for a reason a person must fix.
+pub type CredentialsProblem = CredentialsError;
+
+/// An access token, and whether this reconcile obtained it.
+#[derive(Clone, Debug)]
+pub struct Access {
+    /// The token.
+    pub token: SecretString,
+    /// How long it still lives.
+    pub lifetime: Duration,
+    /// The refresh token the grant carried when this reconcile refreshed (`None`: the token came
+    /// from memory).
+    pub refreshed: Option<Refreshed>,
+}
+
+/// A refresh made by this reconcile.
+#[derive(Clone, Debug)]
+pub struct Refreshed {
+    /// The refresh token in the grant (the instance's, or the stored one when it left it out).
+    pub refresh_token: SecretString,
+}
+
+/// What the instance holds of the connection's webhook.
+#[derive(Clone, Debug)]
+pub struct InstanceRecords {
+    /// The Business Rules named like the current or the legacy rule, oldest first.
+    pub rules: Vec<BusinessRule>,
+    /// The callback properties, oldest first.
+    pub properties: Vec<SystemProperty>,
+}
+
+/// Everything gathered. Each layer is `None` when it was not read (an earlier layer failed or
+/// made it pointless).
+#[derive(Debug, Default)]
+pub struct Gathered {
+    /// The credentials Secret, checked.
+    pub credentials: Option<Result<ClientCredentials, CredentialsProblem>>,
+    /// The stored refresh token (`Some(None)`: none stored yet).
+    pub stored: Option<Option<StoredToken>>,
+    /// The access token.
+    pub access: Option<Result<Access, servicenow::Error>>,
+    /// The OAuth user.
+    pub user: Option<Result<User, servicenow::Error>>,
+    /// The user's active role names.
+    pub roles: Option<Result<Vec<String>, servicenow::Error>>,
+    /// The connection's webhook token.
+    pub webhook_token: Option<SecretString>,
+    /// The webhook records on the instance.
+    pub records: Option<Result<InstanceRecords, servicenow::Error>>,
+}
+
+/// Gathers for `connection`. `Err` only when the Kubernetes API failed (retried with backoff).
+pub async fn gather<S: ServiceNow>(
+    connection: &ServiceNowConnection,
+    context: &Context<S>,
+    instance: &InstanceUrl,
+) -> Result<Gathered, Error> {
+    let mut gathered = Gathered::default();
+    let namespace = connection.namespace().unwrap_or_default();
+    let secrets_api: Api<Secret> = Api::namespaced(context.kube.clone(), &namespace);
+    let status = connection.status.clone().unwrap_or_default();
+
+    let credentials = match credentials(&secrets_api, &connection.spec.credentials_secret_ref.name).await? {
+        Ok(credentials) => credentials,
+        Err(problem) => {
+            gathered.credentials = Some(Err(problem));
+            return Ok(gathered);
+        }
+    };
+    gathered.credentials = Some(Ok(credentials.clone()));
+
+    let connection_key = key(connection);
+    if let Some(request) = decide::reconnect_request(connection, &status) {
+        context.tokens.forget_for_reconnect(&connection_key, request);
+    }
+    if decide::reconsent_request(connection, &status).is_some() {
+        // The stored token is about to be forgotten: nothing to read.
+        return Ok(gathered);
+    }
+    let Some(stored) = secrets::read_token(&secrets_api, &secrets::token_secret_name(connection))
+        .await
+        .map_err(kube("read the token Secret"))?
+    else {
+        gathered.stored = Some(None);
+        return Ok(gathered);
+    };
+    gathered.stored = Some(Some(stored.clone()));
+
+    let access = match access_token(context, &connection_key, instance, &credentials, &stored).await {
+        Ok(access) => access,
+        Err(error) => {
+            gathered.access = Some(Err(error));
+            return Ok(gathered);
+        }
+    };
+    gathered.access = Some(Ok(access.clone()));
+    let token = &access.token;
+
+    let servicenow = &context.servicenow;
+    let user = match servicenow.current_user(instance, token).await {
+        Ok(user) => user,
+        Err(error) => {
+            gathered.user = Some(Err(error));
+            return Ok(gathered);
+        }
+    };
+    gathered.user = Some(Ok(user.clone()));
+    let roles = servicenow.user_roles(instance, token, &user.sys_id).await;
+    let acceptable = roles
+        .as_ref()
+        .is_ok_and(|roles| decide::identity(&connection.spec, &user, roles).is_ok());
+    gathered.roles = Some(roles);
+    if !acceptable {
+        return Ok(gathered);
+    }
+
+    let webhook_token = secrets::ensure_webhook_token(&secrets_api, connection)
+        .await
+        .map_err(kube("create the webhook token Secret"))?;
+    gathered.webhook_token = Some(webhook_token);
+    gathered.records = Some(records(servicenow, instance, token).await);
+    Ok(gathered)
+}
+
+/// Reads and checks the credentials Secret `name`: `Ok(Err(..))` for a problem a person must fix.
+pub async fn credentials(
+    secrets_api: &Api<Secret>,
+    name: &str,
+) -> Result<Result<ClientCredentials, CredentialsProblem>, Error> {
+    match secrets::read_credentials(secrets_api, name).await {
+        Ok(credentials) => Ok(Ok(credentials)),
+        Err(CredentialsError::Kube { source, .. }) => Err(Error::Kube {
+            action: "read the credentials Secret",
+            source,
+        }),
+        Err(problem) => Ok(Err(problem)),
+    }
+}
+
+/// The connection's access token: the one in memory while it is fresh and was obtained with these
+/// credentials and this refresh token, or else one refresh (single-flight per connection).
+async fn access_token<S: ServiceNow>(
+    context: &Context<S>,
+    connection_key: &str,
+    instance: &InstanceUrl,
+    credentials: &ClientCredentials,
+    stored: &StoredToken,
+) -> Result<Access, servicenow::Error> {
+    let origin = tokens::origin(&credentials.fingerprint(), &stored.refresh_token);
+    let slot = context.tokens.slot(connection_key);
+    let mut cached = slot.lock().await;
+    let now = Instant::now();
+    if let Some(token) = cached.as_ref().filter(|t| t.origin == origin && t.is_fresh(now)) {
+        return Ok(Access {
+            token: token.token.clone(),
+            lifetime: token.expires_at.saturating_duration_since(now),
+            refreshed: None,
+        });
+    }
+    let grant = context
+        .servicenow
+        .refresh_token(instance, credentials, &stored.refresh_token)
+        .await?;
+    let refresh_token = grant.refresh_token.unwrap_or_else(|| stored.refresh_token.clone());
+    *cached = Some(AccessToken {
+        token: grant.access_token.clone(),
+        expires_at: Instant::now() + grant.expires_in,
+        origin: tokens::origin(&credentials.fingerprint(), &refresh_token),
+    });
+    Ok(Access {
+        token: grant.access_token,
+        lifetime: grant.expires_in,
+        refreshed: Some(Refreshed { refresh_token }),
+    })
+}
+
+/// The rules (current and legacy names, one read) and the callback properties (one read).
+async fn records<S: ServiceNow>(
+    servicenow: &S,
+    instance: &InstanceUrl,
+    token: &SecretString,
+) -> Result<InstanceRecords, servicenow::Error> {
+    use crate::provision::{LEGACY_RULE_NAME, PROPERTY_NAME, RULE_NAME};
+    let rules = servicenow
+        .business_rules(instance, token, &[RULE_NAME, LEGACY_RULE_NAME])
+        .await?;
+    let properties = servicenow.properties(instance, token, PROPERTY_NAME).await?;
+    Ok(InstanceRecords { rules, properties })
+}

@@ -1,0 +1,122 @@
+//! Phase 4, report: the one status write of a reconcile (only when the status changed, by
+//! server-side apply under the operator's field manager), its Events, and the per-connection
+//! gauges.
+
+use kube::{
+    Api, Resource, ResourceExt,
+    api::{Patch, PatchParams},
+};
+
+use super::{Context, Error, FIELD_MANAGER, decide::Conclusion, error::kube, events::Transition, key, status};
+use crate::api::{ConditionType, ServiceNowConnection, ServiceNowConnectionStatus};
+
+/// Writes `conclusion`'s status when it differs from the stored one, then publishes its Events,
+/// and updates the connection's gauges.
+pub async fn report<S>(
+    connection: &ServiceNowConnection,
+    context: &Context<S>,
+    conclusion: &Conclusion,
+) -> Result<(), Error> {
+    let new = &conclusion.status;
+    if status::changed(connection.status.as_ref(), new) {
+        write_status(connection, context, new).await?;
+        publish(context, connection, &conclusion.events).await;
+    }
+    let ready = new.conditions.iter().find(|c| c.type_ == ConditionType::Ready.as_str());
+    context.metrics.connections.observe(
+        &connection.namespace().unwrap_or_default(),
+        &connection.name_any(),
+        ready.map_or("Unknown", |c| c.status.as_str()),
+        new.token
+            .as_ref()
+            .and_then(|t| t.refresh_token_expires_at.as_ref())
+            .map(|at| at.0.as_second()),
+    );
+    Ok(())
+}
+
+/// Publishes `transitions` as Events on `connection` (best effort: a failed Event is logged).
+pub async fn publish<S>(context: &Context<S>, connection: &ServiceNowConnection, transitions: &[Transition]) {
+    use kube::runtime::events::{Event, EventType};
+    let reference = connection.object_ref(&());
+    for transition in transitions {
+        let event = Event {
+            type_: if transition.warning {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
+            reason: transition.reason.clone(),
+            note: Some(transition.note.clone()),
+            action: transition.action.clone(),
+            secondary: None,
+        };
+        if let Err(error) = context.recorder.publish(&event, &reference).await {
+            tracing::warn!(connection = %key(connection), %error, "failed to publish an Event");
+        }
+    }
+}
+
+async fn write_status<S>(
+    connection: &ServiceNowConnection,
+    context: &Context<S>,
+    status: &ServiceNowConnectionStatus,
+) -> Result<(), Error> {
+    let api: Api<ServiceNowConnection> =
+        Api::namespaced(context.kube.clone(), &connection.namespace().unwrap_or_default());
+    let patch = serde_json::json!({
+        "apiVersion": "neoagent.io/v1alpha1",
+        "kind": "ServiceNowConnection",
+        "status": applied_status(status),
+    });
+    api.patch_status(
+        &connection.name_any(),
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await
+    .map_err(kube("write the connection's status"))?;
+    Ok(())
+}
+
+/// `status` as the reconcile applies it: without `webhook.eventsReceived` and
+/// `webhook.lastEventTime`, which the webhook receiver owns (`crate::webhook::counter`, its own
+/// field manager, read-modify-write). Applying them, with force, would take them over and put
+/// back the count the reconcile started from, losing the events counted in between.
+fn applied_status(status: &ServiceNowConnectionStatus) -> serde_json::Value {
+    let mut applied = serde_json::json!(status);
+    if let Some(webhook) = applied.get_mut("webhook").and_then(serde_json::Value::as_object_mut) {
+        webhook.remove("eventsReceived");
+        webhook.remove("lastEventTime");
+    }
+    applied
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
+
+    use super::*;
+    use crate::api::WebhookStatus;
+
+    #[test]
+    fn the_reconcile_never_applies_the_receivers_fields() {
+        let status = ServiceNowConnectionStatus {
+            webhook: Some(WebhookStatus {
+                business_rule_sys_id: Some("rule".into()),
+                callback_property_sys_id: Some("property".into()),
+                last_event_time: Some(Time(Timestamp::UNIX_EPOCH)),
+                events_received: 3,
+            }),
+            ..ServiceNowConnectionStatus::default()
+        };
+        assert_eq!(
+            applied_status(&status)["webhook"],
+            serde_json::json!({"businessRuleSysId": "rule", "callbackPropertySysId": "property"})
+        );
+        assert_eq!(
+            applied_status(&ServiceNowConnectionStatus::default()),
+            serde_json::json!({})
+        );
+    }
+}
