@@ -5,7 +5,11 @@ pub mod admin;
 pub mod consent;
 pub mod consent_state;
 pub mod pages;
-pub mod webhook;
+pub mod receiver;
+
+/// The old name of [`receiver`], kept only while `run.rs` still calls `http::webhook::router`;
+/// remove it when `run.rs` names `http::receiver`.
+pub use receiver as webhook;
 
 use std::net::SocketAddr;
 
