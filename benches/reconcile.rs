@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use futures::{Stream, TryStreamExt as _};
 use kube::runtime::watcher::{self, watch_object};
 use servicenow_operator::api::{RECONCILE_REQUESTED_AT, ServiceNowConnection, SyncState};
-use support::operator::{CONNECTION, Scene};
+use support::scene::{CONNECTION, Scene};
 
 /// Requested reconciles measured.
 const ROUNDS: usize = 40;

@@ -16,7 +16,13 @@
 #[path = "../tests/support/browser.rs"]
 mod browser;
 
-use std::{any::Any, net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
+use std::{
+    any::Any,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::ExitCode,
+    time::Duration,
+};
 
 use browser::{Browser, BrowserOptions};
 use clap::Parser;
@@ -124,33 +130,23 @@ async fn consent(args: Args) -> Result<(), String> {
     )
     .await;
 
-    browser.goto(args.consent_url.as_str()).await;
-    browser.find("#login_form").await;
-    let login = browser.current_url().await;
-    if login.host_str() != Some(args.instance_host.as_str()) {
-        return Err(format!(
-            "the consent URL led to {login}, not to the instance {}",
-            args.instance_host
-        ));
-    }
-    let shot = browser.screenshot("1-login.png").await;
+    let pages = browser
+        .answer_consent(
+            args.consent_url.as_str(),
+            &args.instance_host,
+            &args.user,
+            &args.password,
+            "#allow",
+            Path::new(""),
+        )
+        .await?;
     eprintln!(
-        "demo_consent: login page of {} ({})",
+        "demo_consent: login page of {} ({}); signed in as {}; consent page ({})",
         args.instance_host,
-        shot.display()
-    );
-    browser.fill("#user_name", &args.user).await;
-    browser.fill("#user_password", &args.password).await;
-    browser.click("#sysverb_login").await;
-
-    browser.find("#consent_form").await;
-    let shot = browser.screenshot("2-consent.png").await;
-    eprintln!(
-        "demo_consent: signed in as {}; consent page ({})",
+        pages.login_shot.display(),
         args.user,
-        shot.display()
+        pages.consent_shot.display()
     );
-    browser.click("#allow").await;
 
     let operator = args.consent_url.host_str().unwrap_or_default().to_owned();
     browser

@@ -7,6 +7,8 @@ use crate::api::duration::parse as parse_duration;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::telemetry::TelemetryArgs;
+
 /// The servicenow-operator binary.
 #[derive(Debug, Parser)]
 #[command(
@@ -119,26 +121,6 @@ fn parse_lease_duration(value: &str) -> Result<Duration, String> {
         return Err(format!("--lease-duration {value:?} is too short: use at least 3s"));
     }
     Ok(duration)
-}
-
-/// Logs.
-#[derive(Debug, Args)]
-pub struct TelemetryArgs {
-    /// Log format.
-    #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "plain")]
-    pub log_format: LogFormat,
-    /// Log filter, in `tracing` EnvFilter syntax.
-    #[arg(long, env = "LOG_FILTER", default_value = "info")]
-    pub log_filter: String,
-}
-
-/// How log lines are written.
-#[derive(Clone, Copy, Debug, clap::ValueEnum)]
-pub enum LogFormat {
-    /// Human-readable lines.
-    Plain,
-    /// One JSON object per line.
-    Json,
 }
 
 fn parse_resolve(value: &str) -> Result<(String, SocketAddr), String> {

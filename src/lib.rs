@@ -4,17 +4,21 @@
 //!
 //! Layering (enforced by `tests/architecture.rs`): `api` is the Kubernetes API and imports only
 //! the pure URL rules of `servicenow::instance_url`; `servicenow` is the ServiceNow client and
-//! knows nothing of Kubernetes.
+//! knows nothing of Kubernetes; `outbound` (every outbound HTTP client) and `sync` (the lock
+//! helper) are leaves that anything may use, `servicenow` included.
 
 pub mod api;
 pub mod cli;
 pub mod controller;
 pub mod crd;
 pub mod http;
+pub mod outbound;
 pub mod provision;
 pub mod reconcile;
+pub mod retry;
 pub mod run;
 pub mod secrets;
 pub mod servicenow;
+pub mod sync;
 pub mod telemetry;
 pub mod webhook;

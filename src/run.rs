@@ -158,7 +158,7 @@ pub async fn run(args: RunArgs) -> Result<(), StartError> {
             })
             .await;
     });
-    let public = consent.merge(http::webhook::router(receiver.clone()));
+    let public = consent.merge(http::receiver::router(receiver.clone()));
     let public_server = tokio::spawn(http::serve(listen, public, stopped()));
 
     let context = Arc::new(Context::new(client.clone(), servicenow, public_url, metrics));

@@ -1,4 +1,5 @@
-//! Logs and metrics: tracing initialisation and the Prometheus metric families.
+//! Logs and metrics: the log flags and tracing initialisation, and the Prometheus metric
+//! families.
 
 use std::sync::atomic::AtomicU64;
 
@@ -8,7 +9,25 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use crate::cli::{LogFormat, TelemetryArgs};
+/// Logs.
+#[derive(Debug, clap::Args)]
+pub struct TelemetryArgs {
+    /// Log format.
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "plain")]
+    pub log_format: LogFormat,
+    /// Log filter, in `tracing` EnvFilter syntax.
+    #[arg(long, env = "LOG_FILTER", default_value = "info")]
+    pub log_filter: String,
+}
+
+/// How log lines are written.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Plain,
+    /// One JSON object per line.
+    Json,
+}
 
 /// Installs the global tracing subscriber.
 pub fn init_logging(args: &TelemetryArgs) {

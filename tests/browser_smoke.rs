@@ -9,7 +9,7 @@
 #[path = "support/browser.rs"]
 mod browser;
 
-use std::time::Duration;
+use std::{path::Path, time::Duration};
 
 use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
 use browser::{Browser, BrowserOptions, spki_sha256_base64};
@@ -72,27 +72,22 @@ async fn snowsim_consent_page_works_in_headless_chromium() {
         .append_pair("state", "xyz")
         .append_pair("code_challenge", &challenge)
         .append_pair("code_challenge_method", "S256");
-    browser.goto(authorize.as_str()).await;
-
-    browser.find("#login_form").await;
-    assert_eq!(
-        browser.current_url().await.host_str(),
-        Some(HOST),
-        "served under the real host name"
-    );
-    browser.screenshot(format!("{SCREENSHOTS}/1-login.png")).await;
-    browser.fill("#user_name", "neo.agent").await;
-    browser.fill("#user_password", "neo.agent").await;
-    browser.click("#sysverb_login").await;
-
-    browser.find("#consent_form").await;
-    let consent = browser.page_text().await;
+    let pages = browser
+        .answer_consent(
+            authorize.as_str(),
+            HOST,
+            "neo.agent",
+            "neo.agent",
+            "#allow",
+            Path::new(SCREENSHOTS),
+        )
+        .await
+        .expect("served under the real host name");
+    let consent = pages.consent_text;
     assert!(
         consent.contains(APP) && consent.contains("Allow") && consent.contains("Deny"),
         "the consent page names the application and offers Allow and Deny:\n{consent}"
     );
-    browser.screenshot(format!("{SCREENSHOTS}/2-consent.png")).await;
-    browser.click("#allow").await;
 
     let landed = browser
         .wait_for_url("the redirect to the callback", |url| {

@@ -8,8 +8,9 @@ use std::{fs, process::Output};
 
 use servicenow_operator::api::SyncState;
 use support::{
-    ControlPlane, TestNamespace, control_plane,
-    operator::{Operator, Scene, free_port, install_crd},
+    ControlPlane, TestNamespace, control_plane, install_crd,
+    operator::{Operator, free_port},
+    scene::Scene,
 };
 
 /// The chart's directory.

@@ -6,6 +6,8 @@
 
 mod support;
 
+use std::path::Path;
+
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::{Api, ResourceExt};
 use reqwest::{StatusCode, redirect::Policy};
@@ -16,10 +18,10 @@ use servicenow_operator::{
 };
 use support::{
     browser::{Browser, BrowserOptions},
-    operator::{
-        AGENT, CONNECTION, HOST, Operator, PROPERTY_QUERY, RULE_QUERY, Scene, TOKEN_SECRET, assert_condition,
-        free_port, ready_connection,
-    },
+    conditions::assert_condition,
+    instance::{AGENT, HOST},
+    operator::{Operator, free_port},
+    scene::{CONNECTION, PROPERTY_QUERY, RULE_QUERY, Scene, TOKEN_SECRET, ready_connection},
 };
 
 /// The operator's redirect (callback) path.
@@ -59,20 +61,10 @@ async fn browser(scene: &Scene) -> Browser {
 /// (`#allow` or `#deny`) and waits for the operator's page; returns its title. Screenshots each
 /// page under `shots/`.
 async fn consent_as(browser: &Browser, url: &str, user: &str, password: &str, button: &str, shots: &str) -> String {
-    browser.goto(url).await;
-    browser.find("#login_form").await;
-    assert_eq!(
-        browser.current_url().await.host_str(),
-        Some(HOST),
-        "sent to the instance"
-    );
-    browser.screenshot(format!("{shots}/1-login.png")).await;
-    browser.fill("#user_name", user).await;
-    browser.fill("#user_password", password).await;
-    browser.click("#sysverb_login").await;
-    browser.find("#consent_form").await;
-    browser.screenshot(format!("{shots}/2-consent.png")).await;
-    browser.click(button).await;
+    browser
+        .answer_consent(url, HOST, user, password, button, Path::new(shots))
+        .await
+        .unwrap_or_else(|error| panic!("not sent to the instance: {error}"));
     browser
         .wait_for_url("the operator's callback", |url| url.path() == CALLBACK)
         .await;
@@ -110,7 +102,7 @@ async fn consent_in_a_browser_stores_the_token_and_reaches_ready_to_sync() {
     );
     let status = scene
         .wait_for("Authorized=False ConsentRequired", |s| {
-            support::operator::has_condition(s, "Authorized", "False", Reason::ConsentRequired)
+            support::conditions::has_condition(s, "Authorized", "False", Reason::ConsentRequired)
         })
         .await;
     assert_condition(&status, "Authorized", "False", Reason::ConsentRequired);

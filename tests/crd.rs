@@ -14,7 +14,7 @@ use servicenow_operator::{
     api::{LocalSecretReference, ServiceNowConnection, ServiceNowConnectionSpec},
     servicenow::{InstanceUrl, UrlRule},
 };
-use support::{TestNamespace, control_plane, operator::install_crd, poll_until};
+use support::{TestNamespace, control_plane, install_crd, poll_until};
 
 fn connection(name: &str, instance_url: &str) -> ServiceNowConnection {
     ServiceNowConnection::new(

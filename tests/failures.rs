@@ -14,11 +14,14 @@ use k8s_openapi::{
 use kube::{Api, api::DeleteParams};
 use servicenow_operator::api::{RECONNECT, SyncState, conditions::Reason};
 use snowsim::{Fault, FaultAction, RateLimitRule, RateLimitTarget, RequestLogEntry};
-use support::operator::{
-    AGENT, CREDENTIALS_SECRET, Operator, PROPERTY_QUERY, RULE_QUERY, Ready, Scene, assert_condition, condition,
-    has_condition, put_secret, ready_connection,
+use support::{
+    Observed,
+    conditions::{assert_condition, condition, has_condition},
+    instance::AGENT,
+    operator::Operator,
+    poll_until,
+    scene::{CREDENTIALS_SECRET, PROPERTY_QUERY, RULE_QUERY, Ready, Scene, put_secret, ready_connection},
 };
-use support::{Observed, poll_until};
 
 /// A client secret the instance never issued.
 const WRONG_SECRET: &str = "not-the-client-secret-0f9e8d7c";

@@ -12,12 +12,12 @@ use kube::{Api, api::DeleteParams};
 use servicenow_operator::api::{RECONNECT, SyncState, conditions::Reason};
 use snowsim::{Fault, FaultAction};
 use support::{
+    conditions::{assert_condition, condition},
     control_plane,
-    operator::{
-        AGENT, CONNECTION, LEGACY_QUERY, Operator, PROPERTY_QUERY, RULE_QUERY, Scene, assert_condition, condition,
-        free_port, ready_connection,
-    },
+    instance::AGENT,
+    operator::{Operator, free_port},
     poll_until,
+    scene::{CONNECTION, LEGACY_QUERY, PROPERTY_QUERY, RULE_QUERY, Scene, ready_connection},
 };
 
 /// Deletes the connection (its finalizer still to run).

@@ -14,11 +14,11 @@ use kube::{
 };
 use servicenow_operator::api::SyncState;
 use support::{
-    operator::{
-        AGENT, LEGACY_QUERY, PROPERTY_QUERY, RULE_QUERY, Ready, Scene, condition, ready_connection, wait_for_status,
-    },
+    conditions::condition,
+    instance::AGENT,
     poll_until,
     proxy::ConnectProxy,
+    scene::{LEGACY_QUERY, PROPERTY_QUERY, RULE_QUERY, Ready, Scene, ready_connection, wait_for_status},
 };
 
 #[tokio::test]

@@ -15,7 +15,10 @@ use servicenow_operator::{
         oauth::{self, Pkce},
     },
 };
-use snowsim::{Fault, FaultAction, RateLimitRule, RateLimitTarget, UserSpec};
+use snowsim::{
+    Fault, FaultAction, RateLimitRule, RateLimitTarget, UserSpec,
+    drive::{self, Decision},
+};
 
 const HOST: &str = "acme.service-now.com";
 const CALLBACK: &str = "https://neo.example.com/callback/servicenow?connection=itsm%2Facme&token=webhook-token";
@@ -81,25 +84,12 @@ impl Fixture {
 
     /// A refresh token of `user` (password = user name), from the password grant.
     async fn refresh_token_of(&self, user: &str) -> SecretString {
-        let answer: serde_json::Value = self
+        let app = self
             .server
-            .client_builder()
-            .build()
-            .unwrap()
-            .post(format!("https://{HOST}/oauth_token.do"))
-            .form(&[
-                ("grant_type", "password"),
-                ("username", user),
-                ("password", user),
-                ("client_id", self.credentials.client_id.expose()),
-                ("client_secret", self.credentials.client_secret.expose()),
-            ])
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+            .admin()
+            .oauth_app("Neo Agent")
+            .expect("the default OAuth application");
+        let answer = drive::password_grant(&self.server, HOST, &app, user).await;
         SecretString::new(answer["refresh_token"].as_str().expect("a refresh token"))
     }
 
@@ -127,8 +117,8 @@ impl Fixture {
             state,
             &pkce.challenge,
         );
-        let location = consent(&self.server, &authorize, "neo.agent").await;
-        let code = SecretString::new(query_param(&location, "code").expect("a code"));
+        let location = drive::consent(&self.server, &authorize, "neo.agent", Decision::Allow).await;
+        let code = SecretString::new(drive::query_param(&location, "code").expect("a code"));
         Consented {
             location,
             code,
@@ -252,7 +242,10 @@ async fn a_rejected_grant_is_unauthorized_and_the_error_shows_no_secret() {
 async fn a_consent_code_is_exchanged_with_its_pkce_verifier_and_a_revoked_token_stops_working() {
     let fixture = Fixture::start().await;
     let consented = fixture.consent_with_pkce("state-1").await;
-    assert_eq!(query_param(&consented.location, "state").as_deref(), Some("state-1"));
+    assert_eq!(
+        drive::query_param(&consented.location, "state").as_deref(),
+        Some("state-1")
+    );
 
     let grant = fixture.exchange(&consented, &consented.pkce.verifier).await.unwrap();
     let refresh_token = grant.refresh_token.expect("a refresh token");
@@ -708,94 +701,4 @@ async fn tls_is_verified_so_an_untrusted_instance_is_unreachable() {
         matches!(&error.kind, ErrorKind::Unreachable { reason } if reason.contains("certificate")),
         "{error:?}"
     );
-}
-
-/// Logs in as `user` (password = user name) and allows the consent of `authorize_url`; the
-/// final redirect's `Location`. Cookies are carried by hand (the root package's reqwest has no
-/// cookie store).
-async fn consent(server: &snowsim::Server, authorize_url: &str, user: &str) -> String {
-    let browser = server.client_builder().build().unwrap();
-    let base = format!("https://{HOST}");
-    let html = browser.get(authorize_url).send().await.unwrap().text().await.unwrap();
-    let mut form = hidden_fields(&html, "login_form");
-    form.push(("user_name".into(), user.into()));
-    form.push(("user_password".into(), user.into()));
-    let login = browser
-        .post(format!("{base}/login.do"))
-        .form(&form)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(login.status(), 302);
-    let cookie = login
-        .headers()
-        .get_all("set-cookie")
-        .iter()
-        .filter_map(|value| value.to_str().ok())
-        .find(|value| value.starts_with("JSESSIONID="))
-        .and_then(|value| value.split(';').next())
-        .expect("a session cookie")
-        .to_owned();
-    let back = login.headers()["location"].to_str().unwrap().to_owned();
-    let back = if back.starts_with('/') {
-        format!("{base}{back}")
-    } else {
-        back
-    };
-    let html = browser
-        .get(back)
-        .header("cookie", &cookie)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let mut form = hidden_fields(&html, "consent_form");
-    form.push(("action".into(), "allow".into()));
-    let decided = browser
-        .post(format!("{base}/oauth_auth.do"))
-        .header("cookie", &cookie)
-        .form(&form)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(decided.status(), 302);
-    decided.headers()["location"].to_str().unwrap().to_owned()
-}
-
-/// The hidden inputs of the form `form_id` in `html`.
-fn hidden_fields(html: &str, form_id: &str) -> Vec<(String, String)> {
-    let start = html
-        .find(&format!("id=\"{form_id}\""))
-        .unwrap_or_else(|| panic!("no form {form_id} in {html}"));
-    let form = &html[start..html[start..].find("</form>").map_or(html.len(), |end| start + end)];
-    let attribute = |tag: &str, name: &str| -> Option<String> {
-        let at = tag.find(&format!("{name}=\""))? + name.len() + 2;
-        let end = tag[at..].find('"')? + at;
-        Some(
-            tag[at..end]
-                .replace("&quot;", "\"")
-                .replace("&#39;", "'")
-                .replace("&lt;", "<")
-                .replace("&gt;", ">")
-                .replace("&amp;", "&"),
-        )
-    };
-    form.split("<input")
-        .skip(1)
-        .filter_map(|tag| {
-            let tag = &tag[..tag.find('>').unwrap_or(tag.len())];
-            tag.contains("type=\"hidden\"")
-                .then(|| Some((attribute(tag, "name")?, attribute(tag, "value")?)))?
-        })
-        .collect()
-}
-
-fn query_param(location: &str, name: &str) -> Option<String> {
-    url::Url::parse(location)
-        .ok()?
-        .query_pairs()
-        .find(|(key, _)| key == name)
-        .map(|(_, value)| value.into_owned())
 }

@@ -25,8 +25,10 @@ use serde_json::{Value, json};
 use servicenow_operator::{api::ServiceNowConnection, webhook::counter::FIELD_MANAGER};
 use support::{
     Observed,
-    operator::{AGENT, CONNECTION, HOST, Operator, Ready, Scene, free_port, put_secret},
+    instance::{AGENT, HOST},
+    operator::{Operator, free_port},
     poll_until,
+    scene::{CONNECTION, Ready, Scene, put_secret},
 };
 use tokio::net::TcpListener;
 

@@ -5,7 +5,8 @@ pub mod admin;
 pub mod consent;
 pub mod consent_state;
 pub mod pages;
-pub mod webhook;
+pub mod receiver;
+
 
 use std::net::SocketAddr;
 

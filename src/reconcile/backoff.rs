@@ -14,10 +14,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-/// The first retry delay.
-pub const BASE: Duration = Duration::from_secs(1);
-/// The longest retry delay.
-pub const CAP: Duration = Duration::from_secs(300);
+use crate::{
+    retry::{exponential, with_equal_jitter},
+    sync::LockExt as _,
+};
 
 /// Consecutive failures and holds per connection (`namespace/name`).
 #[derive(Debug, Default)]
@@ -38,7 +38,7 @@ impl Backoff {
     /// `BASE * 2^(failures-1)`, capped at `CAP`, with "equal jitter" (half fixed, half random).
     pub fn next_delay(&self, key: &str) -> Duration {
         let failures = {
-            let mut map = self.failures.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            let mut map = self.failures.locked();
             let count = map.entry(key.to_owned()).or_insert(0);
             *count = count.saturating_add(1);
             *count
@@ -49,20 +49,17 @@ impl Backoff {
     /// Forgets the failures and the hold of `key` after a successful reconcile.
     pub fn reset(&self, key: &str) {
         self.failures
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .locked()
             .remove(key);
         self.holds
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .locked()
             .remove(key);
     }
 
     /// Makes `key` wait `delay` from `now` unless its inputs change from `inputs`.
     pub fn hold(&self, key: &str, inputs: u64, now: Instant, delay: Duration) {
         self.holds
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .locked()
             .insert(
                 key.to_owned(),
                 Hold {
@@ -74,23 +71,11 @@ impl Backoff {
 
     /// The rest of the wait of `key` at `now`, when it is held for these same `inputs`.
     pub fn held(&self, key: &str, inputs: u64, now: Instant) -> Option<Duration> {
-        let holds = self.holds.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let holds = self.holds.locked();
         let hold = holds.get(key).filter(|hold| hold.inputs == inputs)?;
         let rest = hold.until.saturating_duration_since(now);
         (!rest.is_zero()).then_some(rest)
     }
-}
-
-/// `BASE * 2^(failures-1)`, capped at `CAP`.
-pub fn exponential(failures: u32) -> Duration {
-    let exponent = failures.saturating_sub(1).min(16);
-    BASE.saturating_mul(1 << exponent).min(CAP)
-}
-
-/// Half of `delay`, plus a share `random` (in [0,1)) of the other half.
-pub fn with_equal_jitter(delay: Duration, random: f64) -> Duration {
-    let half = delay / 2;
-    half + half.mul_f64(random.clamp(0.0, 1.0))
 }
 
 /// The resync period with up to 10% taken off at random, so connections drift apart.
@@ -101,21 +86,6 @@ pub fn jittered_resync(period: Duration) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn delays_double_up_to_the_cap() {
-        assert_eq!(exponential(1), Duration::from_secs(1));
-        assert_eq!(exponential(2), Duration::from_secs(2));
-        assert_eq!(exponential(5), Duration::from_secs(16));
-        assert_eq!(exponential(30), CAP);
-    }
-
-    #[test]
-    fn jitter_stays_between_half_and_the_whole_delay() {
-        let delay = Duration::from_secs(10);
-        assert_eq!(with_equal_jitter(delay, 0.0), Duration::from_secs(5));
-        assert!(with_equal_jitter(delay, 0.999) <= delay);
-    }
 
     #[test]
     fn a_hold_lasts_its_delay_for_the_same_inputs_only() {

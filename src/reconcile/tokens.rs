@@ -1,6 +1,7 @@
 //! The access tokens the operator holds, in memory only, one per connection: reused until
 //! shortly before they expire, refreshed once when several reconciles need one at the same time.
 
+use crate::sync::LockExt as _;
 use std::{
     collections::HashMap,
     sync::{Arc, Mutex},
@@ -44,22 +45,21 @@ pub struct TokenCache {
 impl TokenCache {
     /// The slot of `key`; hold its lock while checking and refreshing.
     pub fn slot(&self, key: &str) -> Arc<tokio::sync::Mutex<Option<AccessToken>>> {
-        let mut slots = self.slots.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut slots = self.slots.locked();
         slots.entry(key.to_owned()).or_default().clone()
     }
 
     /// Forgets the token of `key` (rejected token, re-consent).
     pub fn forget(&self, key: &str) {
         self.slots
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .locked()
             .remove(key);
     }
 
     /// Forgets the token of `key` for the reconnect request `request`, once: the retries of a
     /// reconnect that failed half-way reuse the token its first attempt obtained.
     pub fn forget_for_reconnect(&self, key: &str, request: &str) {
-        let mut handled = self.reconnects.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut handled = self.reconnects.locked();
         if handled.get(key).is_some_and(|last| last == request) {
             return;
         }
@@ -72,8 +72,7 @@ impl TokenCache {
     pub fn remove(&self, key: &str) {
         self.forget(key);
         self.reconnects
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .locked()
             .remove(key);
     }
 }

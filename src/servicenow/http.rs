@@ -1,22 +1,13 @@
-//! The one HTTP client every call to ServiceNow goes through: TLS roots, DNS overrides, proxy,
-//! timeouts, a limit on calls in flight per instance, call counting, and the translation of
-//! answers into [`ErrorKind`]s.
-//!
-//! * TLS: rustls with the ring provider (reqwest's own choice when no process default is
-//!   installed; `run` installs ring as the default), verification always on, the webpki roots
-//!   plus the certificates of the `--ca-bundle` PEM file.
-//! * `--resolve HOST=IP:PORT`: the host keeps its name (SNI and certificate checks use it), the
-//!   connection goes to `IP:PORT` — URLs without a port (all instance URLs) take the override's
-//!   port.
-//! * `HTTPS_PROXY` / `NO_PROXY` are honoured (reqwest's system-proxy behaviour).
-//! * Redirects are not followed: an API answering with a redirect (a hibernating instance sends
-//!   the browser elsewhere) is an unexpected answer, and credentials never follow one.
+//! The one HTTP client every call to ServiceNow goes through: a limit on calls in flight per
+//! instance, call counting, and the translation of answers into [`ErrorKind`]s. The client itself
+//! (TLS roots, DNS overrides, proxy, timeouts, no redirects) comes from `crate::outbound`, which
+//! also builds the webhook sinks' client.
 
 use std::{
     collections::HashMap,
     fmt,
     net::SocketAddr,
-    path::{Path, PathBuf},
+    path::PathBuf,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
@@ -25,9 +16,10 @@ use reqwest::{RequestBuilder, StatusCode, header::HeaderMap};
 use tokio::sync::Semaphore;
 
 use super::{Error, ErrorKind, InstanceUrl};
+// Two leaves (see `tests/architecture.rs`); one `use` each, so the import check sees their names.
+use crate::outbound::{self, Schemes, SetupError, transport_reason};
+use crate::sync::LockExt as _;
 
-/// Longest wait for a TCP + TLS connection (capped by the request timeout).
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Calls in flight to one instance at a time; more wait their turn.
 pub const IN_FLIGHT_PER_INSTANCE: usize = 4;
 /// Largest answer read; a longer one is an unexpected answer.
@@ -57,7 +49,7 @@ pub struct ClientConfig {
     pub ca_bundle: Option<PathBuf>,
     /// DNS overrides: each host name connects to the address given (its port included).
     pub resolve: Vec<(String, SocketAddr)>,
-    /// Timeout of one call, from sending to the end of the answer ([`CONNECT_TIMEOUT`] applies
+    /// Timeout of one call, from sending to the end of the answer ([`outbound::CONNECT_TIMEOUT`] applies
     /// to connecting, when shorter).
     pub request_timeout: Duration,
     /// Told about every call.
@@ -187,16 +179,9 @@ pub(crate) fn envelope_message(body: &[u8]) -> Option<String> {
     (!parts.is_empty()).then(|| parts.join(": "))
 }
 
-/// `Retry-After` in seconds (the form ServiceNow sends); an HTTP date is not used.
-pub(crate) fn retry_after(headers: &HeaderMap) -> Option<Duration> {
-    let seconds: u64 = headers
-        .get(reqwest::header::RETRY_AFTER)?
-        .to_str()
-        .ok()?
-        .trim()
-        .parse()
-        .ok()?;
-    Some(Duration::from_secs(seconds).min(MAX_RETRY_AFTER))
+/// `Retry-After` in seconds (the form ServiceNow sends), at most [`MAX_RETRY_AFTER`].
+fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    outbound::retry_after(headers).map(|wait| wait.min(MAX_RETRY_AFTER))
 }
 
 /// The transport: one reqwest client, the per-instance limits, the observer.
@@ -212,7 +197,7 @@ pub(crate) struct Transport {
 impl Transport {
     /// Builds the transport. Fails on a CA bundle that cannot be read or holds no certificate.
     pub fn new(config: ClientConfig) -> Result<Self, Error> {
-        let client = build(client_builder(&config)?.https_only(true))?;
+        let client = outbound::client(&settings(&config), Schemes::HttpsOnly).map_err(setup_error)?;
         Ok(Transport {
             client,
             observer: config.observer,
@@ -295,14 +280,14 @@ impl Transport {
 
     /// Keeps REST API calls to `host` from being sent before `until`.
     fn quiet(&self, host: &str, until: Instant) {
-        let mut quiet = self.quiet_until.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut quiet = self.quiet_until.locked();
         let entry = quiet.entry(host.to_owned()).or_insert(until);
         *entry = (*entry).max(until);
     }
 
     /// The rest of `host`'s quiet period at `now`, if any.
     fn quiet_for(&self, host: &str, now: Instant) -> Option<Duration> {
-        let mut quiet = self.quiet_until.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut quiet = self.quiet_until.locked();
         let until = *quiet.get(host)?;
         if until <= now {
             quiet.remove(host);
@@ -314,7 +299,7 @@ impl Transport {
     }
 
     fn limit(&self, host: &str) -> Arc<Semaphore> {
-        let mut limits = self.limits.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut limits = self.limits.locked();
         limits
             .entry(host.to_owned())
             .or_insert_with(|| Arc::new(Semaphore::new(IN_FLIGHT_PER_INSTANCE)))
@@ -327,81 +312,24 @@ impl Transport {
 /// instances' client, but plain `http://` allowed (in-cluster sinks often are). Fails like
 /// [`Transport::new`].
 pub fn outbound_client(config: &ClientConfig) -> Result<reqwest::Client, Error> {
-    build(client_builder(config)?)
+    outbound::client(&settings(config), Schemes::HttpAndHttps).map_err(setup_error)
 }
 
-/// What every client of the operator shares; see the module documentation.
-fn client_builder(config: &ClientConfig) -> Result<reqwest::ClientBuilder, Error> {
-    let mut builder = reqwest::Client::builder()
-        .use_rustls_tls()
-        .tls_built_in_root_certs(true)
-        .redirect(reqwest::redirect::Policy::none())
-        .connect_timeout(CONNECT_TIMEOUT.min(config.request_timeout))
-        .timeout(config.request_timeout)
-        .user_agent(concat!("servicenow-operator/", env!("CARGO_PKG_VERSION")));
-    if let Some(path) = &config.ca_bundle {
-        for certificate in read_ca_bundle(path)? {
-            builder = builder.add_root_certificate(certificate);
-        }
+/// The part of `config` that [`outbound::client`] takes.
+fn settings(config: &ClientConfig) -> outbound::Settings<'_> {
+    outbound::Settings {
+        ca_bundle: config.ca_bundle.as_deref(),
+        resolve: &config.resolve,
+        request_timeout: config.request_timeout,
     }
-    for (host, address) in &config.resolve {
-        builder = builder.resolve(host, *address);
-    }
-    Ok(builder)
 }
 
-fn build(builder: reqwest::ClientBuilder) -> Result<reqwest::Client, Error> {
-    builder
-        .build()
-        .map_err(|error| setup_error("build the HTTP client", &error.without_url()))
-}
-
-/// The certificates of a PEM bundle; at least one.
-fn read_ca_bundle(path: &Path) -> Result<Vec<reqwest::Certificate>, Error> {
-    let action = format!("read the CA bundle {}", path.display());
-    let pem = std::fs::read(path).map_err(|error| setup_error(&action, &error))?;
-    let certificates = reqwest::Certificate::from_pem_bundle(&pem).map_err(|error| setup_error(&action, &error))?;
-    if certificates.is_empty() {
-        return Err(Error {
-            action,
-            host: String::new(),
-            kind: ErrorKind::Protocol {
-                reason: "the file holds no PEM certificate".to_owned(),
-            },
-        });
-    }
-    Ok(certificates)
-}
-
-fn setup_error(action: &str, error: &dyn std::error::Error) -> Error {
+fn setup_error(SetupError { action, reason }: SetupError) -> Error {
     Error {
-        action: action.to_owned(),
+        action,
         host: String::new(),
-        kind: ErrorKind::Protocol { reason: chain(error) },
+        kind: ErrorKind::Protocol { reason },
     }
-}
-
-/// Why no answer came: the error and its causes, without the URL (it may carry a token in a
-/// query string).
-pub(crate) fn transport_reason(error: reqwest::Error) -> String {
-    let timeout = error.is_timeout();
-    let text = chain(&error.without_url());
-    if timeout { format!("timed out ({text})") } else { text }
-}
-
-/// An error and its sources joined by `: `, each layer once.
-fn chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
 }
 
 #[cfg(test)]

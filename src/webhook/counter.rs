@@ -13,7 +13,10 @@ use kube::{
     api::{Patch, PatchParams},
 };
 
-use crate::api::{ServiceNowConnection, WebhookStatus};
+use crate::{
+    api::{ServiceNowConnection, WebhookStatus},
+    sync::LockExt as _,
+};
 
 /// The field manager of the receiver's status writes.
 pub const FIELD_MANAGER: &str = "servicenow-operator-webhook";
@@ -76,7 +79,7 @@ impl Counter {
     }
 
     fn add(&self, key: String, tally: Tally) {
-        let mut pending = self.pending.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut pending = self.pending.locked();
         pending
             .entry(key)
             .and_modify(|kept| *kept = kept.plus(tally))
@@ -100,7 +103,7 @@ impl Counter {
     /// Writes every pending tally; one that fails is kept for the next flush (unless its
     /// connection is gone).
     async fn flush(&self) {
-        let drained = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|poisoned| poisoned.into_inner()));
+        let drained = std::mem::take(&mut *self.pending.locked());
         for (key, tally) in drained {
             match self.write(&key, tally).await {
                 Ok(()) => tracing::debug!(connection = %key, events = tally.events, "counted webhook events"),

@@ -22,8 +22,9 @@ use tokio_util::task::TaskTracker;
 
 use super::event::CloudEvent;
 use crate::{
-    reconcile::backoff,
-    servicenow::http::{retry_after, transport_reason},
+    outbound::{retry_after, transport_reason},
+    retry,
+    sync::LockExt as _,
     telemetry::{ReasonLabels, WebhookMetrics},
 };
 
@@ -90,10 +91,7 @@ impl Forwarder {
     /// once the listener that queues events has stopped.
     pub async fn finish(&self, grace: Duration) {
         // Without their senders the workers deliver what they hold, then stop.
-        self.queues
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .clear();
+        self.queues.locked().clear();
         self.workers.close();
         if tokio::time::timeout(grace, self.workers.wait()).await.is_err() {
             let left = self.waiting.load(Ordering::Acquire);
@@ -111,7 +109,7 @@ impl Forwarder {
 
     /// Queues `delivery` for the connection `key` without waiting; drops it when the queue is full.
     pub fn enqueue(&self, key: &str, delivery: Delivery) {
-        let mut queues = self.queues.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut queues = self.queues.locked();
         if queues.get(key).is_none_or(mpsc::Sender::is_closed) {
             // No worker yet, or it left (idle) or died.
             let (sender, receiver) = mpsc::channel(QUEUE_CAPACITY);
@@ -141,7 +139,7 @@ impl Forwarder {
                 Err(_idle) => {
                     // Under the lock `enqueue` takes: nothing can arrive between the look and
                     // the removal.
-                    let mut queues = self.queues.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+                    let mut queues = self.queues.locked();
                     if receiver.is_empty() {
                         queues.remove(&key);
                         return;
@@ -165,7 +163,7 @@ impl Forwarder {
                 }
                 Attempt::Retry { reason, after } => {
                     let delay = after.map_or_else(
-                        || backoff::with_equal_jitter(backoff::exponential(attempt), rand::random()),
+                        || retry::with_equal_jitter(retry::exponential(attempt), rand::random()),
                         |after| after.min(MAX_RETRY_AFTER),
                     );
                     self.metrics.forward_retries.inc();

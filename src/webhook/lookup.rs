@@ -15,7 +15,7 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
 use sha2::Sha256;
 
-use crate::{api::ServiceNowConnection, secrets, servicenow::SecretString};
+use crate::{api::ServiceNowConnection, secrets, servicenow::SecretString, sync::LockExt as _};
 
 /// How long what was read (a connection and its token, or their absence) is trusted.
 pub const TTL: Duration = Duration::from_secs(5);
@@ -112,7 +112,7 @@ impl Lookup {
     }
 
     fn cached(&self, key: &str, now: Instant) -> Option<(Instant, Option<Known>)> {
-        let cache = self.cache.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let cache = self.cache.locked();
         cache
             .get(key)
             .filter(|entry| now.duration_since(entry.read_at) < TTL)
@@ -120,7 +120,7 @@ impl Lookup {
     }
 
     fn keep(&self, key: String, entry: Entry) {
-        let mut cache = self.cache.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut cache = self.cache.locked();
         if cache.len() >= MAX_ENTRIES && !cache.contains_key(&key) {
             cache.retain(|_, kept| kept.read_at.elapsed() < TTL);
             if cache.len() >= MAX_ENTRIES {

@@ -1,4 +1,4 @@
-//! The webhook receiver's logic, behind `POST /callback/servicenow` (`crate::http::webhook`):
+//! The webhook receiver's logic, behind `POST /callback/servicenow` (`crate::http::receiver`):
 //! the connection and its token are looked up and checked (`lookup`), the body is checked and
 //! turned into CloudEvents attributes (`event`, pure), accepted events are counted into
 //! `status.webhook` (`counter`) and forwarded to the connection's sink (`forward`). Every replica

@@ -113,6 +113,17 @@ impl BrowserOptions {
     }
 }
 
+/// What [`Browser::answer_consent`] saw on the way.
+#[derive(Clone, Debug)]
+pub struct ConsentPages {
+    /// The screenshot of the login page.
+    pub login_shot: PathBuf,
+    /// The screenshot of the consent page.
+    pub consent_shot: PathBuf,
+    /// The visible text of the consent page.
+    pub consent_text: String,
+}
+
 /// A headless Chromium with its chromedriver. Dropping it kills both (see the module docs).
 pub struct Browser {
     /// Number of this browser in this process (names its directory and failure screenshot).
@@ -260,6 +271,41 @@ impl Browser {
             Ok(text) => text,
             Err(error) => self.fail("read the page text", error).await,
         }
+    }
+
+    /// Answers the instance's consent pages as a person does: opens `url` (which leads to the
+    /// login page of the instance `host`), signs in as `user` with `password`, waits for the
+    /// consent page and clicks `button` (`#allow` or `#deny`). Screenshots `1-login.png` and
+    /// `2-consent.png` under `shots`. Fails, before signing in, when the login page is not
+    /// served under `host`; the rest panics like every action.
+    pub async fn answer_consent(
+        &self,
+        url: &str,
+        host: &str,
+        user: &str,
+        password: &str,
+        button: &str,
+        shots: &Path,
+    ) -> Result<ConsentPages, String> {
+        self.goto(url).await;
+        self.find("#login_form").await;
+        let login = self.current_url().await;
+        if login.host_str() != Some(host) {
+            return Err(format!("{url} led to {login}, not to the instance {host}"));
+        }
+        let login_shot = self.screenshot(shots.join("1-login.png")).await;
+        self.fill("#user_name", user).await;
+        self.fill("#user_password", password).await;
+        self.click("#sysverb_login").await;
+        self.find("#consent_form").await;
+        let consent_text = self.page_text().await;
+        let consent_shot = self.screenshot(shots.join("2-consent.png")).await;
+        self.click(button).await;
+        Ok(ConsentPages {
+            login_shot,
+            consent_shot,
+            consent_text,
+        })
     }
 
     /// Saves a PNG of the page to `path` (relative: under the screenshot directory) and returns

@@ -7,6 +7,7 @@ use std::{
     sync::{Arc, Mutex},
 };
 
+use servicenow_operator::sync::LockExt as _;
 use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _},
     net::{TcpListener, TcpStream},
@@ -41,10 +42,7 @@ impl ConnectProxy {
 
     /// The authorities (`host:port`) of every `CONNECT` so far.
     pub fn connects(&self) -> Vec<String> {
-        self.connects
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .clone()
+        self.connects.locked().clone()
     }
 }
 
@@ -81,9 +79,7 @@ async fn tunnel(mut client: TcpStream, target: SocketAddr, seen: Arc<Mutex<Vec<S
             .await;
         return;
     };
-    seen.lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-        .push(authority);
+    seen.locked().push(authority);
     let Ok(mut upstream) = TcpStream::connect(target).await else {
         let _ = client
             .write_all(b"HTTP/1.1 502 Bad Gateway\r\ncontent-length: 0\r\n\r\n")

@@ -281,12 +281,19 @@ fn redirect(location: &str, set_cookie: Option<String>) -> Response {
     response
 }
 
+/// HTML's escapes, `&` first: escaping goes down the list, unescaping (`drive`) up it.
+pub(crate) const HTML_ESCAPES: [(&str, &str); 5] = [
+    ("&", "&amp;"),
+    ("<", "&lt;"),
+    (">", "&gt;"),
+    ("\"", "&quot;"),
+    ("'", "&#39;"),
+];
+
 fn escape(text: &str) -> String {
-    text.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
-        .replace('\'', "&#39;")
+    HTML_ESCAPES
+        .iter()
+        .fold(text.to_owned(), |text, (plain, escaped)| text.replace(plain, escaped))
 }
 
 fn page(title: &str, body: &str) -> String {

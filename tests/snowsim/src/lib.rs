@@ -20,13 +20,15 @@
 //! Layout: `server` (listener and gateway), `oauth` + `consent` (§1), `table` + `render` +
 //! `query` (§2), `store` + `schema` + `seed` + `acl` (§3), `rules` + `script` (Business Rules),
 //! `email` (§4), `faults` (rate limits and injected faults), `envelope` (answers and errors),
-//! `manage` (the [`Admin`] handle and `/snowsim/` HTTP paths).
+//! `manage` (the [`Admin`] handle and `/snowsim/` HTTP paths); `drive` is the other side, for
+//! tests: the password grant and a person's consent over the public pages.
 
 pub mod acl;
 pub mod auth;
 pub mod clock;
 pub mod config;
 mod consent;
+pub mod drive;
 mod email;
 pub mod envelope;
 pub mod faults;

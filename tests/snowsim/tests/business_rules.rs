@@ -9,20 +9,6 @@ use common::*;
 use parking_lot::Mutex;
 use serde_json::json;
 
-/// The webhook rule the operator installs, in the shape of §3.5.
-const WEBHOOK_SCRIPT: &str = r#"(function executeRule(current, previous) {
-    var request = new sn_ws.RESTMessageV2();
-    request.setEndpoint(gs.getProperty('x_neoagent.callback_url'));
-    request.setHttpMethod('post');
-    request.setRequestHeader('Content-Type', 'application/json');
-    request.setRequestBody(JSON.stringify({
-        table: current.getTableName(),
-        sys_id: current.getUniqueValue(),
-        operation: current.operation()
-    }));
-    request.executeAsync();
-})(current, previous);"#;
-
 /// A plain HTTP listener on loopback recording every POST body.
 async fn listener() -> (String, Arc<Mutex<Vec<String>>>) {
     let received = Arc::new(Mutex::new(Vec::new()));
@@ -43,6 +29,16 @@ async fn listener() -> (String, Arc<Mutex<Vec<String>>>) {
     (format!("http://{addr}/callback"), received)
 }
 
+/// The operator's rule posting to `{callback}?marker` instead of the callback property.
+fn marker_script(callback: &str) -> String {
+    const PROPERTY: &str = "gs.getProperty('x_neoagent.callback_url', '')";
+    assert!(
+        OPERATOR_RULE_SCRIPT.contains(PROPERTY),
+        "the operator's rule no longer reads the property as {PROPERTY}"
+    );
+    OPERATOR_RULE_SCRIPT.replace(PROPERTY, &format!("'{callback}?marker'"))
+}
+
 async fn install(client: &reqwest::Client, callback: &str, active: bool) -> String {
     let (status, _) = post_json(
         client,
@@ -58,7 +54,7 @@ async fn install(client: &reqwest::Client, callback: &str, active: bool) -> Stri
         "/api/now/table/sys_script",
         json!({
             "name": "Neo Agent — Task Webhook", "collection": "task", "when": "async", "active": active,
-            "advanced": true, "action_insert": true, "action_update": true, "script": WEBHOOK_SCRIPT,
+            "advanced": true, "action_insert": true, "action_update": true, "script": OPERATOR_RULE_SCRIPT,
         }),
     )
     .await;
@@ -130,11 +126,11 @@ async fn s3_5_an_inactive_rule_posts_nothing() {
     .await;
     // A marker rule proves the engine ran for this write: when its POST arrived, the inactive
     // rule's would have too.
-    let (status, _) = post_json(&client, "admin", "/api/now/table/sys_script", json!({
+    let marker = json!({
         "name": "marker", "collection": "incident", "when": "async", "active": true, "advanced": true,
-        "action_insert": true,
-        "script": WEBHOOK_SCRIPT.replace("gs.getProperty('x_neoagent.callback_url')", &format!("'{callback}?marker'")),
-    })).await;
+        "action_insert": true, "script": marker_script(&callback),
+    });
+    let (status, _) = post_json(&client, "admin", "/api/now/table/sys_script", marker).await;
     assert_eq!(status, 201);
     post_json(
         &client,

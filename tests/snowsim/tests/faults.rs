@@ -98,14 +98,7 @@ async fn faults_inject_a_status_for_a_share_of_requests_latency_and_dropped_conn
 async fn management_revokes_tokens_and_removes_roles() {
     let (server, client) = start().await;
     let app = server.admin().oauth_app("Neo Agent").unwrap();
-    let tokens = json_of(client.post(url("/oauth_token.do")).form(&[
-        ("grant_type", "password"),
-        ("username", "neo.agent"),
-        ("password", "neo.agent"),
-        ("client_id", app.client_id.as_str()),
-        ("client_secret", app.client_secret.as_str()),
-    ]))
-    .await;
+    let tokens = snowsim::drive::password_grant(&server, HOST, &app, "neo.agent").await;
     let access = tokens["access_token"].as_str().unwrap();
     let call = || client.get(url("/api/now/table/incident")).bearer_auth(access).send();
     assert_eq!(call().await.unwrap().status(), 200);

@@ -64,18 +64,6 @@ fn code_form<'a>(
     ]
 }
 
-/// The `password` grant's form for `user` (password = user name), with the application's
-/// credentials.
-fn password_form<'a>(app: &'a OAuthApp, user: &'a str) -> [(&'a str, &'a str); 5] {
-    [
-        ("grant_type", "password"),
-        ("username", user),
-        ("password", user),
-        ("client_id", &app.client_id),
-        ("client_secret", &app.client_secret),
-    ]
-}
-
 /// The `refresh_token` grant's form for `refresh`, with the application's credentials.
 fn refresh_form<'a>(app: &'a OAuthApp, refresh: &'a str) -> [(&'a str, &'a str); 4] {
     [
@@ -91,17 +79,11 @@ async fn password_grant(client: &reqwest::Client, app: &OAuthApp, user: &str) ->
     token(client, &password_form(app, user)).await
 }
 
-/// Opens `authorize_query` in a fresh browser, logs in as `neo.agent` and presses `button`; the
-/// final redirect's `Location`.
-async fn decide(server: &snowsim::Server, authorize_query: &str, button: &str) -> String {
-    consent(&browser(server), authorize_query, "neo.agent", button).await
-}
-
 async fn code_for(server: &snowsim::Server, app: &OAuthApp, verifier: &str) -> String {
-    let location = decide(
+    let location = consent(
         server,
         &authorize_query(app, "st-1", Some(&challenge(verifier))),
-        "allow",
+        Decision::Allow,
     )
     .await;
     query_param(&location, "code").expect("code in redirect")
@@ -136,7 +118,7 @@ const GENERIC_401: &str = "{\"error_description\":\"access_denied\",\"error\":\"
 async fn s1_2_login_then_allow_redirects_with_code_and_state() {
     let (server, _) = start().await;
     let app = app(&server);
-    let location = decide(&server, &authorize_query(&app, "opaque-42", None), "allow").await;
+    let location = consent(&server, &authorize_query(&app, "opaque-42", None), Decision::Allow).await;
     assert!(location.starts_with(&format!("{REDIRECT}?code=")), "{location}");
     assert_eq!(query_param(&location, "state").as_deref(), Some("opaque-42"));
     let url = url::Url::parse(&location).unwrap();
@@ -148,7 +130,7 @@ async fn s1_2_login_then_allow_redirects_with_code_and_state() {
 async fn s1_2_deny_redirects_with_access_denied_and_state() {
     let (server, _) = start().await;
     let app = app(&server);
-    let location = decide(&server, &authorize_query(&app, "s", None), "deny").await;
+    let location = consent(&server, &authorize_query(&app, "s", None), Decision::Deny).await;
     assert_eq!(query_param(&location, "error").as_deref(), Some("access_denied"));
     assert_eq!(query_param(&location, "state").as_deref(), Some("s"));
     assert_eq!(query_param(&location, "code"), None);
@@ -175,7 +157,7 @@ async fn s1_1_unregistered_redirect_falls_back_to_the_first_registered_url_or_is
     let (server, client) = start().await;
     let app = app(&server);
     let query = authorize_query(&app, "s", None).replace("127.0.0.1%3A8080", "evil.example");
-    let location = decide(&server, &query, "allow").await;
+    let location = consent(&server, &query, Decision::Allow).await;
     assert!(location.starts_with(REDIRECT), "{location}");
     server.admin().set_behaviour(Behaviour {
         reject_unregistered_redirect: true,
@@ -463,10 +445,10 @@ async fn s1_2_public_clients_must_use_pkce_and_need_no_secret() {
     let page = authorize_page(&client, &authorize_query(&public, "s", None)).await;
     assert_eq!(page.status(), 400);
     let verifier = "public-verifier-0123456789-0123456789-0123456789";
-    let location = decide(
+    let location = consent(
         &server,
         &authorize_query(&public, "s", Some(&challenge(verifier))),
-        "allow",
+        Decision::Allow,
     )
     .await;
     let code = query_param(&location, "code").unwrap();

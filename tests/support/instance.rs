@@ -1,0 +1,40 @@
+//! A snowsim instance per test (`acme.service-now.com`) and the credentials a platform team
+//! would hold for it after consent.
+
+/// The host every test instance answers as.
+pub const HOST: &str = "acme.service-now.com";
+/// The instance's OAuth application (Application Registry entry) in snowsim's seed.
+pub const APP: &str = "Neo Agent";
+/// The service account's password in snowsim's seed (`neo.agent` / `neo.agent`).
+pub const AGENT: &str = "neo.agent";
+
+/// A snowsim server with the default instance `acme.service-now.com`.
+pub async fn simulator() -> snowsim::Server {
+    snowsim::Server::start(snowsim::Config::default(), "127.0.0.1:0".parse().expect("address"))
+        .await
+        .expect("start snowsim")
+}
+
+/// The credentials and a refresh token for `neo.agent`, as a platform team would have them
+/// after consent (the token obtained with the documented password grant).
+pub struct Seed {
+    /// Client id of the OAuth app.
+    pub client_id: String,
+    /// Client secret of the OAuth app.
+    pub client_secret: String,
+    /// A refresh token issued to `neo.agent`.
+    pub refresh_token: String,
+}
+/// Gets a refresh token for `user` from the simulator's token endpoint (password grant).
+pub async fn seed(simulator: &snowsim::Server, user: &str) -> Seed {
+    let app = simulator.admin().oauth_app(APP).expect("the seeded OAuth app");
+    let answer = snowsim::drive::password_grant(simulator, HOST, &app, user).await;
+    let refresh_token = answer["refresh_token"].as_str().expect("a refresh token").to_owned();
+    // What the operator does is counted from here.
+    simulator.admin().clear_request_log();
+    Seed {
+        client_id: app.client_id,
+        client_secret: app.client_secret,
+        refresh_token,
+    }
+}
