@@ -38,5 +38,4 @@ mod tests {
         assert_eq!(with_equal_jitter(delay, 0.0), Duration::from_secs(5));
         assert!(with_equal_jitter(delay, 0.999) <= delay);
     }
-
 }

@@ -7,7 +7,6 @@ pub mod consent_state;
 pub mod pages;
 pub mod receiver;
 
-
 use std::net::SocketAddr;
 
 use tokio::net::TcpListener;

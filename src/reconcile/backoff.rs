@@ -48,25 +48,19 @@ impl Backoff {
 
     /// Forgets the failures and the hold of `key` after a successful reconcile.
     pub fn reset(&self, key: &str) {
-        self.failures
-            .locked()
-            .remove(key);
-        self.holds
-            .locked()
-            .remove(key);
+        self.failures.locked().remove(key);
+        self.holds.locked().remove(key);
     }
 
     /// Makes `key` wait `delay` from `now` unless its inputs change from `inputs`.
     pub fn hold(&self, key: &str, inputs: u64, now: Instant, delay: Duration) {
-        self.holds
-            .locked()
-            .insert(
-                key.to_owned(),
-                Hold {
-                    until: now + delay,
-                    inputs,
-                },
-            );
+        self.holds.locked().insert(
+            key.to_owned(),
+            Hold {
+                until: now + delay,
+                inputs,
+            },
+        );
     }
 
     /// The rest of the wait of `key` at `now`, when it is held for these same `inputs`.

@@ -8,11 +8,12 @@
 //! is shared by every reconcile of the connection), and the connection's webhook-token Secret,
 //! created once when it does not exist yet (the callback URL the rule posts to carries it).
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use k8s_openapi::api::core::v1::Secret;
 use kube::{Api, ResourceExt};
 
+pub use super::decide::{Access, CredentialsProblem, Gathered, InstanceRecords, Refreshed};
 use super::{
     Context, Error, decide,
     error::kube,
@@ -22,59 +23,8 @@ use super::{
 use crate::{
     api::ServiceNowConnection,
     secrets::{self, CredentialsError, StoredToken},
-    servicenow::{self, BusinessRule, ClientCredentials, InstanceUrl, SecretString, ServiceNow, SystemProperty, User},
+    servicenow::{self, ClientCredentials, InstanceUrl, SecretString, ServiceNow},
 };
-
-/// A credentials Secret that cannot be used, for a reason a person must fix.
-pub type CredentialsProblem = CredentialsError;
-
-/// An access token, and whether this reconcile obtained it.
-#[derive(Clone, Debug)]
-pub struct Access {
-    /// The token.
-    pub token: SecretString,
-    /// How long it still lives.
-    pub lifetime: Duration,
-    /// The refresh token the grant carried when this reconcile refreshed (`None`: the token came
-    /// from memory).
-    pub refreshed: Option<Refreshed>,
-}
-
-/// A refresh made by this reconcile.
-#[derive(Clone, Debug)]
-pub struct Refreshed {
-    /// The refresh token in the grant (the instance's, or the stored one when it left it out).
-    pub refresh_token: SecretString,
-}
-
-/// What the instance holds of the connection's webhook.
-#[derive(Clone, Debug)]
-pub struct InstanceRecords {
-    /// The Business Rules named like the current or the legacy rule, oldest first.
-    pub rules: Vec<BusinessRule>,
-    /// The callback properties, oldest first.
-    pub properties: Vec<SystemProperty>,
-}
-
-/// Everything gathered. Each layer is `None` when it was not read (an earlier layer failed or
-/// made it pointless).
-#[derive(Debug, Default)]
-pub struct Gathered {
-    /// The credentials Secret, checked.
-    pub credentials: Option<Result<ClientCredentials, CredentialsProblem>>,
-    /// The stored refresh token (`Some(None)`: none stored yet).
-    pub stored: Option<Option<StoredToken>>,
-    /// The access token.
-    pub access: Option<Result<Access, servicenow::Error>>,
-    /// The OAuth user.
-    pub user: Option<Result<User, servicenow::Error>>,
-    /// The user's active role names.
-    pub roles: Option<Result<Vec<String>, servicenow::Error>>,
-    /// The connection's webhook token.
-    pub webhook_token: Option<SecretString>,
-    /// The webhook records on the instance.
-    pub records: Option<Result<InstanceRecords, servicenow::Error>>,
-}
 
 /// Gathers for `connection`. `Err` only when the Kubernetes API failed (retried with backoff).
 pub async fn gather<S: ServiceNow>(

@@ -51,9 +51,7 @@ impl TokenCache {
 
     /// Forgets the token of `key` (rejected token, re-consent).
     pub fn forget(&self, key: &str) {
-        self.slots
-            .locked()
-            .remove(key);
+        self.slots.locked().remove(key);
     }
 
     /// Forgets the token of `key` for the reconnect request `request`, once: the retries of a
@@ -71,9 +69,7 @@ impl TokenCache {
     /// Forgets everything about `key` (a deleted connection).
     pub fn remove(&self, key: &str) {
         self.forget(key);
-        self.reconnects
-            .locked()
-            .remove(key);
+        self.reconnects.locked().remove(key);
     }
 }
 

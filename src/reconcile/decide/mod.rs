@@ -4,6 +4,7 @@
 //! reason the operator reports is decided here (see ARCHITECTURE.md for which function decides
 //! which), and `tests.rs` covers each one without an instance or an API server.
 
+mod gathered;
 mod stop;
 #[cfg(test)]
 mod tests;
@@ -16,11 +17,11 @@ use k8s_openapi::{
 };
 use kube::ResourceExt;
 
+pub use gathered::{Access, CredentialsProblem, Gathered, InstanceRecords, Refreshed};
 pub use stop::{Retry, Stop, classify};
 
 use super::{
     events::{self, Transition},
-    gather::{Access, CredentialsProblem, Gathered, InstanceRecords},
     status::{self, Progress, Truth, Verdict, remove_condition},
     tokens::REFRESH_AHEAD,
 };

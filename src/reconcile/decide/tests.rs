@@ -8,7 +8,6 @@ use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use super::*;
 use crate::{
     api::{CONSENT_RESULT, LocalSecretReference, NotificationsSpec, RECONSENT, ServiceNowConnectionSpec, WebhookSpec},
-    reconcile::gather::{Access, Gathered, InstanceRecords, Refreshed},
     servicenow::{BusinessRule, ClientCredentials, SecretString, SystemProperty, SystemPropertyFields},
 };
 
