@@ -268,7 +268,15 @@ fn the_reconcile_phases_form_no_cycle_and_decide_does_no_io() {
         .collect();
     assert!(!decide.is_empty());
     for (path, text) in decide {
-        for io in ["async ", ".await", "kube::Api", "kube::Client", "reqwest", "Context<", "tokio"] {
+        for io in [
+            "async ",
+            ".await",
+            "kube::Api",
+            "kube::Client",
+            "reqwest",
+            "Context<",
+            "tokio",
+        ] {
             assert!(
                 !text.contains(io),
                 "{path}: the decide phase must stay pure, found {io:?}"
