@@ -12,7 +12,7 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
 use kube_lease_manager::LeaseManagerBuilder;
 use prometheus_client::registry::Registry;
-use tokio::sync::watch;
+use tokio::{sync::watch, task::JoinHandle};
 
 use crate::{
     cli::{ControllerArgs, HttpArgs, RunArgs, ServiceNowArgs},
@@ -48,7 +48,7 @@ pub enum StartError {
     },
     /// Leader election could not start.
     #[error("failed to start leader election: {0}")]
-    Lease(String),
+    Lease(#[source] kube_lease_manager::LeaseManagerError),
     /// A listener failed.
     #[error("failed to serve HTTP on {address}: {source}")]
     Listen {
@@ -59,17 +59,98 @@ pub enum StartError {
     },
 }
 
-/// Runs the operator until SIGINT or SIGTERM.
+/// Runs the operator until SIGINT or SIGTERM: setup, then the controller (under leader election
+/// unless it is off), then the ordered shutdown.
 pub async fn run(args: RunArgs) -> Result<(), StartError> {
+    telemetry::init_logging(&args.telemetry);
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let stop = Stop::on_signal();
+    let operator = setup(args, &stop).await?;
+    let result = if operator.leader_election.enabled {
+        lead(&operator, &stop).await
+    } else {
+        let ready = operator.ready.clone();
+        controller::run(
+            operator.kube.clone(),
+            operator.namespace.as_deref(),
+            operator.concurrency,
+            operator.context.clone(),
+            move || ready.store(true, Ordering::Release),
+            stop.stopped(),
+        )
+        .await;
+        Ok(())
+    };
+    let shut_down = shutdown(operator.listeners).await;
+    result.and(shut_down)
+}
+
+/// The operator's stop request (a signal), shared by everything that must stop.
+struct Stop(watch::Receiver<bool>);
+
+impl Stop {
+    /// A stop requested by SIGINT or SIGTERM.
+    fn on_signal() -> Stop {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        tokio::spawn(async move {
+            shutdown_signal().await;
+            tracing::info!("shutting down");
+            let _ = stop_tx.send(true);
+        });
+        Stop(stop_rx)
+    }
+
+    /// Resolves once the stop is requested.
+    fn stopped(&self) -> impl Future<Output = ()> + Send + 'static {
+        let mut stop = self.0.clone();
+        async move {
+            let _ = stop.wait_for(|stop| *stop).await;
+        }
+    }
+
+    /// Whether the stop was requested.
+    fn requested(&self) -> bool {
+        *self.0.borrow()
+    }
+}
+
+/// Leader election's settings.
+struct LeaderElection {
+    enabled: bool,
+    namespace: String,
+    lease_name: String,
+    lease_duration: Duration,
+}
+
+/// What setup built: the clients, the controller's context and the running listeners.
+struct Operator {
+    kube: kube::Client,
+    namespace: Option<String>,
+    concurrency: u16,
+    context: Arc<Context<servicenow::Client>>,
+    ready: Arc<AtomicBool>,
+    leader_election: LeaderElection,
+    listeners: Listeners,
+}
+
+/// The listeners and the receiver's workers, stopped in order by [`shutdown`].
+struct Listeners {
+    admin: (std::net::SocketAddr, JoinHandle<std::io::Result<()>>),
+    public: (std::net::SocketAddr, JoinHandle<std::io::Result<()>>),
+    receiver: Arc<Receiver>,
+    counting: JoinHandle<()>,
+    public_stopped: tokio::sync::oneshot::Sender<()>,
+}
+
+/// Setup: metrics, the ServiceNow and sink clients, the Kubernetes client, the consent-state key,
+/// the admin and public listeners (serving until `stop`) and the controller's context.
+async fn setup(args: RunArgs, stop: &Stop) -> Result<Operator, StartError> {
     let RunArgs {
         http: http_args,
         servicenow: servicenow_args,
         controller: controller_args,
-        telemetry: telemetry_args,
+        telemetry: _,
     } = args;
-    telemetry::init_logging(&telemetry_args);
-    let _ = rustls::crypto::ring::default_provider().install_default();
-
     let HttpArgs {
         public_url,
         listen,
@@ -103,26 +184,12 @@ pub async fn run(args: RunArgs) -> Result<(), StartError> {
     let servicenow = servicenow::Client::new(client_config).map_err(StartError::HttpClient)?;
     let client = kube::Client::try_default().await.map_err(StartError::Kube)?;
 
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let stop_check = stop_rx.clone();
-    let stopped = move || {
-        let mut stop_rx = stop_rx.clone();
-        async move {
-            let _ = stop_rx.wait_for(|stop| *stop).await;
-        }
-    };
-    tokio::spawn(async move {
-        shutdown_signal().await;
-        tracing::info!("shutting down");
-        let _ = stop_tx.send(true);
-    });
-
     let ready = Arc::new(AtomicBool::new(false));
     let admin = http::admin::router(AdminState {
         ready: ready.clone(),
         registry: Arc::new(registry),
     });
-    let admin_server = tokio::spawn(http::serve(admin_listen, admin, stopped()));
+    let admin_server = tokio::spawn(http::serve(admin_listen, admin, stop.stopped()));
 
     // An empty POD_NAMESPACE counts as unset.
     let operator_namespace = operator_namespace
@@ -159,89 +226,125 @@ pub async fn run(args: RunArgs) -> Result<(), StartError> {
             .await;
     });
     let public = consent.merge(http::receiver::router(receiver.clone()));
-    let public_server = tokio::spawn(http::serve(listen, public, stopped()));
+    let public_server = tokio::spawn(http::serve(listen, public, stop.stopped()));
 
-    let context = Arc::new(Context::new(client.clone(), servicenow, public_url, metrics));
-    if !leader_election {
-        let synced = move || ready.store(true, Ordering::Release);
-        controller::run(client, namespace.as_deref(), concurrency, context, synced, stopped()).await;
-    } else {
-        let identity = std::env::var("POD_NAME").unwrap_or_else(|_| format!("{}-{}", hostname(), std::process::id()));
-        let seconds = lease_duration.as_secs();
-        let (mut leader, lease_task) = LeaseManagerBuilder::new(client.clone(), &lease_name)
-            .with_namespace(&operator_namespace)
-            .with_identity(&identity)
-            .with_duration(seconds)
-            .with_grace((seconds / 3).max(1))
-            .build()
-            .await
-            .map_err(|source| StartError::Lease(source.to_string()))?
-            .watch()
-            .await;
-        let mut stop = Box::pin(stopped());
-        loop {
-            // Standby: serve HTTP, reconcile nothing, until this replica leads or the operator stops.
-            ready.store(true, Ordering::Release);
-            tracing::info!(%identity, lease = %lease_name, "standing by for leadership");
-            let leads = async {
-                while !*leader.borrow_and_update() {
-                    if leader.changed().await.is_err() {
-                        return false;
-                    }
+    Ok(Operator {
+        context: Arc::new(Context::new(client.clone(), servicenow, public_url, metrics)),
+        kube: client,
+        namespace,
+        concurrency,
+        ready,
+        leader_election: LeaderElection {
+            enabled: leader_election,
+            namespace: operator_namespace,
+            lease_name,
+            lease_duration,
+        },
+        listeners: Listeners {
+            admin: (admin_listen, admin_server),
+            public: (listen, public_server),
+            receiver,
+            counting,
+            public_stopped,
+        },
+    })
+}
+
+/// Leader election: stand by (serving HTTP, reconciling nothing) until this replica holds the
+/// Lease, run the controller while it does, and stand by again when it loses it; until `stop`.
+async fn lead(operator: &Operator, stop: &Stop) -> Result<(), StartError> {
+    let LeaderElection {
+        namespace,
+        lease_name,
+        lease_duration,
+        ..
+    } = &operator.leader_election;
+    let ready = &operator.ready;
+    let identity = std::env::var("POD_NAME").unwrap_or_else(|_| format!("{}-{}", hostname(), std::process::id()));
+    let seconds = lease_duration.as_secs();
+    let (mut leader, lease_task) = LeaseManagerBuilder::new(operator.kube.clone(), lease_name)
+        .with_namespace(namespace)
+        .with_identity(&identity)
+        .with_duration(seconds)
+        .with_grace((seconds / 3).max(1))
+        .build()
+        .await
+        .map_err(StartError::Lease)?
+        .watch()
+        .await;
+    let mut stopped = Box::pin(stop.stopped());
+    loop {
+        ready.store(true, Ordering::Release);
+        tracing::info!(%identity, lease = %lease_name, "standing by for leadership");
+        let leads = async {
+            while !*leader.borrow_and_update() {
+                if leader.changed().await.is_err() {
+                    return false;
                 }
-                true
-            };
-            let became_leader = tokio::select! {
-                leads = leads => leads,
-                () = &mut stop => false,
-            };
-            if !became_leader {
-                break;
             }
-            tracing::info!(%identity, "leading: starting the controller");
-            ready.store(false, Ordering::Release);
-            let synced = {
-                let ready = ready.clone();
-                move || ready.store(true, Ordering::Release)
-            };
-            let mut lost = leader.clone();
-            let stopped_or_lost = {
-                let stopped = stopped();
-                async move {
-                    tokio::select! {
-                        () = stopped => {}
-                        _ = lost.wait_for(|leads| !*leads) => {}
-                    }
-                }
-            };
-            controller::run(
-                client.clone(),
-                namespace.as_deref(),
-                concurrency,
-                context.clone(),
-                synced,
-                stopped_or_lost,
-            )
-            .await;
-            if stop_requested(&stop_check) {
-                break;
-            }
-            tracing::warn!(%identity, "lost leadership: the controller stopped");
-            // The new leader reports the connections now; stale series here would contradict it.
-            context.metrics.connections.clear();
+            true
+        };
+        let became_leader = tokio::select! {
+            leads = leads => leads,
+            () = &mut stopped => false,
+        };
+        if !became_leader {
+            break;
         }
-        // Dropping the receiver makes the lease task release the Lease for the next leader.
-        drop(leader);
-        let _ = lease_task.await;
+        tracing::info!(%identity, "leading: starting the controller");
+        ready.store(false, Ordering::Release);
+        let synced = {
+            let ready = ready.clone();
+            move || ready.store(true, Ordering::Release)
+        };
+        let mut lost = leader.clone();
+        let stopped_or_lost = {
+            let stopped = stop.stopped();
+            async move {
+                tokio::select! {
+                    () = stopped => {}
+                    _ = lost.wait_for(|leads| !*leads) => {}
+                }
+            }
+        };
+        controller::run(
+            operator.kube.clone(),
+            operator.namespace.as_deref(),
+            operator.concurrency,
+            operator.context.clone(),
+            synced,
+            stopped_or_lost,
+        )
+        .await;
+        if stop.requested() {
+            break;
+        }
+        tracing::warn!(%identity, "lost leadership: the controller stopped");
+        // The new leader reports the connections now; stale series here would contradict it.
+        operator.context.metrics.connections.clear();
     }
+    // Dropping the receiver makes the lease task release the Lease for the next leader.
+    drop(leader);
+    let _ = lease_task.await;
+    Ok(())
+}
 
-    // The public listener stops taking events; those it took get their grace to reach the sinks,
-    // and the last counts are written.
+/// The ordered shutdown, once the controller stopped: the public listener stops taking events;
+/// those it took get their grace to reach the sinks; the last counts are written; then the
+/// listeners' results are checked.
+async fn shutdown(listeners: Listeners) -> Result<(), StartError> {
+    let Listeners {
+        admin: (admin_address, admin_server),
+        public: (public_address, public_server),
+        receiver,
+        counting,
+        public_stopped,
+    } = listeners;
     let public_result = public_server.await;
     drop(public_stopped);
     receiver.finish(FORWARD_GRACE).await;
     let _ = counting.await;
-    for (address, result) in [(admin_listen, admin_server.await), (listen, public_result)] {
+    for (address, result) in [(admin_address, admin_server.await), (public_address, public_result)] {
         if let Ok(Err(source)) = result {
             return Err(StartError::Listen { address, source });
         }
@@ -262,10 +365,6 @@ async fn shutdown_signal() {
         _ = tokio::signal::ctrl_c() => {}
         _ = terminate.recv() => {}
     }
-}
-
-fn stop_requested(stop: &watch::Receiver<bool>) -> bool {
-    *stop.borrow()
 }
 
 fn hostname() -> String {

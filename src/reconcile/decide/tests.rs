@@ -191,48 +191,23 @@ struct Case {
     truth: &'static str,
     reason: Reason,
     state: SyncStateName,
-    next: fn(&Next) -> bool,
+    next: Option<Retry>,
 }
 
 type SyncStateName = &'static str;
 
-fn resync(next: &Next) -> bool {
-    matches!(next, Next::Resync { .. })
+/// The retry of a stopped reconcile; `None` for a ready one (resync).
+fn retry_of(next: &Next) -> Option<Retry> {
+    match next {
+        Next::Resync { .. } => None,
+        Next::Stopped { retry, .. } => Some(*retry),
+    }
 }
-fn terminal(next: &Next) -> bool {
-    matches!(
-        next,
-        Next::Stopped {
-            retry: Retry::Resync,
-            ..
-        }
-    )
-}
-fn on_change(next: &Next) -> bool {
-    matches!(
-        next,
-        Next::Stopped {
-            retry: Retry::OnChange,
-            ..
-        }
-    )
-}
-fn backoff(next: &Next) -> bool {
-    matches!(
-        next,
-        Next::Stopped {
-            retry: Retry::Backoff,
-            ..
-        }
-    )
-}
-fn after_seven_seconds(next: &Next) -> bool {
-    *next
-        == Next::Stopped {
-            retry: Retry::After(Duration::from_secs(7)),
-            every: Duration::from_secs(600),
-        }
-}
+
+const RESYNC: Option<Retry> = None;
+const TERMINAL: Option<Retry> = Some(Retry::Resync);
+const ON_CHANGE: Option<Retry> = Some(Retry::OnChange);
+const BACKOFF: Option<Retry> = Some(Retry::Backoff);
 
 fn with_spec(change: impl FnOnce(&mut ServiceNowConnectionSpec)) -> ServiceNowConnection {
     let mut spec = spec();
@@ -312,7 +287,7 @@ fn cases() -> Vec<Case> {
             truth: "True",
             reason: Reason::Provisioned,
             state: "READY_TO_SYNC",
-            next: resync,
+            next: RESYNC,
         },
         Case {
             name: "a suspended connection reads nothing",
@@ -323,7 +298,7 @@ fn cases() -> Vec<Case> {
             truth: "False",
             reason: Reason::Suspended,
             state: "SUSPENDED",
-            next: on_change,
+            next: ON_CHANGE,
         },
         Case {
             name: "an instance URL the CRD would refuse",
@@ -334,7 +309,7 @@ fn cases() -> Vec<Case> {
             truth: "False",
             reason: Reason::InvalidSpec,
             state: "ERROR",
-            next: terminal,
+            next: TERMINAL,
         },
         Case {
             name: "a resync interval that is no duration",
@@ -345,7 +320,7 @@ fn cases() -> Vec<Case> {
             truth: "False",
             reason: Reason::InvalidSpec,
             state: "ERROR",
-            next: terminal,
+            next: TERMINAL,
         },
         Case {
             name: "no credentials Secret",
@@ -361,7 +336,7 @@ fn cases() -> Vec<Case> {
             truth: "False",
             reason: Reason::CredentialsMissing,
             state: "ERROR",
-            next: on_change,
+            next: ON_CHANGE,
         },
         Case {
             name: "a client secret with a trailing newline",
@@ -379,7 +354,7 @@ fn cases() -> Vec<Case> {
             truth: "False",
             reason: Reason::CredentialsMalformed,
             state: "ERROR",
-            next: on_change,
+            next: ON_CHANGE,
         },
         Case {
             name: "no refresh token yet",
@@ -398,7 +373,7 @@ fn cases() -> Vec<Case> {
             truth: "False",
             reason: Reason::ConsentRequired,
             state: "AWAITING_CONSENT",
-            next: on_change,
+            next: ON_CHANGE,
         },
         Case {
             name: "consent denied",
@@ -413,7 +388,7 @@ fn cases() -> Vec<Case> {
             truth: "False",
             reason: Reason::ConsentDenied,
             state: "AWAITING_CONSENT",
-            next: on_change,
+            next: ON_CHANGE,
         },
         Case {
             name: "the instance refuses the refresh",
@@ -424,7 +399,7 @@ fn cases() -> Vec<Case> {
             truth: "False",
             reason: Reason::TokenRejected,
             state: "ERROR",
-            next: terminal,
+            next: TERMINAL,
         },
         Case {
             name: "credentials rotated since the last good refresh, and refused",
@@ -438,7 +413,7 @@ fn cases() -> Vec<Case> {
             truth: "False",
             reason: Reason::CredentialsChanged,
             state: "ERROR",
-            next: terminal,
+            next: TERMINAL,
         },
         Case {
             name: "a refresh token past its lifespan, refused",
@@ -452,7 +427,7 @@ fn cases() -> Vec<Case> {
             truth: "False",
             reason: Reason::RefreshTokenExpired,
             state: "ERROR",
-            next: terminal,
+            next: TERMINAL,
         },
         Case {
             name: "a refresh token that ends within two weeks",
@@ -466,7 +441,7 @@ fn cases() -> Vec<Case> {
             truth: "True",
             reason: Reason::RefreshTokenExpiring,
             state: "READY_TO_SYNC",
-            next: resync,
+            next: RESYNC,
         },
         Case {
             name: "the token endpoint cannot be reached",
@@ -482,7 +457,7 @@ fn cases() -> Vec<Case> {
             truth: "Unknown",
             reason: Reason::Unreachable,
             state: "PROVISIONING",
-            next: backoff,
+            next: BACKOFF,
         },
         Case {
             name: "a 429 with Retry-After while reading the user",
@@ -498,7 +473,7 @@ fn cases() -> Vec<Case> {
             truth: "Unknown",
             reason: Reason::RateLimited,
             state: "PROVISIONING",
-            next: after_seven_seconds,
+            next: Some(Retry::After(Duration::from_secs(7))),
         },
         Case {
             name: "an account without itil",
@@ -512,7 +487,7 @@ fn cases() -> Vec<Case> {
             truth: "False",
             reason: Reason::InsufficientPrivileges,
             state: "ERROR",
-            next: terminal,
+            next: TERMINAL,
         },
         Case {
             name: "a 403 creating the rule",
@@ -523,7 +498,7 @@ fn cases() -> Vec<Case> {
             truth: "False",
             reason: Reason::InsufficientPrivileges,
             state: "ERROR",
-            next: terminal,
+            next: TERMINAL,
         },
         Case {
             name: "consent given by someone else than expectedUserName",
@@ -537,7 +512,7 @@ fn cases() -> Vec<Case> {
             truth: "False",
             reason: Reason::IdentityMismatch,
             state: "ERROR",
-            next: terminal,
+            next: TERMINAL,
         },
         Case {
             name: "a rule deactivated by hand is repaired",
@@ -548,7 +523,7 @@ fn cases() -> Vec<Case> {
             truth: "True",
             reason: Reason::DriftRepaired,
             state: "READY_TO_SYNC",
-            next: resync,
+            next: RESYNC,
         },
         Case {
             name: "the legacy incident rule is removed",
@@ -559,7 +534,7 @@ fn cases() -> Vec<Case> {
             truth: "True",
             reason: Reason::LegacyRuleRemoved,
             state: "READY_TO_SYNC",
-            next: resync,
+            next: RESYNC,
         },
         Case {
             name: "another operator's connection owns the property",
@@ -570,7 +545,7 @@ fn cases() -> Vec<Case> {
             truth: "False",
             reason: Reason::InstanceClaimedElsewhere,
             state: "ERROR",
-            next: terminal,
+            next: TERMINAL,
         },
         Case {
             name: "the instance answers a write with something unexpected",
@@ -583,7 +558,7 @@ fn cases() -> Vec<Case> {
             truth: "False",
             reason: Reason::ProvisioningFailed,
             state: "PROVISIONING",
-            next: backoff,
+            next: BACKOFF,
         },
         Case {
             name: "email asked for and granted",
@@ -597,7 +572,7 @@ fn cases() -> Vec<Case> {
             truth: "True",
             reason: Reason::EmailApiSendGranted,
             state: "READY_TO_SYNC",
-            next: resync,
+            next: RESYNC,
         },
         Case {
             name: "email asked for without email_api_send",
@@ -608,7 +583,7 @@ fn cases() -> Vec<Case> {
             truth: "False",
             reason: Reason::MissingEmailApiSendRole,
             state: "ERROR",
-            next: terminal,
+            next: TERMINAL,
         },
         Case {
             name: "a layer gather did not read is reported, not trusted",
@@ -619,7 +594,7 @@ fn cases() -> Vec<Case> {
             truth: "False",
             reason: Reason::Progressing,
             state: "PROVISIONING",
-            next: backoff,
+            next: BACKOFF,
         },
     ]
 }
@@ -646,12 +621,7 @@ fn each_case_reaches_its_condition_state_and_next_look() {
         );
         let state = serde_json::to_value(run.conclusion.status.sync_state).unwrap();
         assert_eq!(state, case.state, "{}", case.name);
-        assert!(
-            (case.next)(&run.conclusion.next),
-            "{}: {:?}",
-            case.name,
-            run.conclusion.next
-        );
+        assert_eq!(retry_of(&run.conclusion.next), case.next, "{}", case.name);
         let ready = run.ready();
         assert_eq!(
             ready.0 == "True",
