@@ -14,6 +14,8 @@ use kube::{
 };
 use servicenow_operator::api::SyncState;
 use support::{
+    Observed,
+    audit::AuditLog,
     conditions::condition,
     instance::AGENT,
     poll_until,
@@ -68,7 +70,16 @@ async fn a_consented_connection_reaches_ready_to_sync_with_one_rule_and_one_prop
             ready.ns.name()
         )
     };
-    assert_eq!(ready.operator.metric(&series("True")).await, 1.0);
+    // The gauges are set after the status write that the test saw: wait for them, with a deadline.
+    poll_until(Duration::from_secs(10), "the Ready=True gauge to be 1", || async {
+        let value = ready.operator.metric(&series("True")).await;
+        if value == 1.0 {
+            Observed::Done(())
+        } else {
+            Observed::not_yet(value)
+        }
+    })
+    .await;
     let page = ready.operator.metrics_page().await;
     for other in ["False", "Unknown"] {
         assert!(page.contains(&format!("{} 0", series(other))), "{other}: {page}");
@@ -76,34 +87,77 @@ async fn a_consented_connection_reaches_ready_to_sync_with_one_rule_and_one_prop
     ready.assert_no_secret_leaked().await;
 }
 
+/// A resync that finds everything as it should be writes nothing: no status patch, no Secret, no
+/// Event, no call but reads to ServiceNow. Counted, not inferred: the API server's requests from
+/// its audit log (a `resourceVersion` would not see an identical status patch), the instance's
+/// calls from snowsim's request log. The reads are printed.
 #[tokio::test]
 async fn a_resync_makes_no_write_to_servicenow_and_no_status_patch() {
     let ready = ready_connection(serde_json::json!({})).await;
     let admin = ready.simulator.admin();
-    let before = ready.api().get("acme").await.unwrap();
+    let audit = AuditLog::of(&ready.client, ready.ns.name()).await;
+    // Reconciles of one connection run one at a time: once this request is echoed, every
+    // reconcile of the provisioning is over. Its own status patch (the echo) comes before the mark.
+    ready.reconcile_now("before-the-resync").await;
+    let mark = audit.mark().await;
     admin.clear_request_log();
-    // A change to the credentials Secret's metadata triggers a reconcile without changing anything.
+    // The resync: a change to the credentials Secret's metadata wakes a reconcile that finds
+    // nothing to change (the test's own write is not counted: it carries the harness's agent).
     let secrets: Api<Secret> = Api::namespaced(ready.client.clone(), ready.ns.name());
     let label = serde_json::json!({"metadata": {"labels": {"touched": "yes"}}});
     secrets
         .patch("acme-oauth", &PatchParams::default(), &Patch::Merge(&label))
         .await
         .unwrap();
-    poll_until(Duration::from_secs(20), "the drift check to read the rules", || async {
-        admin
-            .request_log()
-            .iter()
-            .any(|c| c.path.ends_with("/sys_properties"))
-            .then_some(())
-    })
+    poll_until(
+        Duration::from_secs(20),
+        "the resync to read the instance's properties",
+        || async {
+            admin
+                .request_log()
+                .iter()
+                .any(|c| c.path.ends_with("/sys_properties"))
+                .then_some(())
+        },
+    )
     .await;
-    let writes: Vec<_> = admin.request_log().into_iter().filter(|c| c.method != "GET").collect();
-    assert!(writes.is_empty(), "a resync wrote to ServiceNow: {writes:#?}");
-    let after = ready.api().get("acme").await.unwrap();
-    assert_eq!(
-        before.metadata.resource_version, after.metadata.resource_version,
-        "a resync patched the status"
+    // That reconcile started before this request, so the request wakes another one after it: the
+    // window holds the whole resync, and ends with the echo of this request — its one status patch.
+    ready.reconcile_now("after-the-resync").await;
+    let requests = audit.since(&mark).await;
+    let calls = admin.request_log();
+    eprintln!(
+        "the API server's requests in {} during the resync and the reconcile after it:\n{requests}",
+        ready.ns.name()
     );
+    eprintln!(
+        "their calls to the instance: {} ({} reads)",
+        calls.len(),
+        calls.iter().filter(|c| c.method == "GET").count()
+    );
+
+    let status_patches = requests.writes_to("servicenowconnections", Some("status"));
+    assert_eq!(
+        status_patches.len(),
+        1,
+        "a resync patched the status (the one patch expected is the echo that ends the window):\n{requests}"
+    );
+    let connection_writes = requests.writes_to("servicenowconnections", None);
+    assert_eq!(
+        connection_writes.len(),
+        1,
+        "a resync wrote to the connection:\n{requests}"
+    );
+    let secret_writes = requests.writes_to("secrets", None);
+    assert!(secret_writes.is_empty(), "a resync wrote a Secret:\n{requests}");
+    let event_writes = requests.writes_to("events", None);
+    assert!(event_writes.is_empty(), "a resync wrote an Event:\n{requests}");
+    assert!(
+        !requests.reads().is_empty(),
+        "no read counted: the audit log shows nothing of the resync\n{requests}"
+    );
+    let writes: Vec<_> = calls.iter().filter(|c| c.method != "GET").collect();
+    assert!(writes.is_empty(), "a resync wrote to ServiceNow: {writes:#?}");
     ready.assert_no_secret_leaked().await;
 }
 

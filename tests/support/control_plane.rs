@@ -27,11 +27,17 @@ use super::poll_until;
 const UP_SCRIPT: &str = "tests/envtest/up";
 /// How long a new control plane may take to answer its first request.
 const FIRST_REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
+/// The `User-Agent` of every request the test harness's own clients make, so that counts of the
+/// API server's requests (`super::audit`) leave the test's own requests out. The operator's
+/// requests carry none of their own.
+pub const HARNESS_USER_AGENT: &str = "servicenow-operator-tests";
 
 /// A running control plane: where its kubeconfig is and which binaries belong to it.
 pub struct ControlPlane {
     kubeconfig_path: PathBuf,
     bin_dir: PathBuf,
+    /// The API server's audit log (`ENVTEST_AUDIT_LOG` of `DIR/env`).
+    audit_log: PathBuf,
     config: Config,
     server_version: String,
     /// The directory `tests/envtest/up` ran in, when this process started the control plane.
@@ -76,9 +82,21 @@ impl ControlPlane {
             None => Self::start()?,
         };
         let (config, server_version) = load_and_check(&kubeconfig_path)?;
+        let env_file = kubeconfig_path.with_file_name("env");
+        let audit_log = std::env::var_os("ENVTEST_AUDIT_LOG")
+            .map(PathBuf::from)
+            .or_else(|| value_from_env_file(&env_file, "ENVTEST_AUDIT_LOG").map(PathBuf::from))
+            .ok_or_else(|| {
+                format!(
+                    "no ENVTEST_AUDIT_LOG in the environment nor in {} (written by {UP_SCRIPT}); \
+                     restart the control plane with this checkout's {UP_SCRIPT}",
+                    env_file.display()
+                )
+            })?;
         Ok(Self {
             kubeconfig_path,
             bin_dir,
+            audit_log,
             config,
             server_version,
             started_in,
@@ -147,9 +165,20 @@ impl ControlPlane {
     }
 
     /// A new client for the calling test. Call it inside the test's Tokio runtime: a client belongs
-    /// to the runtime it was made in, so clients are not shared between tests.
+    /// to the runtime it was made in, so clients are not shared between tests. Its requests carry
+    /// [`HARNESS_USER_AGENT`].
     pub fn client(&self) -> Client {
-        Client::try_from(self.config.clone()).expect("a kube client from the control plane's kubeconfig")
+        let mut config = self.config.clone();
+        config.headers.push((
+            http::header::USER_AGENT,
+            http::HeaderValue::from_static(HARNESS_USER_AGENT),
+        ));
+        Client::try_from(config).expect("a kube client from the control plane's kubeconfig")
+    }
+
+    /// The API server's audit log (JSON lines, see `tests/envtest/up`), read by [`super::audit`].
+    pub fn audit_log_path(&self) -> &Path {
+        &self.audit_log
     }
 
     /// The admin kubeconfig (client certificate in `system:masters`).
@@ -272,10 +301,18 @@ fn load_and_check(kubeconfig_path: &Path) -> Result<(Config, String), String> {
 /// `ENVTEST_BIN_DIR=...` from the `env` file `tests/envtest/up` writes (bash `%q` quoting, which is
 /// the plain path for the paths it uses; anything that needed quoting is refused).
 fn bin_dir_from_env_file(env_file: &Path) -> Option<PathBuf> {
+    value_from_env_file(env_file, "ENVTEST_BIN_DIR").map(PathBuf::from)
+}
+
+/// `NAME=...` from the `env` file `tests/envtest/up` writes, when its value is a plain path (bash
+/// `%q` leaves those as they are; anything that needed quoting is refused).
+fn value_from_env_file(env_file: &Path, name: &str) -> Option<String> {
     let text = std::fs::read_to_string(env_file).ok()?;
-    let value = text.lines().find_map(|line| line.strip_prefix("ENVTEST_BIN_DIR="))?;
+    let value = text
+        .lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix('='))?;
     let plain = !value.is_empty() && !value.contains(['\\', '\'', '"', '$', ' ']);
-    plain.then(|| PathBuf::from(value))
+    plain.then(|| value.to_owned())
 }
 
 /// Removes the directories of earlier runs (`envtest-<pid>`) whose test process is gone and whose

@@ -1,6 +1,8 @@
 //! Shared harness of the integration tests (`tests/*.rs`, each with `mod support;`), one file per
 //! concern:
 //!
+//! * [`audit`]: the requests the API server received for a test's namespace, from its audit log:
+//!   how "no write" is counted.
 //! * [`control_plane`]: the one real control plane all tests of a test binary share (started or
 //!   attached, see there), and the CRD installed on it ([`install_crd`]).
 //! * [`namespace`]: a fresh [`TestNamespace`] per test, deleted on drop and dumped on failure.
@@ -15,6 +17,7 @@
 //!   thing observed.
 #![allow(dead_code)] // every test binary compiles this module and uses only part of it
 
+pub mod audit;
 pub mod browser;
 pub mod conditions;
 pub mod control_plane;
