@@ -406,6 +406,48 @@ async fn timeouts_are_unreachable_and_recovered_from_without_a_restart() {
 }
 
 #[tokio::test]
+async fn a_hibernating_instance_is_instance_hibernating_and_carries_on_once_awake() {
+    let ready = ready_connection(serde_json::json!({})).await;
+    let admin = ready.simulator.admin();
+    let awake = admin.behaviour();
+    admin.set_behaviour(snowsim::Behaviour {
+        hibernating: true,
+        ..awake.clone()
+    });
+    admin.clear_request_log();
+    let status = ready.reconcile_now("while-hibernating").await;
+    // The cached access token is still good: the first call is the current user's, and it gets
+    // the hibernation page (HTTP 200, HTML) — not a success, not a token or privilege problem.
+    let message = assert_condition(&status, "IdentityResolved", "Unknown", Reason::InstanceHibernating);
+    assert!(message.contains("wake"), "{message:?}");
+    assert_condition(&status, "Ready", "False", Reason::InstanceHibernating);
+    assert_condition(&status, "Authorized", "True", Reason::TokenValid);
+    assert_eq!(status.sync_state, Some(SyncState::Provisioning));
+    let log = admin.request_log();
+    assert!(
+        log.iter().any(|c| c.path.starts_with("/api/") && c.status == 200),
+        "the hibernating instance was not asked: {log:#?}"
+    );
+    assert!(writes(&log).is_empty(), "a write to a hibernating instance: {log:#?}");
+    // A Warning Event with the remedy (on whichever step first met the page: a reconcile already
+    // under way when the instance fell asleep may have met it reading the webhook records).
+    let event = ready.wait_for_event(Reason::InstanceHibernating.as_str()).await;
+    assert_eq!(event.type_.as_deref(), Some("Warning"), "{event:#?}");
+    let note = event.message.unwrap_or_default();
+    assert!(note.contains(Reason::InstanceHibernating.remedy()), "{note:?}");
+
+    // Woken (a person signs in to the developer site); the next look carries on without a
+    // restart, a write or a new consent.
+    admin.set_behaviour(awake);
+    admin.clear_request_log();
+    let status = ready.reconcile_now("once-awake").await;
+    assert_eq!(status.sync_state, Some(SyncState::ReadyToSync));
+    assert_condition(&status, "IdentityResolved", "True", Reason::IdentityResolved);
+    assert!(writes(&admin.request_log()).is_empty());
+    ready.assert_no_secret_leaked().await;
+}
+
+#[tokio::test]
 async fn the_retries_of_a_reconnect_refresh_the_token_once() {
     let ready = ready_connection(serde_json::json!({})).await;
     let admin = ready.simulator.admin();

@@ -294,11 +294,11 @@ async fn the_current_user_and_its_active_roles_are_read() {
         .unwrap();
 
     assert_eq!(user.user_name, "neo.agent");
+    assert_eq!(user.display_name, "Neo Agent", "read from user_display_name");
     assert_eq!(
         Some(user.sys_id.clone()),
         fixture.server.admin().user_sys_id("neo.agent")
     );
-    assert!(!user.name.is_empty());
     let mut expected = fixture.server.admin().roles("neo.agent").unwrap();
     expected.sort();
     assert_eq!(roles, expected);

@@ -109,6 +109,8 @@ reasons! {
         TokenValid,
         /// The instance could not be reached (DNS, TCP, TLS, timeout, 5xx).
         Unreachable,
+        /// The instance is a hibernating developer instance.
+        InstanceHibernating,
         /// The instance answered 429.
         RateLimited,
         /// The identity is known and has the roles it needs.
@@ -175,6 +177,9 @@ impl Reason {
             }
             Reason::Unreachable => {
                 "Check that spec.instanceUrl is right, that the instance is awake (developer instances hibernate) and that this cluster can reach it (egress, proxy, CA bundle). The operator keeps retrying."
+            }
+            Reason::InstanceHibernating => {
+                "The instance is hibernating: developer instances sleep when idle. Sign in to the developer site (developer.servicenow.com) and wake it; the operator looks again every few minutes and carries on by itself."
             }
             Reason::RateLimited => {
                 "The instance's inbound REST rate limit was hit; the operator waits for Retry-After. Raise the rate limit rule for the service account if this persists."

@@ -113,7 +113,7 @@ impl ServiceNow for Client {
         let user = User {
             sys_id: record.text("user_sys_id"),
             user_name: record.text("user_name"),
-            name: record.text("name"),
+            display_name: record.text("user_display_name"),
         };
         if user.sys_id.is_empty() || user.user_name.is_empty() {
             let call = Call {

@@ -56,6 +56,10 @@ pub enum ErrorKind {
         /// Why (the transport's text).
         reason: String,
     },
+    /// The instance answered with its "instance hibernating" page (an idle developer instance;
+    /// any status, an HTML body): nothing else it said can be trusted.
+    #[error("the instance is hibernating (it answered with its 'instance hibernating' page)")]
+    Hibernating,
     /// HTTP 5xx.
     #[error("the instance failed with HTTP {status}")]
     Server {
@@ -85,7 +89,10 @@ impl Error {
     pub fn is_transient(&self) -> bool {
         matches!(
             self.kind,
-            ErrorKind::RateLimited { .. } | ErrorKind::Unreachable { .. } | ErrorKind::Server { .. }
+            ErrorKind::RateLimited { .. }
+                | ErrorKind::Unreachable { .. }
+                | ErrorKind::Server { .. }
+                | ErrorKind::Hibernating
         )
     }
 

@@ -158,6 +158,20 @@ impl Answer {
     }
 }
 
+/// Whether an answer is a hibernating instance's page: an HTML body (or one without a content
+/// type) naming it, whatever the status (servicenow-api.md §7: clients look for its text).
+fn is_hibernation_page(headers: &HeaderMap, body: &[u8]) -> bool {
+    let html = headers
+        .get(reqwest::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_none_or(|content_type| content_type.to_ascii_lowercase().starts_with("text/html"));
+    if !html {
+        return false;
+    }
+    let text = String::from_utf8_lossy(body).to_ascii_lowercase();
+    text.contains("instance-hibernating-page") || text.contains("instance hibernating page")
+}
+
 /// The instance's words in an error envelope `{"error":{"message","detail"},"status":"failure"}`:
 /// `message: detail` (or just `message` when `detail` is `null` or empty).
 pub(crate) fn envelope_message(body: &[u8]) -> Option<String> {
@@ -264,6 +278,9 @@ impl Transport {
                     }));
                 }
             }
+        }
+        if is_hibernation_page(&headers, &body) {
+            return Err(call.error(ErrorKind::Hibernating));
         }
         Ok(Answer { status, headers, body })
     }
@@ -505,5 +522,26 @@ mod tests {
         assert!(error.to_string().starts_with("failed to read the CA bundle"), "{error}");
         assert!(Transport::new(config(Some(dir.join("missing.pem")))).is_err());
         assert!(Transport::new(config(None)).is_ok());
+    }
+
+    #[test]
+    fn a_hibernation_page_is_recognised_whatever_its_status_but_only_as_html() {
+        let html = |content_type: Option<&'static str>| {
+            let mut headers = HeaderMap::new();
+            if let Some(content_type) = content_type {
+                headers.insert(reqwest::header::CONTENT_TYPE, content_type.parse().unwrap());
+            }
+            headers
+        };
+        let page = b"<html><head><title>Instance Hibernating page</title></head><body></body></html>";
+        let marked = b"<html><body class=\"instance-hibernating-page\">asleep</body></html>";
+        assert!(is_hibernation_page(&html(Some("text/html;charset=UTF-8")), page));
+        assert!(is_hibernation_page(&html(None), marked));
+        assert!(is_hibernation_page(&html(Some("TEXT/HTML")), marked));
+        assert!(!is_hibernation_page(&html(Some("application/json")), marked));
+        assert!(!is_hibernation_page(
+            &html(Some("text/html")),
+            b"<html><body>Page not found</body></html>"
+        ));
     }
 }

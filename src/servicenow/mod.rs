@@ -60,7 +60,7 @@ pub trait ServiceNow: Send + Sync + 'static {
         token: &SecretString,
     ) -> impl Future<Output = Result<(), Error>> + Send;
 
-    /// The OAuth user, from `/api/now/ui/user/current_user` (`user_sys_id`, `user_name`, `name`).
+    /// The OAuth user, from `/api/now/ui/user/current_user` (`user_sys_id`, `user_name`, `user_display_name`: the endpoint's real members, servicenow-api.md §7).
     fn current_user(
         &self,
         instance: &InstanceUrl,

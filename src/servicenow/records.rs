@@ -105,8 +105,8 @@ pub struct User {
     pub sys_id: String,
     /// `user_name`, e.g. `neo.agent`.
     pub user_name: String,
-    /// `name`: the display name.
-    pub name: String,
+    /// `user_display_name`: the display name (empty when the instance sends none).
+    pub display_name: String,
 }
 
 /// What the token endpoint granted.

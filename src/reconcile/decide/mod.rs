@@ -513,7 +513,7 @@ fn identified(plan: &mut Plan, spec: &ServiceNowConnectionSpec, user: &User, rol
     plan.status.identity = Some(Identity {
         sys_id: user.sys_id.clone(),
         user_name: user.user_name.clone(),
-        display_name: (!user.name.is_empty()).then(|| user.name.clone()),
+        display_name: (!user.display_name.is_empty()).then(|| user.display_name.clone()),
     });
     if let Some(stop) = identity_problem(spec, user, roles) {
         return Err(stop);

@@ -10,6 +10,10 @@ use crate::{
     servicenow::{self, ErrorKind},
 };
 
+/// How soon a hibernating instance is looked at again: waking one takes minutes, and a tight
+/// backoff would only hammer its wake-up page.
+pub const HIBERNATION_RETRY: Duration = Duration::from_secs(300);
+
 /// When to reconcile a connection again.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Retry {
@@ -56,6 +60,11 @@ pub fn classify(condition: ConditionType, failure: Reason, error: &servicenow::E
             verdict: Verdict::new(condition, Truth::Unknown, Reason::RateLimited, message),
             progress: Progress::Working,
             retry: retry_after.map(Retry::After).unwrap_or(Retry::Backoff),
+        },
+        ErrorKind::Hibernating => Stop {
+            verdict: Verdict::new(condition, Truth::Unknown, Reason::InstanceHibernating, message),
+            progress: Progress::Working,
+            retry: Retry::After(HIBERNATION_RETRY),
         },
         ErrorKind::Unreachable { .. } | ErrorKind::Server { .. } => Stop {
             verdict: Verdict::new(condition, Truth::Unknown, Reason::Unreachable, message),

@@ -77,7 +77,7 @@ fn user(name: &str) -> User {
     User {
         sys_id: format!("{name}-sys-id"),
         user_name: name.into(),
-        name: "Neo Agent".into(),
+        display_name: "Neo Agent".into(),
     }
 }
 
@@ -458,6 +458,20 @@ fn cases() -> Vec<Case> {
             reason: Reason::Unreachable,
             state: "PROVISIONING",
             next: BACKOFF,
+        },
+        Case {
+            name: "a hibernating developer instance answers its page to the refresh",
+            connection: connection(spec()),
+            gathered: Gathered {
+                access: Some(Err(error(ErrorKind::Hibernating))),
+                ..ready()
+            },
+            failed: None,
+            condition: ConditionType::Authorized,
+            truth: "Unknown",
+            reason: Reason::InstanceHibernating,
+            state: "PROVISIONING",
+            next: Some(Retry::After(stop::HIBERNATION_RETRY)),
         },
         Case {
             name: "a 429 with Retry-After while reading the user",

@@ -204,6 +204,10 @@ pub struct Behaviour {
     pub email_send_status: u16,
     /// A Business Rule's `script` runs only when `advanced` is true (documented, default: yes).
     pub script_requires_advanced: bool,
+    /// The instance hibernates (an idle developer instance): every request but the management
+    /// interface's answers HTTP 200 with the "instance hibernating" HTML page (servicenow-api.md
+    /// §7, default: awake).
+    pub hibernating: bool,
 }
 
 impl Default for Behaviour {
@@ -223,6 +227,7 @@ impl Default for Behaviour {
             no_count_omits_total: true,
             email_send_status: 200,
             script_requires_advanced: true,
+            hibernating: false,
         }
     }
 }

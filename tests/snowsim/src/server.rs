@@ -87,6 +87,22 @@ pub fn app(shared: Arc<Shared>) -> Router {
         .layer(axum::Extension(shared))
 }
 
+/// What a hibernating developer instance answers to every request, API calls included: HTTP 200
+/// and an HTML page that says so (servicenow-api.md §7: clients detect it by its text, whatever
+/// the status; the page carries `class="instance-hibernating-page"`).
+fn hibernation_page() -> Response {
+    (
+        StatusCode::OK,
+        Html(
+            "<!DOCTYPE html><html><head><title>Instance Hibernating page</title></head>\n\
+             <body class=\"instance-hibernating-page\"><h1>Your instance is hibernating</h1>\n\
+             <p>Developer instances hibernate when idle. Sign in to the developer site to wake it up.</p>\n\
+             </body></html>\n",
+        ),
+    )
+        .into_response()
+}
+
 async fn not_found(uri: axum::http::Uri) -> Response {
     if uri.path().starts_with("/api/") {
         ApiError::NoResource.into_response()
@@ -146,6 +162,10 @@ async fn gateway(State(shared): State<Arc<Shared>>, mut request: Request, next: 
     };
     let method = request.method().to_string();
     let query = request.uri().query().unwrap_or("").to_string();
+    if instance.state.lock().behaviour.hibernating {
+        log_request(&instance, &method, &path, &query, None, 200);
+        return hibernation_page();
+    }
     let transaction_id = transaction_id();
     let plan = instance.state.lock().faults.plan(&method, &path);
     if plan.latency_ms > 0 {

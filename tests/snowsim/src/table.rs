@@ -511,7 +511,8 @@ fn display_inputs(
     input
 }
 
-/// `GET /api/now/ui/user/current_user` (servicenow-api.md §2.9).
+/// `GET /api/now/ui/user/current_user` (servicenow-api.md §2.9, with §7's correction: the display
+/// name is `user_display_name`; there is no `name` member).
 pub async fn current_user(
     Extension(instance): Extension<Arc<Instance>>,
     Extension(caller): Extension<Caller>,
@@ -526,7 +527,6 @@ pub async fn current_user(
         "user_sys_id": user.sys_id(),
         "user_name": user.get("user_name"),
         "user_display_name": user.get("name"),
-        "name": user.get("name"),
         "first_name": user.get("first_name"),
         "last_name": user.get("last_name"),
         "email": user.get("email"),

@@ -166,3 +166,41 @@ async fn several_instances_are_chosen_by_host_and_keep_their_own_data() {
             .client_id
     );
 }
+
+/// servicenow-api.md §7: a hibernating developer instance answers every request — REST API,
+/// token endpoint, login page — with HTTP 200 and its HTML "instance hibernating" page; the
+/// management interface stays up to wake it.
+#[tokio::test]
+async fn a_hibernating_instance_answers_its_page_with_200_to_everything() {
+    let (server, client) = common::start().await;
+    let admin = server.admin();
+    admin.set_behaviour(snowsim::Behaviour {
+        hibernating: true,
+        ..admin.behaviour()
+    });
+    for request in [
+        client
+            .get(common::url("/api/now/table/incident"))
+            .basic_auth("admin", Some("admin")),
+        client
+            .post(common::url("/oauth_token.do"))
+            .form(&[("grant_type", "refresh_token"), ("refresh_token", "x")]),
+        client.get(common::url("/login.do")),
+    ] {
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), 200);
+        let content_type = response.headers()["content-type"].to_str().unwrap().to_owned();
+        assert!(content_type.starts_with("text/html"), "{content_type}");
+        let body = response.text().await.unwrap();
+        assert!(body.contains("class=\"instance-hibernating-page\""), "{body}");
+        assert!(body.contains("Instance Hibernating page"), "{body}");
+    }
+    assert!(admin.request_log().iter().all(|entry| entry.status == 200));
+
+    admin.set_behaviour(snowsim::Behaviour {
+        hibernating: false,
+        ..admin.behaviour()
+    });
+    let (status, _) = common::get_json(&client, "admin", "/api/now/table/incident").await;
+    assert_eq!(status, 200);
+}

@@ -444,7 +444,9 @@ async fn s2_9_current_user_names_the_caller() {
         server.admin().user_sys_id("neo.agent").unwrap()
     );
     assert_eq!(body["result"]["user_name"], "neo.agent");
-    assert_eq!(body["result"]["name"], "Neo Agent");
+    // servicenow-api.md §7: the display name is `user_display_name`; there is no `name` member.
+    assert_eq!(body["result"]["user_display_name"], "Neo Agent");
+    assert!(body["result"].get("name").is_none(), "{body}");
     assert_eq!(body["result"]["email"], "neo.agent@example.com");
 }
 
