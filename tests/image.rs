@@ -74,9 +74,18 @@ fn succeeded(what: &str, output: &Output) -> String {
 fn archive() -> &'static Path {
     static ARCHIVE: OnceLock<Result<PathBuf, String>> = OnceLock::new();
     let archive = ARCHIVE.get_or_init(|| {
-        let build = Command::new("bash")
+        let mut build = Command::new("bash");
+        build
             .arg(support::repo_path("image/build"))
-            .current_dir(support::repo_path(""))
+            .current_dir(support::repo_path(""));
+        // The build directory this test was built in (make sets CARGO_TARGET_DIR; plain `cargo
+        // test` may not), so the image's release build lands beside it.
+        if std::env::var_os("CARGO_TARGET_DIR").is_none()
+            && let Some(target) = option_env!("CARGO_TARGET_TMPDIR").and_then(|tmp| Path::new(tmp).parent())
+        {
+            build.env("CARGO_TARGET_DIR", target);
+        }
+        let build = build
             .stdin(Stdio::null())
             .output()
             .map_err(|error| format!("could not run image/build: {error}"))?;
