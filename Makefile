@@ -12,7 +12,7 @@ ENVTEST_RUN ?= $(CACHE_DIR)/run/envtest-$(shell echo $$PPID)
 # A hung test fails the run with the names of the tests still running instead of eating CI's budget.
 TEST_TIMEOUT ?= 40m
 
-.PHONY: test lint integration crds envtest-bins browser-deps clean-cache demo demo-bins demo-check bench
+.PHONY: test lint integration crds envtest-bins browser-deps clean-cache demo demo-bins demo-check bench image image-archive
 
 ## test: everything CI runs — format, lints, unit and integration tests against a real API server,
 ## and the demo once through (on ports of its own).
@@ -31,7 +31,9 @@ envtest-bins:
 browser-deps:
 	tests/browser/install
 
-integration: envtest-bins browser-deps
+## integration also needs the image archive (tests/image.rs runs it), built first so that its
+## release build does not compete with the tests for the CPU.
+integration: envtest-bins browser-deps image-archive
 	rm -rf "$(ENVTEST_RUN)"
 	ENVTEST_WATCH_PID=$$$$ tests/envtest/up "$(ENVTEST_RUN)" >/dev/null; \
 	trap 'status=$$?; tests/envtest/down "$(ENVTEST_RUN)"; [[ $$status -ne 0 ]] || rm -rf "$(ENVTEST_RUN)"' EXIT; \
@@ -61,6 +63,15 @@ demo-check: integration demo-bins
 bench: envtest-bins
 	cargo bench --locked -p snowsim
 	cargo bench --locked -p servicenow-operator --bench reconcile
+
+## image: the container image as an OCI archive, built without a Docker daemon (image/build: a
+## static binary, Debian's umoci and CA bundle), and its CycloneDX SBOM beside it (image/sbom);
+## both in ~/.cache/servicenow-operator/image/<content hash>/ (…/image/latest links the last one).
+image:
+	archive=$$(image/build); image/sbom "$$(dirname "$$archive")"; ls -l "$$(dirname "$$archive")"
+
+image-archive:
+	image/build >/dev/null
 
 ## crds: regenerate crds/ from the code.
 crds:

@@ -29,11 +29,17 @@ fn succeeded(what: &str, output: &Output) -> String {
 }
 
 #[tokio::test]
-async fn the_chart_lints_and_refuses_to_render_without_a_public_url() {
+async fn the_chart_lints_strictly_and_refuses_to_render_without_a_public_url() {
     let plane = control_plane().await;
     let lint = plane
         .command("helm")
-        .args(["lint", &chart(), "--set", "publicUrl=https://neo.example.com"])
+        .args([
+            "lint",
+            "--strict",
+            &chart(),
+            "--set",
+            "publicUrl=https://neo.example.com",
+        ])
         .output()
         .unwrap();
     succeeded("helm lint", &lint);
@@ -44,6 +50,202 @@ async fn the_chart_lints_and_refuses_to_render_without_a_public_url() {
         .unwrap();
     assert!(!missing.status.success(), "rendering without publicUrl must fail");
     assert!(String::from_utf8_lossy(&missing.stderr).contains("publicUrl is required"));
+}
+
+/// `helm template t <chart> ARGS...`: what it printed, or its error.
+fn template(plane: &ControlPlane, args: &[&str]) -> Result<String, String> {
+    let rendered = plane
+        .command("helm")
+        .args(["template", "t", &chart(), "--set", "publicUrl=https://neo.example.com"])
+        .args(args)
+        .output()
+        .expect("run helm");
+    if rendered.status.success() {
+        Ok(String::from_utf8_lossy(&rendered.stdout).into_owned())
+    } else {
+        Err(String::from_utf8_lossy(&rendered.stderr).into_owned())
+    }
+}
+
+fn documents(text: &str) -> Vec<serde_yaml_ng::Value> {
+    serde_yaml_ng::Deserializer::from_str(text)
+        .map(|document| serde::Deserialize::deserialize(document).expect("a YAML document"))
+        .filter(|document: &serde_yaml_ng::Value| !document.is_null())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_mistyped_value_fails_rendering_with_the_schemas_message() {
+    let plane = control_plane().await;
+    for (typo, message) in [
+        ("replicaCont=2", "additional properties 'replicaCont' not allowed"),
+        ("image.tagg=1.0.0", "additional properties 'tagg' not allowed"),
+        (
+            "podDisruptionBudget.enable=true",
+            "additional properties 'enable' not allowed",
+        ),
+        ("logFormat=yaml", "logFormat"),
+        ("replicaCount=0", "replicaCount"),
+        ("publicUrl=neo.example.com", "publicUrl"),
+    ] {
+        let error = template(plane, &["--set", typo]).expect_err(&format!("--set {typo} must not render"));
+        assert!(
+            error.contains("values don't meet the specifications of the schema") && error.contains(message),
+            "--set {typo}: {error}"
+        );
+    }
+    // Every default value is in the schema (an unknown one would fail here).
+    template(plane, &[]).expect("the defaults render");
+}
+
+#[tokio::test]
+async fn the_disruption_budget_and_the_topology_spread_render_for_two_replicas() {
+    let plane = control_plane().await;
+    let plain = documents(&template(plane, &[]).expect("render"));
+    assert!(!plain.iter().any(|d| d["kind"].as_str() == Some("PodDisruptionBudget")));
+    let pod = &of_kind(&plain, "Deployment")["spec"]["template"]["spec"];
+    assert!(pod["topologySpreadConstraints"].is_null(), "{pod:?}");
+
+    let two = documents(
+        &template(
+            plane,
+            &[
+                "--set",
+                "replicaCount=2",
+                "--set",
+                "podDisruptionBudget.enabled=true",
+                "--set",
+                "topologySpread.enabled=true",
+            ],
+        )
+        .expect("render with two replicas"),
+    );
+    let deployment = of_kind(&two, "Deployment");
+    assert_eq!(deployment["spec"]["replicas"].as_u64(), Some(2));
+    let selector = &deployment["spec"]["selector"]["matchLabels"];
+    let pdb = of_kind(&two, "PodDisruptionBudget");
+    assert_eq!(pdb["spec"]["minAvailable"].as_u64(), Some(1));
+    assert_eq!(
+        &pdb["spec"]["selector"]["matchLabels"], selector,
+        "the PDB selects the operator's pods"
+    );
+    let constraints = deployment["spec"]["template"]["spec"]["topologySpreadConstraints"]
+        .as_sequence()
+        .expect("topologySpreadConstraints");
+    let keys: Vec<_> = constraints
+        .iter()
+        .map(|c| c["topologyKey"].as_str().expect("a key"))
+        .collect();
+    assert_eq!(keys, ["kubernetes.io/hostname", "topology.kubernetes.io/zone"]);
+    for constraint in constraints {
+        assert_eq!(&constraint["labelSelector"]["matchLabels"], selector);
+        assert_eq!(constraint["whenUnsatisfiable"].as_str(), Some("ScheduleAnyway"));
+    }
+    // The rendered objects are valid for the API server.
+    let file = std::env::temp_dir().join(format!("chart-two-replicas-{}.yaml", std::process::id()));
+    fs::write(
+        &file,
+        template(
+            plane,
+            &[
+                "--set",
+                "replicaCount=2",
+                "--set",
+                "podDisruptionBudget.enabled=true",
+                "--set",
+                "topologySpread.enabled=true",
+                "--set",
+                "crds.enabled=false",
+            ],
+        )
+        .expect("render"),
+    )
+    .unwrap();
+    let applied = plane.kubectl(&[
+        "apply",
+        "--dry-run=server",
+        "-n",
+        "default",
+        "-f",
+        file.to_str().unwrap(),
+    ]);
+    let _ = fs::remove_file(&file);
+    succeeded("kubectl apply --dry-run=server (two replicas)", &applied);
+
+    // A budget for one replica would block every node drain: refused.
+    let error = template(plane, &["--set", "podDisruptionBudget.enabled=true"]).expect_err("one replica");
+    assert!(error.contains("needs replicaCount >= 2"), "{error}");
+}
+
+#[tokio::test]
+async fn helm_install_refuses_a_typo_and_installs_the_published_image_with_notes_on_consent() {
+    let client = install_crd().await;
+    let plane = control_plane().await;
+    let ns = TestNamespace::new(&client).await;
+    let release = ns.name().to_owned();
+    let install = |extra: &[&str]| {
+        plane
+            .command("helm")
+            .args(["install", &release, &chart(), "--namespace", ns.name()])
+            .args([
+                "--set",
+                "publicUrl=https://neo.example.com",
+                "--set",
+                "crds.enabled=false",
+            ])
+            .args(extra)
+            .output()
+            .expect("run helm install")
+    };
+    let typo = install(&["--set", "watchNamespaces=itsm"]);
+    assert!(!typo.status.success(), "helm install with a typo succeeded");
+    let error = String::from_utf8_lossy(&typo.stderr);
+    assert!(
+        error.contains("additional properties 'watchNamespaces' not allowed"),
+        "helm install with a typo: {error}"
+    );
+
+    let installed = succeeded("helm install", &install(&[]));
+    let result = std::panic::catch_unwind(|| {
+        // NOTES.txt: the next step is consent, and the command that prints its URL.
+        assert!(installed.contains("NOTES:"), "{installed}");
+        assert!(
+            installed.contains("get snc acme -o jsonpath='{.status.consentUrl}"),
+            "the notes do not say how to get the consent URL:\n{installed}"
+        );
+        assert!(
+            installed.contains("https://neo.example.com/oauth/servicenow/callback"),
+            "the notes do not give the Redirect URL:\n{installed}"
+        );
+        let image = succeeded(
+            "kubectl get deployment",
+            &plane.kubectl(&[
+                "get",
+                "deployment",
+                &format!("{release}-servicenow-operator"),
+                "-n",
+                ns.name(),
+                "-o",
+                "jsonpath={.spec.template.spec.containers[0].image}",
+            ]),
+        );
+        assert_eq!(
+            image,
+            format!("ghcr.io/neoagent/servicenow-operator:{}", env!("CARGO_PKG_VERSION")),
+            "the chart's default image is where releases are published, tagged with the version"
+        );
+    });
+    succeeded(
+        "helm uninstall",
+        &plane
+            .command("helm")
+            .args(["uninstall", &release, "--namespace", ns.name()])
+            .output()
+            .expect("run helm uninstall"),
+    );
+    if let Err(panic) = result {
+        std::panic::resume_unwind(panic);
+    }
 }
 
 /// The chart rendered as release `t`, with the ServiceMonitor and the PrometheusRule, as YAML

@@ -151,8 +151,25 @@ impl Scene {
         Self::build(client, ns, extra_spec, false).await
     }
 
+    /// Sets the scene like [`Self::new`] against `simulator`, which the test started (on an
+    /// address of its choosing, say).
+    pub async fn with_simulator(simulator: snowsim::Server, extra_spec: serde_json::Value) -> Scene {
+        let client = install_crd().await;
+        let ns = TestNamespace::new(&client).await;
+        Self::build_with(client, ns, simulator, extra_spec, true).await
+    }
+
     async fn build(client: Client, ns: TestNamespace, extra_spec: serde_json::Value, consented: bool) -> Scene {
-        let simulator = simulator().await;
+        Self::build_with(client, ns, simulator().await, extra_spec, consented).await
+    }
+
+    async fn build_with(
+        client: Client,
+        ns: TestNamespace,
+        simulator: snowsim::Server,
+        extra_spec: serde_json::Value,
+        consented: bool,
+    ) -> Scene {
         let seed = seed(&simulator, AGENT).await;
         put_secret(
             &client,
