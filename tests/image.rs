@@ -32,13 +32,7 @@ use rand::Rng as _;
 use serde_json::Value;
 use servicenow_operator::api::SyncState;
 use sha2::{Digest as _, Sha256};
-use support::{
-    Observed, control_plane,
-    instance::HOST,
-    operator::free_port,
-    scene::Scene,
-    poll_until,
-};
+use support::{Observed, control_plane, instance::HOST, operator::free_port, poll_until, scene::Scene};
 
 /// Where the image runs its binary, and as whom (the Dockerfile's and the chart's user).
 const ENTRYPOINT: &str = "/servicenow-operator";

@@ -57,12 +57,12 @@ where
 
 /// GET as `user:password`, returning status and JSON body.
 pub async fn get_json(client: &reqwest::Client, user: &str, path: &str) -> (u16, serde_json::Value) {
-    let response = client
-        .get(url(path))
-        .basic_auth(user, Some(user))
-        .send()
-        .await
-        .expect("request");
+    status_and_json(client.get(url(path)).basic_auth(user, Some(user))).await
+}
+
+/// Sends `request`: its status and JSON body (`null` when the body is not JSON).
+async fn status_and_json(request: reqwest::RequestBuilder) -> (u16, serde_json::Value) {
+    let response = request.send().await.expect("request");
     let status = response.status().as_u16();
     let body = response.json().await.unwrap_or(serde_json::Value::Null);
     (status, body)
@@ -75,17 +75,14 @@ pub async fn post_json(
     path: &str,
     body: serde_json::Value,
 ) -> (u16, serde_json::Value) {
-    let response = client
-        .post(url(path))
-        .basic_auth(user, Some(user))
-        .header("Accept", "application/json")
-        .json(&body)
-        .send()
-        .await
-        .expect("request");
-    let status = response.status().as_u16();
-    let body = response.json().await.unwrap_or(serde_json::Value::Null);
-    (status, body)
+    status_and_json(
+        client
+            .post(url(path))
+            .basic_auth(user, Some(user))
+            .header("Accept", "application/json")
+            .json(&body),
+    )
+    .await
 }
 
 /// `/oauth_auth.do?{authorize_query}` answered by `neo.agent` with `decision` in a fresh session;
