@@ -139,7 +139,7 @@ pub async fn run(args: RunArgs) -> Result<(), StartError> {
         kube: client.clone(),
         servicenow: servicenow.clone(),
         public_url: public_url.clone(),
-        state_key,
+        state_key: state_key.clone(),
         refresh_token_lifespan,
     }));
     let receiver = Arc::new(Receiver::new(
@@ -158,10 +158,10 @@ pub async fn run(args: RunArgs) -> Result<(), StartError> {
             })
             .await;
     });
-    let public = consent.merge(http::receiver::router(receiver.clone()));
+    let public = http::with_security_headers(consent.merge(http::receiver::router(receiver.clone())));
     let public_server = tokio::spawn(http::serve(listen, public, stopped()));
 
-    let context = Arc::new(Context::new(client.clone(), servicenow, public_url, metrics));
+    let context = Arc::new(Context::new(client.clone(), servicenow, public_url, metrics, state_key));
     if !leader_election {
         let synced = move || ready.store(true, Ordering::Release);
         controller::run(client, namespace.as_deref(), concurrency, context, synced, stopped()).await;
