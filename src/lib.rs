@@ -21,4 +21,5 @@ pub mod secrets;
 pub mod servicenow;
 pub mod sync;
 pub mod telemetry;
+pub mod ticket;
 pub mod webhook;

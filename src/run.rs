@@ -206,7 +206,7 @@ async fn setup(args: RunArgs, stop: &Stop) -> Result<Operator, StartError> {
         kube: client.clone(),
         servicenow: servicenow.clone(),
         public_url: public_url.clone(),
-        state_key,
+        state_key: state_key.clone(),
         refresh_token_lifespan,
     }));
     let receiver = Arc::new(Receiver::new(
@@ -225,11 +225,11 @@ async fn setup(args: RunArgs, stop: &Stop) -> Result<Operator, StartError> {
             })
             .await;
     });
-    let public = consent.merge(http::receiver::router(receiver.clone()));
+    let public = http::with_security_headers(consent.merge(http::receiver::router(receiver.clone())));
     let public_server = tokio::spawn(http::serve(listen, public, stop.stopped()));
 
     Ok(Operator {
-        context: Arc::new(Context::new(client.clone(), servicenow, public_url, metrics)),
+        context: Arc::new(Context::new(client.clone(), servicenow, public_url, metrics, state_key)),
         kube: client,
         namespace,
         concurrency,

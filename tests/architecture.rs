@@ -191,6 +191,7 @@ const MAY_IMPORT: &[(&str, &[&str])] = &[
             "servicenow",
             "sync",
             "telemetry",
+            "ticket",
         ],
     ),
     (
@@ -199,7 +200,7 @@ const MAY_IMPORT: &[(&str, &[&str])] = &[
     ),
     (
         "http",
-        &["api", "secrets", "servicenow", "sync", "telemetry", "webhook"],
+        &["api", "secrets", "servicenow", "sync", "telemetry", "ticket", "webhook"],
     ),
     (
         "controller",

@@ -27,9 +27,36 @@ pub const RECONSENT: &str = "neoagent.io/reconsent";
 /// Annotation written by the consent callback: `denied` when the person clicked Deny (removed
 /// once consent succeeds).
 pub const CONSENT_RESULT: &str = "neoagent.io/consent-result";
-/// Annotation written by the consent callback: the nonces of consent states already used, with
-/// their expiry (JSON object nonce → Unix seconds), so a state works once across replicas.
+/// Annotation of older versions (the nonces of used consent states); the consent endpoints remove
+/// it when they write.
 pub const CONSENT_NONCES: &str = "neoagent.io/consent-nonces";
+/// Annotation written by the consent endpoints, only for a request that holds a valid, unused
+/// consent ticket (or the state minted from one): the consent under way ([`ConsentSession`], JSON).
+/// It makes a ticket single-use and a state single-use, across replicas.
+pub const CONSENT_SESSION: &str = "neoagent.io/consent-session";
+
+/// The consent under way, in the annotation [`CONSENT_SESSION`]: which ticket started it and the
+/// nonce of the state it minted. Hashes and nonces only, never the ticket itself.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ConsentSession {
+    /// The hash of the ticket `/start` accepted (the ticket is used from then on).
+    pub ticket: String,
+    /// The nonce of the state `/start` minted (the callback accepts only that state).
+    pub state: String,
+    /// The callback accepted that state (it is used from then on).
+    #[serde(default)]
+    pub done: bool,
+}
+
+impl ConsentSession {
+    /// The session recorded on an object with `annotations`, if any (an unreadable one is none).
+    pub fn of(annotations: &std::collections::BTreeMap<String, String>) -> Option<ConsentSession> {
+        annotations
+            .get(CONSENT_SESSION)
+            .and_then(|json| serde_json::from_str(json).ok())
+    }
+}
 
 /// A connection from this cluster to one ServiceNow instance: the OAuth application to use, the
 /// service account whose consent it runs under, and the webhook Business Rule the operator keeps
@@ -214,9 +241,16 @@ pub struct ServiceNowConnectionStatus {
     pub conditions: Vec<Condition>,
 
     /// While the connection waits for consent: the page to open, signed in to the instance as
-    /// the service account, to grant the operator access.
+    /// the service account, to grant the operator access. It carries a single-use ticket that
+    /// expires after an hour (a new one then appears here): only who can read this status can
+    /// start a consent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub consent_url: Option<String>,
+
+    /// The ticket in `consentUrl`, as the operator checks it: its SHA-256 and its expiry (the
+    /// ticket itself is only in `consentUrl`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consent_ticket: Option<ConsentTicket>,
 
     /// The ServiceNow user the connection acts as: the one who gave consent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -252,6 +286,16 @@ pub struct ServiceNowConnectionStatus {
     /// the refresh token and waits for consent again, e.g. to change the identity).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_handled_reconsent_at: Option<String>,
+}
+
+/// The consent ticket in `status.consentUrl`, as the operator checks it.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ConsentTicket {
+    /// base64url(SHA-256(ticket)).
+    pub hash: String,
+    /// When the ticket stops being accepted.
+    pub expires_at: Time,
 }
 
 /// The ServiceNow user a connection acts as.

@@ -22,12 +22,20 @@ fn under(public_url: &Url, path: &str) -> Url {
     url
 }
 
-/// The consent URL of the connection `namespace/name`.
-pub fn consent_url(public_url: &Url, namespace: &str, name: &str) -> String {
+/// The consent URL carrying `ticket` (see `crate::ticket`: only `[A-Za-z0-9._-]`).
+pub fn consent_url(public_url: &Url, ticket: &str) -> String {
     let mut url = under(public_url, CONSENT_START);
-    url.query_pairs_mut()
-        .append_pair("connection", &format!("{namespace}/{name}"));
+    url.query_pairs_mut().append_pair("ticket", ticket);
     url.to_string()
+}
+
+/// Whether `consent_url` is one [`consent_url`] makes under `public_url` (after `--public-url`
+/// changed, it is not).
+pub fn is_consent_url(public_url: &Url, consent_url: &str) -> bool {
+    let start = under(public_url, CONSENT_START).to_string();
+    consent_url
+        .strip_prefix(&start)
+        .is_some_and(|rest| rest.starts_with("?ticket="))
 }
 
 /// The OAuth redirect URL.
@@ -52,10 +60,13 @@ mod tests {
     fn urls_sit_under_the_public_url_whatever_its_trailing_slash() {
         for base in ["https://neo.example.com/base", "https://neo.example.com/base/"] {
             let public = Url::parse(base).unwrap();
+            let url = consent_url(&public, "t1.abc_-.9");
             assert_eq!(
-                consent_url(&public, "itsm", "acme"),
-                "https://neo.example.com/base/oauth/servicenow/start?connection=itsm%2Facme"
+                url,
+                "https://neo.example.com/base/oauth/servicenow/start?ticket=t1.abc_-.9"
             );
+            assert!(is_consent_url(&public, &url));
+            assert!(!is_consent_url(&Url::parse("https://other.example.com").unwrap(), &url));
             assert_eq!(
                 redirect_url(&public),
                 "https://neo.example.com/base/oauth/servicenow/callback"

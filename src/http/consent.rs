@@ -1,15 +1,26 @@
-//! The consent endpoints: `GET /oauth/servicenow/start?connection=<ns>/<name>` sends the browser
-//! to the instance's `/oauth_auth.do` (state + PKCE S256); `GET /oauth/servicenow/callback`
-//! checks the state (signed, expiring, single use across replicas), exchanges the code, stores
-//! the refresh token in the connection's token Secret (which wakes the reconcile) and shows a
-//! plain page. Failures show the connect guide's remedy; nothing is stored on a failure.
+//! The consent endpoints. Only who can read a connection's status can start a consent:
+//!
+//! * `GET /oauth/servicenow/start?ticket=<ticket>` accepts only the ticket the controller put in
+//!   `status.consentUrl` while the connection needs consent (`crate::ticket`): checked first
+//!   without any read (MAC, expiry), then against `status.consentTicket` (one read), then recorded
+//!   as used in the annotation `neoagent.io/consent-session` (the only write, guarded by the
+//!   resourceVersion so two replicas cannot both accept one ticket). Anything else gets one
+//!   generic page that says nothing about which connections exist. It then sends the browser to
+//!   the instance's `/oauth_auth.do` (state + PKCE S256) with a cookie that binds the flow to it.
+//! * `GET /oauth/servicenow/callback` checks the state (signed, expiring), the browser's cookie,
+//!   and that the state is the session's and unused (recorded as used), exchanges the code,
+//!   resolves who signed in with the new access token and refuses — revoking it — a token of
+//!   anyone but `spec.expectedUserName`; then stores the refresh token in the connection's token
+//!   Secret (which wakes the reconcile), revokes the one it replaces, and shows a plain page.
+//!
+//! Pages never show a Kubernetes error, a token, a ticket or a code.
 
-use std::{collections::BTreeMap, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
 use axum::{
     Router,
     extract::{Query, State},
-    http::{StatusCode, header},
+    http::{HeaderMap, HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
     routing::get,
 };
@@ -28,9 +39,10 @@ use super::{
     pages::page,
 };
 use crate::{
-    api::{CONSENT_NONCES, CONSENT_RESULT, ServiceNowConnection, paths, split_key},
+    api::{CONSENT_NONCES, CONSENT_RESULT, CONSENT_SESSION, ConsentSession, ServiceNowConnection, paths, split_key},
     secrets::{self, StoredToken},
-    servicenow::{ErrorKind, InstanceUrl, SecretString, ServiceNow, oauth},
+    servicenow::{ClientCredentials, ErrorKind, InstanceUrl, SecretString, ServiceNow, oauth},
+    ticket,
 };
 
 /// What the consent endpoints need.
@@ -41,7 +53,7 @@ pub struct ConsentContext<S> {
     pub servicenow: S,
     /// The operator's public base URL; the redirect URL is this + [`paths::CONSENT_CALLBACK`].
     pub public_url: url::Url,
-    /// The key that signs consent states (the same on every replica).
+    /// The key that signs consent tickets and states (the same on every replica).
     pub state_key: SecretString,
     /// The refresh-token lifespan assumed at issue (the token endpoint does not say it).
     pub refresh_token_lifespan: Duration,
@@ -52,7 +64,24 @@ impl<S> ConsentContext<S> {
     pub fn redirect_uri(&self) -> String {
         paths::redirect_url(&self.public_url)
     }
+
+    /// The name of the cookie that binds a consent to the browser that started it:
+    /// `__Host-` prefixed (Secure, Path=/, no Domain) when the public URL is https; browsers
+    /// refuse `Secure` cookies over plain http, so an http public URL (local tests and demos
+    /// only) gets the same cookie without the prefix and without `Secure`.
+    pub fn cookie_name(&self) -> &'static str {
+        if self.secure() { SECURE_COOKIE } else { PLAIN_COOKIE }
+    }
+
+    fn secure(&self) -> bool {
+        self.public_url.scheme() == "https"
+    }
 }
+
+/// The binding cookie's name over https.
+pub const SECURE_COOKIE: &str = "__Host-snc-consent";
+/// The binding cookie's name over http (local use).
+pub const PLAIN_COOKIE: &str = "snc-consent";
 
 /// The consent routes.
 pub fn router<S: ServiceNow>(context: Arc<ConsentContext<S>>) -> Router {
@@ -62,9 +91,9 @@ pub fn router<S: ServiceNow>(context: Arc<ConsentContext<S>>) -> Router {
         .with_state(context)
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Deserialize)]
 struct StartQuery {
-    connection: Option<String>,
+    ticket: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -77,20 +106,17 @@ struct CallbackQuery {
 const START_AGAIN: &str =
     "Open the connection's status.consentUrl again (kubectl get snc NAME -o jsonpath='{.status.consentUrl}').";
 
-async fn load<S>(context: &ConsentContext<S>, namespace: &str, name: &str) -> Result<ServiceNowConnection, Response> {
-    let api: Api<ServiceNowConnection> = Api::namespaced(context.kube.clone(), namespace);
-    match api.get_opt(name).await {
-        Ok(Some(connection)) => Ok(connection),
-        Ok(None) => Err(page(
-            StatusCode::NOT_FOUND,
-            "Connection not found",
-            &format!("There is no ServiceNowConnection {namespace}/{name}. {START_AGAIN}"),
-        )),
-        Err(error) => {
-            tracing::error!(%error, connection = %format!("{namespace}/{name}"), "failed to read the connection");
-            Err(unavailable())
-        }
-    }
+/// The one page `/start` answers to anything but a valid, unused ticket of a connection that
+/// needs consent: the same for a missing, malformed, forged, expired or used ticket, an unknown
+/// connection or a READY one, so it tells an anonymous caller nothing.
+pub fn invalid_link() -> Response {
+    page(
+        StatusCode::NOT_FOUND,
+        "This consent link is not valid",
+        "The link is incomplete, has expired, was already used, or no consent is awaited. A consent link works \
+         once, for an hour, and only while a connection waits for consent. Ask whoever manages the connection \
+         for its current status.consentUrl (kubectl get snc NAME -o jsonpath='{.status.consentUrl}').",
+    )
 }
 
 fn unavailable() -> Response {
@@ -101,10 +127,21 @@ fn unavailable() -> Response {
     )
 }
 
+/// Reads the connection `namespace/name`; `None` when it does not exist or cannot be read (logged,
+/// never shown).
+async fn load<S>(context: &ConsentContext<S>, namespace: &str, name: &str) -> Result<Option<ServiceNowConnection>, ()> {
+    let api: Api<ServiceNowConnection> = Api::namespaced(context.kube.clone(), namespace);
+    api.get_opt(name).await.map_err(|error| {
+        tracing::error!(%error, connection = %format!("{namespace}/{name}"), "failed to read the connection");
+    })
+}
+
+/// The connection's instance and client credentials; a page that says what to fix (never the
+/// Kubernetes error) when they cannot be used.
 async fn credentials<S>(
     context: &ConsentContext<S>,
     connection: &ServiceNowConnection,
-) -> Result<(InstanceUrl, crate::servicenow::ClientCredentials), Response> {
+) -> Result<(InstanceUrl, ClientCredentials), Response> {
     let instance = InstanceUrl::parse(&connection.spec.instance_url).map_err(|error| {
         page(
             StatusCode::BAD_REQUEST,
@@ -116,40 +153,91 @@ async fn credentials<S>(
     let credentials = secrets::read_credentials(&secrets, &connection.spec.credentials_secret_ref.name)
         .await
         .map_err(|error| {
+            tracing::warn!(connection = %crate::api::key(connection), %error, "consent: the credentials cannot be used");
             page(
                 StatusCode::BAD_REQUEST,
                 "Credentials missing",
-                &format!("{error}. Create it with the clientId and clientSecret of the instance's Application Registry entry, then start again."),
+                "The connection's credentials Secret cannot be used (see the connection's conditions). Put the clientId and clientSecret of the instance's Application Registry entry in it, then start again.",
             )
         })?;
     Ok((instance, credentials))
+}
+
+/// Whether `connection` holds `ticket_hash` as its current, unexpired, unused consent ticket.
+fn holds_ticket(connection: &ServiceNowConnection, ticket_hash: &str, now: Timestamp) -> bool {
+    let Some(status) = connection.status.as_ref() else {
+        return false;
+    };
+    let current = status
+        .consent_ticket
+        .as_ref()
+        .filter(|current| status.consent_url.is_some() && current.expires_at.0 > now)
+        .is_some_and(|current| ticket::same_hash(&current.hash, ticket_hash));
+    let used = ConsentSession::of(connection.annotations())
+        .is_some_and(|session| ticket::same_hash(&session.ticket, ticket_hash));
+    current && !used
 }
 
 async fn start<S: ServiceNow>(
     State(context): State<Arc<ConsentContext<S>>>,
     Query(query): Query<StartQuery>,
 ) -> Response {
-    let Some((namespace, name)) = query.connection.as_deref().and_then(split_key) else {
-        return page(
-            StatusCode::BAD_REQUEST,
-            "Consent cannot start",
-            &format!("This link lacks ?connection=<namespace>/<name>. {START_AGAIN}"),
-        );
+    let now = Timestamp::now();
+    let Some(given) = query.ticket else {
+        return invalid_link();
     };
-    let connection = match load(&context, namespace, name).await {
-        Ok(connection) => connection,
-        Err(page) => return page,
+    // No read, no write for anything but a ticket this operator issued, unexpired.
+    let Ok(connection_key) = ticket::verify(context.state_key.expose().as_bytes(), &given, now) else {
+        return invalid_link();
     };
+    let Some((namespace, name)) = split_key(&connection_key) else {
+        return invalid_link();
+    };
+    let hash = ticket::hash(&given);
+    let mut connection = match load(&context, namespace, name).await {
+        Ok(Some(connection)) => connection,
+        Ok(None) => return invalid_link(),
+        Err(()) => return unavailable(),
+    };
+    if !holds_ticket(&connection, &hash, now) {
+        return invalid_link();
+    }
     let (instance, credentials) = match credentials(&context, &connection).await {
         Ok(found) => found,
         Err(page) => return page,
     };
     let minted = consent_state::mint(
         context.state_key.expose().as_bytes(),
-        &format!("{namespace}/{name}"),
+        &connection_key,
         &connection.uid().unwrap_or_default(),
-        Timestamp::now(),
+        now,
     );
+    let session = ConsentSession {
+        ticket: hash.clone(),
+        state: minted.nonce.clone(),
+        done: false,
+    };
+    // Record the ticket as used, guarded by the resourceVersion: of two concurrent uses, one wins.
+    let api: Api<ServiceNowConnection> = Api::namespaced(context.kube.clone(), namespace);
+    let mut recorded = false;
+    for _ in 0..5 {
+        match record(&api, &connection, &session, None).await {
+            Ok(()) => {
+                recorded = true;
+                break;
+            }
+            Err(Conflict::Changed) => match load(&context, namespace, name).await {
+                Ok(Some(fresh)) if holds_ticket(&fresh, &hash, now) => connection = fresh,
+                Ok(_) => return invalid_link(),
+                Err(()) => return unavailable(),
+            },
+            Err(Conflict::Failed) => return unavailable(),
+        }
+    }
+    if !recorded {
+        return unavailable();
+    }
+    tracing::info!(connection = %connection_key, "consent started");
     let authorize = oauth::authorize_url(
         &instance,
         credentials.client_id.expose(),
@@ -157,20 +245,87 @@ async fn start<S: ServiceNow>(
         &minted.state,
         &minted.code_challenge,
     );
-    (
-        StatusCode::FOUND,
-        [
-            (header::LOCATION, authorize),
-            (header::CACHE_CONTROL, "no-store".to_owned()),
-        ],
-    )
-        .into_response()
+    let cookie = format!(
+        "{}={}; Path=/; Max-Age={}; HttpOnly; SameSite=Lax{}",
+        context.cookie_name(),
+        minted.cookie.expose(),
+        consent_state::LIFETIME.as_secs(),
+        if context.secure() { "; Secure" } else { "" }
+    );
+    let mut response = (StatusCode::FOUND, [(header::LOCATION, authorize)]).into_response();
+    if let Ok(cookie) = HeaderValue::from_str(&cookie) {
+        response.headers_mut().insert(header::SET_COOKIE, cookie);
+    }
+    response
+}
+
+/// Why a guarded annotation write did not happen.
+enum Conflict {
+    /// The connection changed since it was read (409): read it again and re-check.
+    Changed,
+    /// Any other failure (logged).
+    Failed,
+}
+
+/// Writes `session` (and, at the callback, the consent result: `Some(denied)`) into the
+/// connection's annotations, guarded by its resourceVersion; drops the older nonce record.
+async fn record(
+    api: &Api<ServiceNowConnection>,
+    connection: &ServiceNowConnection,
+    session: &ConsentSession,
+    denied: Option<bool>,
+) -> Result<(), Conflict> {
+    let mut annotations = serde_json::json!({
+        CONSENT_SESSION: serde_json::to_string(session).unwrap_or_default(),
+        CONSENT_NONCES: serde_json::Value::Null,
+    });
+    if let Some(denied) = denied {
+        annotations[CONSENT_RESULT] = if denied {
+            serde_json::Value::from("denied")
+        } else {
+            serde_json::Value::Null
+        };
+    }
+    let patch = serde_json::json!({"metadata": {
+        "resourceVersion": connection.resource_version(),
+        "annotations": annotations,
+    }});
+    match api
+        .patch(&connection.name_any(), &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(status)) if status.code == 409 => Err(Conflict::Changed),
+        Err(error) => {
+            tracing::error!(%error, connection = %crate::api::key(connection), "failed to record the consent session");
+            Err(Conflict::Failed)
+        }
+    }
+}
+
+/// The value of the cookie `name` among the request's `Cookie` headers.
+fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(key, _)| *key == name)
+        .map(|(_, value)| value)
 }
 
 async fn callback<S: ServiceNow>(
     State(context): State<Arc<ConsentContext<S>>>,
+    headers: HeaderMap,
     Query(query): Query<CallbackQuery>,
 ) -> Response {
+    // The binding cookie stays until it expires: a replay in the same browser is then refused as
+    // a used state, in another browser as a foreign one.
+    finish(&context, &headers, query).await
+}
+
+async fn finish<S: ServiceNow>(context: &ConsentContext<S>, headers: &HeaderMap, query: CallbackQuery) -> Response {
     let Some(state) = query.state.as_deref() else {
         return page(
             StatusCode::BAD_REQUEST,
@@ -180,30 +335,27 @@ async fn callback<S: ServiceNow>(
     };
     let verified = match consent_state::verify(context.state_key.expose().as_bytes(), state, Timestamp::now()) {
         Ok(verified) => verified,
-        Err(error) => {
-            return page(
-                StatusCode::BAD_REQUEST,
-                "Consent failed",
-                &format!("{}.", capitalised(&error.to_string())),
-            );
-        }
+        Err(error) => return refused(&error),
     };
+    if let Err(error) = verified.check_cookie(cookie(headers, context.cookie_name())) {
+        return refused(&error);
+    }
     let Some((namespace, name)) = split_key(&verified.connection) else {
         return page(StatusCode::BAD_REQUEST, "Consent failed", START_AGAIN);
     };
-    let connection = match load(&context, namespace, name).await {
-        Ok(connection) => connection,
-        Err(page) => return page,
+    let connection = match load(context, namespace, name).await {
+        Ok(Some(connection)) if connection.uid().as_deref() == Some(verified.uid.as_str()) => connection,
+        Ok(_) => {
+            return page(
+                StatusCode::BAD_REQUEST,
+                "Consent failed",
+                &format!("The connection was deleted or re-created after this consent started. {START_AGAIN}"),
+            );
+        }
+        Err(()) => return unavailable(),
     };
-    if connection.uid().as_deref() != Some(verified.uid.as_str()) {
-        return page(
-            StatusCode::BAD_REQUEST,
-            "Consent failed",
-            &format!("The connection {namespace}/{name} was re-created after this consent started. {START_AGAIN}"),
-        );
-    }
     let denied = query.error.is_some();
-    if let Err(response) = consume(&context, &connection, &verified, denied).await {
+    if let Err(response) = consume(context, connection.clone(), &verified, denied).await {
         return response;
     }
     if denied {
@@ -222,7 +374,7 @@ async fn callback<S: ServiceNow>(
             &format!("The answer from the instance has no code. {START_AGAIN}"),
         );
     };
-    let (instance, credentials) = match credentials(&context, &connection).await {
+    let (instance, credentials) = match credentials(context, &connection).await {
         Ok(found) => found,
         Err(page) => return page,
     };
@@ -258,31 +410,132 @@ async fn callback<S: ServiceNow>(
             "The instance issued no refresh token. Make the Application Registry entry a confidential client with a Refresh Token Lifespan above zero, then start again.",
         );
     };
+    // Who signed in, before anything is stored.
+    let user = match context.servicenow.current_user(&instance, &grant.access_token).await {
+        Ok(user) => user,
+        Err(error) => {
+            tracing::warn!(connection = %verified.connection, %error, "could not resolve the consenting user");
+            revoke(
+                context,
+                &instance,
+                &credentials,
+                &refresh_token,
+                &verified.connection,
+                "unverified",
+            )
+            .await;
+            return page(
+                StatusCode::BAD_GATEWAY,
+                "Consent failed",
+                &format!("The instance did not say who signed in, so nothing was stored. {START_AGAIN}"),
+            );
+        }
+    };
+    if let Some(expected) = connection
+        .spec
+        .expected_user_name
+        .as_deref()
+        .filter(|expected| *expected != user.user_name)
+    {
+        tracing::warn!(connection = %verified.connection, user = %user.user_name, %expected, "consent refused: not the expected user");
+        revoke(
+            context,
+            &instance,
+            &credentials,
+            &refresh_token,
+            &verified.connection,
+            "refused",
+        )
+        .await;
+        return page(
+            StatusCode::FORBIDDEN,
+            "Consent refused",
+            &format!(
+                "You signed in to the instance as {:?}, but this connection must act as {expected:?} (spec.expectedUserName). Nothing was stored and the token just issued was revoked. Sign out of the instance, then open the connection's status.consentUrl again (it holds a new link) and sign in as {expected:?}.",
+                user.user_name
+            ),
+        );
+    }
     let lifespan = SignedDuration::try_from(context.refresh_token_lifespan).unwrap_or(SignedDuration::ZERO);
     let stored = StoredToken {
         refresh_token,
         expires_at: Timestamp::now().checked_add(lifespan).ok(),
     };
     let secrets_api: Api<Secret> = Api::namespaced(context.kube.clone(), namespace);
-    if let Err(error) = secrets::write_token(
-        &secrets_api,
-        &secrets::token_secret_name(&connection),
-        &connection,
-        &stored,
-    )
-    .await
-    {
+    let secret_name = secrets::token_secret_name(&connection);
+    let replaced = match secrets::read_token(&secrets_api, &secret_name).await {
+        Ok(replaced) => replaced,
+        Err(error) => {
+            tracing::error!(%error, connection = %verified.connection, "failed to read the token Secret");
+            revoke(
+                context,
+                &instance,
+                &credentials,
+                &stored.refresh_token,
+                &verified.connection,
+                "unstored",
+            )
+            .await;
+            return unavailable();
+        }
+    };
+    if let Err(error) = secrets::write_token(&secrets_api, &secret_name, &connection, &stored).await {
         tracing::error!(%error, connection = %verified.connection, "failed to store the refresh token");
+        revoke(
+            context,
+            &instance,
+            &credentials,
+            &stored.refresh_token,
+            &verified.connection,
+            "unstored",
+        )
+        .await;
         return unavailable();
     }
-    tracing::info!(connection = %verified.connection, "consent recorded");
+    tracing::info!(connection = %verified.connection, user = %user.user_name, "consent recorded");
+    if let Some(replaced) = replaced.filter(|replaced| replaced.refresh_token != stored.refresh_token) {
+        revoke(
+            context,
+            &instance,
+            &credentials,
+            &replaced.refresh_token,
+            &verified.connection,
+            "replaced",
+        )
+        .await;
+    }
     page(
         StatusCode::OK,
         "Consent recorded",
         &format!(
-            "The connection {namespace}/{name} now holds a refresh token; the operator takes it from here. You can close this window."
+            "The connection {namespace}/{name} now holds a refresh token of {:?}; the operator takes it from here. You can close this window.",
+            user.user_name
         ),
     )
+}
+
+/// A page for a state the callback refuses (its message says what to do; never a secret).
+fn refused(error: &consent_state::StateError) -> Response {
+    page(
+        StatusCode::BAD_REQUEST,
+        "Consent failed",
+        &format!("{}.", capitalised(&error.to_string())),
+    )
+}
+
+/// Revokes `token` at the instance, best effort (logged; `what` says which token it was).
+async fn revoke<S: ServiceNow>(
+    context: &ConsentContext<S>,
+    instance: &InstanceUrl,
+    credentials: &ClientCredentials,
+    token: &SecretString,
+    connection: &str,
+    what: &str,
+) {
+    match context.servicenow.revoke(instance, credentials, token).await {
+        Ok(()) => tracing::info!(%connection, token = %what, "revoked a refresh token"),
+        Err(error) => tracing::warn!(%connection, token = %what, %error, "failed to revoke a refresh token"),
+    }
 }
 
 fn capitalised(text: &str) -> String {
@@ -293,54 +546,37 @@ fn capitalised(text: &str) -> String {
         .unwrap_or_default()
 }
 
-/// Records that `verified`'s state was used (refusing a replay) and whether consent was denied,
-/// in the connection's annotations, guarded by its resourceVersion so two replicas cannot both
-/// accept one state.
+/// Records that `verified`'s state was used (refusing a replay, or a state the session no longer
+/// names) and whether consent was denied, guarded by the resourceVersion so two replicas cannot
+/// both accept one state.
 async fn consume<S>(
     context: &ConsentContext<S>,
-    connection: &ServiceNowConnection,
+    mut connection: ServiceNowConnection,
     verified: &Verified,
     denied: bool,
 ) -> Result<(), Response> {
-    let api: Api<ServiceNowConnection> =
-        Api::namespaced(context.kube.clone(), &connection.namespace().unwrap_or_default());
-    let name = connection.name_any();
-    let mut current = connection.clone();
+    let namespace = connection.namespace().unwrap_or_default();
+    let api: Api<ServiceNowConnection> = Api::namespaced(context.kube.clone(), &namespace);
     for _ in 0..5 {
-        let now = Timestamp::now().as_second();
-        let mut used: BTreeMap<String, i64> = current
-            .annotations()
-            .get(CONSENT_NONCES)
-            .and_then(|json| serde_json::from_str(json).ok())
-            .unwrap_or_default();
-        used.retain(|_, expires| *expires > now);
-        if used.contains_key(&verified.nonce) {
+        let session = ConsentSession::of(connection.annotations())
+            .filter(|session| !session.done && ticket::same_hash(&session.state, &verified.nonce));
+        let Some(mut session) = session else {
             return Err(page(
                 StatusCode::BAD_REQUEST,
                 "Consent failed",
-                &format!("This consent link was already used; each one works once. {START_AGAIN}"),
+                &format!(
+                    "This consent was already used, or a newer one replaced it; each consent link works once. {START_AGAIN}"
+                ),
             ));
-        }
-        used.insert(verified.nonce.clone(), verified.expires_at.as_second());
-        let result = if denied {
-            serde_json::Value::from("denied")
-        } else {
-            serde_json::Value::Null
         };
-        let patch = serde_json::json!({"metadata": {
-            "resourceVersion": current.resource_version(),
-            "annotations": {CONSENT_NONCES: serde_json::to_string(&used).unwrap_or_default(), CONSENT_RESULT: result},
-        }});
-        match api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await {
-            Ok(_) => return Ok(()),
-            Err(kube::Error::Api(status)) if status.code == 409 => match api.get(&name).await {
-                Ok(fresh) => current = fresh,
-                Err(_) => return Err(unavailable()),
+        session.done = true;
+        match record(&api, &connection, &session, Some(denied)).await {
+            Ok(()) => return Ok(()),
+            Err(Conflict::Changed) => match load(context, &namespace, &connection.name_any()).await {
+                Ok(Some(fresh)) => connection = fresh,
+                Ok(None) | Err(()) => return Err(unavailable()),
             },
-            Err(error) => {
-                tracing::error!(%error, connection = %verified.connection, "failed to record a consent state as used");
-                return Err(unavailable());
-            }
+            Err(Conflict::Failed) => return Err(unavailable()),
         }
     }
     Err(unavailable())

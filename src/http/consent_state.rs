@@ -15,12 +15,17 @@
 //!   from the key and the state's random nonce (HMAC-SHA256 with a label of its own), so whichever
 //!   replica receives the callback computes the same verifier; it is never stored nor sent to
 //!   the browser.
+//! * Bound to the browser that started the flow: [`mint`] also draws a random cookie value
+//!   ([`Minted::cookie`], set by `/start` as an HttpOnly, SameSite=Lax cookie) and the state
+//!   carries its SHA-256; the callback calls [`Verified::check_cookie`] with the cookie the browser
+//!   sent (RFC 9700 §4.7, against login CSRF: a state alone, sent to someone else's browser, is
+//!   refused).
 //! * Single use is the caller's part: record [`Verified::nonce`] in a shared place (annotation,
 //!   Secret) until [`Verified::expires_at`] and refuse a nonce seen before.
 //!
-//! Format: `v1.<connection>.<uid>.<nonce>.<expires>.<mac>`, each part base64url without padding
-//! (`<expires>` is Unix seconds in decimal), so the state holds only `[A-Za-z0-9._-]` — ServiceNow
-//! asks for a state with "no special characters".
+//! Format: `v2.<connection>.<uid>.<nonce>.<binding>.<expires>.<mac>`, each part base64url without
+//! padding (`<expires>` is Unix seconds in decimal), so the state holds only `[A-Za-z0-9._-]` —
+//! ServiceNow asks for a state with "no special characters".
 
 use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
 use hmac::{Hmac, Mac};
@@ -35,9 +40,11 @@ type HmacSha256 = Hmac<Sha256>;
 pub const LIFETIME: SignedDuration = SignedDuration::from_mins(10);
 
 /// The first part of every state this version mints.
-const VERSION: &str = "v1";
+const VERSION: &str = "v2";
 /// Bytes of randomness in a state.
 const NONCE_LEN: usize = 16;
+/// Bytes of randomness in the browser-binding cookie.
+const COOKIE_LEN: usize = 32;
 /// Longer states are refused before any work (Kubernetes names and UIDs keep real ones far below).
 const MAX_STATE_LEN: usize = 2048;
 /// Domain separation: the MAC of a state and the PKCE verifier use the same key with these labels,
@@ -56,6 +63,8 @@ pub struct Minted {
     pub nonce: String,
     /// When the state stops being accepted.
     pub expires_at: Timestamp,
+    /// The value of the cookie that binds the flow to the browser (its SHA-256 is in the state).
+    pub cookie: SecretString,
 }
 
 impl std::fmt::Debug for Minted {
@@ -82,6 +91,26 @@ pub struct Verified {
     pub expires_at: Timestamp,
     /// The PKCE `code_verifier` for the token request (43 characters, base64url).
     pub pkce_verifier: SecretString,
+    /// base64url(SHA-256(cookie value)) of the browser that started the flow.
+    pub binding: String,
+}
+
+impl Verified {
+    /// Checks that `cookie` (the binding cookie's value as the browser sent it) is the one the
+    /// flow started with, in constant time.
+    pub fn check_cookie(&self, cookie: Option<&str>) -> Result<(), StateError> {
+        let cookie = cookie.ok_or(StateError::CookieMissing)?;
+        if crate::ticket::same_hash(&binding(cookie), &self.binding) {
+            Ok(())
+        } else {
+            Err(StateError::CookieMismatch)
+        }
+    }
+}
+
+/// The binding of a cookie value: base64url(SHA-256(value)).
+fn binding(cookie: &str) -> String {
+    crate::ticket::hash(cookie)
 }
 
 /// Why [`verify`] refused a state. The messages say what to do and never contain the key, the
@@ -110,25 +139,44 @@ pub enum StateError {
         /// When it expired.
         expires_at: Timestamp,
     },
+    /// The browser sent no binding cookie: it is not the one that opened the consentUrl.
+    #[error(
+        "this browser did not start this consent (its consent cookie is missing): open the connection's consentUrl \
+         in the browser you finish the consent in"
+    )]
+    CookieMissing,
+    /// The browser's binding cookie belongs to another consent.
+    #[error(
+        "this browser did not start this consent (its consent cookie belongs to another one): open the \
+         connection's consentUrl again in this browser"
+    )]
+    CookieMismatch,
 }
 
 /// Mints a state for `connection` (`<namespace>/<name>`) with UID `uid`, valid for [`LIFETIME`]
 /// from `now`, with a fresh random nonce. `key` is the operator's state key (32 random bytes from
 /// its Secret); every replica must use the same one.
 pub fn mint(key: &[u8], connection: &str, uid: &str, now: Timestamp) -> Minted {
-    mint_with_nonce(key, connection, uid, now, rand::random())
+    mint_with(key, connection, uid, now, rand::random(), rand::random())
 }
 
-/// [`mint`] with a given nonce.
-fn mint_with_nonce(key: &[u8], connection: &str, uid: &str, now: Timestamp, nonce: [u8; NONCE_LEN]) -> Minted {
-    let expires_at = now
-        .saturating_add(LIFETIME)
-        .expect("adding a signed duration never fails");
+/// [`mint`] with a given nonce and cookie value.
+fn mint_with(
+    key: &[u8],
+    connection: &str,
+    uid: &str,
+    now: Timestamp,
+    nonce: [u8; NONCE_LEN],
+    cookie: [u8; COOKIE_LEN],
+) -> Minted {
+    let expires_at = now.saturating_add(LIFETIME).unwrap_or(now);
+    let cookie = URL_SAFE_NO_PAD.encode(cookie);
     let signed = format!(
-        "{VERSION}.{}.{}.{}.{}",
+        "{VERSION}.{}.{}.{}.{}.{}",
         URL_SAFE_NO_PAD.encode(connection),
         URL_SAFE_NO_PAD.encode(uid),
         URL_SAFE_NO_PAD.encode(nonce),
+        binding(&cookie),
         expires_at.as_second()
     );
     let tag = URL_SAFE_NO_PAD.encode(state_mac(key, &signed).finalize().into_bytes());
@@ -138,6 +186,7 @@ fn mint_with_nonce(key: &[u8], connection: &str, uid: &str, now: Timestamp, nonc
         code_challenge: crate::servicenow::oauth::pkce_challenge(&verifier),
         nonce: URL_SAFE_NO_PAD.encode(nonce),
         expires_at,
+        cookie: SecretString::new(cookie),
     }
 }
 
@@ -149,7 +198,7 @@ pub fn verify(key: &[u8], state: &str, now: Timestamp) -> Result<Verified, State
     }
     let (signed, tag) = state.rsplit_once('.').ok_or(StateError::Malformed)?;
     let parts: Vec<&str> = signed.split('.').collect();
-    let [version, connection, uid, nonce, expires] = parts[..] else {
+    let [version, connection, uid, nonce, bound, expires] = parts[..] else {
         return Err(StateError::Malformed);
     };
     if version != VERSION {
@@ -187,6 +236,7 @@ pub fn verify(key: &[u8], state: &str, now: Timestamp) -> Result<Verified, State
         nonce: nonce.to_owned(),
         expires_at,
         pkce_verifier: pkce_verifier(key, &nonce_bytes),
+        binding: bound.to_owned(),
     })
 }
 
@@ -261,10 +311,31 @@ mod tests {
         // Another connection's name spliced into a valid state.
         let parts: Vec<&str> = minted.state.split('.').collect();
         let other_connection = other.state.split('.').nth(1).unwrap();
-        let spliced = [parts[0], other_connection, parts[2], parts[3], parts[4], parts[5]].join(".");
+        let spliced = [
+            parts[0],
+            other_connection,
+            parts[2],
+            parts[3],
+            parts[4],
+            parts[5],
+            parts[6],
+        ]
+        .join(".");
         assert_eq!(verify(KEY, &spliced, at(1)), Err(StateError::BadSignature));
         // A later expiry.
-        let later = [parts[0], parts[1], parts[2], parts[3], "1900000000", parts[5]].join(".");
+        let later = [parts[0], parts[1], parts[2], parts[3], parts[4], "1900000000", parts[6]].join(".");
+        // Another browser's binding.
+        let rebound = [
+            parts[0],
+            parts[1],
+            parts[2],
+            parts[3],
+            other.state.split('.').nth(4).unwrap(),
+            parts[5],
+            parts[6],
+        ]
+        .join(".");
+        assert_eq!(verify(KEY, &rebound, at(1)), Err(StateError::BadSignature));
         assert_eq!(verify(KEY, &later, at(1)), Err(StateError::BadSignature));
         // One character of the nonce.
         let nonce_at = parts[..3].iter().map(|part| part.len() + 1).sum::<usize>();
@@ -327,7 +398,12 @@ mod tests {
         assert_eq!(replica_a.nonce, replica_b.nonce);
         // And a replica minting with the same nonce derives the same challenge.
         let nonce: [u8; NONCE_LEN] = URL_SAFE_NO_PAD.decode(&minted.nonce).unwrap().try_into().unwrap();
-        let again = mint_with_nonce(KEY, CONNECTION, UID, at(0), nonce);
+        let cookie: [u8; COOKIE_LEN] = URL_SAFE_NO_PAD
+            .decode(minted.cookie.expose())
+            .unwrap()
+            .try_into()
+            .unwrap();
+        let again = mint_with(KEY, CONNECTION, UID, at(0), nonce, cookie);
         assert_eq!(again, minted);
     }
 
@@ -370,13 +446,32 @@ mod tests {
     }
 
     #[test]
+    fn the_state_is_bound_to_the_cookie_minted_with_it() {
+        let minted = mint(KEY, CONNECTION, UID, at(0));
+        let other = mint(KEY, CONNECTION, UID, at(0));
+        assert_ne!(minted.cookie, other.cookie);
+        assert_eq!(minted.cookie.expose().len(), 43);
+        let verified = verify(KEY, &minted.state, at(1)).unwrap();
+        assert_eq!(verified.check_cookie(Some(minted.cookie.expose())), Ok(()));
+        assert_eq!(verified.check_cookie(None), Err(StateError::CookieMissing));
+        assert_eq!(
+            verified.check_cookie(Some(other.cookie.expose())),
+            Err(StateError::CookieMismatch)
+        );
+        assert_eq!(verified.check_cookie(Some("")), Err(StateError::CookieMismatch));
+        // The state carries the cookie's hash, never the cookie.
+        assert!(!minted.state.contains(minted.cookie.expose()));
+        assert!(!format!("{minted:?}").contains(minted.cookie.expose()));
+    }
+
+    #[test]
     fn malformed_states_are_refused_as_malformed() {
         let minted = mint(KEY, CONNECTION, UID, at(0));
         let long = "a".repeat(MAX_STATE_LEN + 1);
-        let v2 = minted.state.replacen("v1.", "v2.", 1);
+        let v2 = minted.state.replacen("v2.", "v1.", 1);
         let fewer = minted.state.split_once('.').unwrap().1.to_owned();
         let bad_tag = format!("{}.!!", minted.state.rsplit_once('.').unwrap().0);
-        for state in ["", "xyz", "v1.a.b.c.d", &long, &v2, &fewer, &bad_tag] {
+        for state in ["", "xyz", "v2.a.b.c.d.e", &long, &v2, &fewer, &bad_tag] {
             assert_eq!(verify(KEY, state, at(1)), Err(StateError::Malformed), "{state:?}");
         }
     }
@@ -398,7 +493,10 @@ mod tests {
         }
         for text in shown {
             assert!(
-                !text.contains(&verifier) && !text.contains(&key) && !text.contains(&minted.state),
+                !text.contains(&verifier)
+                    && !text.contains(&key)
+                    && !text.contains(&minted.state)
+                    && !text.contains(minted.cookie.expose()),
                 "{text}"
             );
         }

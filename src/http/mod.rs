@@ -21,3 +21,32 @@ pub async fn serve(
     tracing::info!(%address, "listening");
     axum::serve(listener, router).with_graceful_shutdown(shutdown).await
 }
+
+/// The headers every page of the public listener carries: never cached, never framed, no
+/// content sniffing, no referrer (the consent pages' URLs carry a ticket, a state or a code).
+pub const SECURITY_HEADERS: [(&str, &str); 5] = [
+    ("cache-control", "no-store"),
+    (
+        "content-security-policy",
+        "default-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'",
+    ),
+    ("x-content-type-options", "nosniff"),
+    ("referrer-policy", "no-referrer"),
+    ("x-frame-options", "DENY"),
+];
+
+/// `router` with [`SECURITY_HEADERS`] on every response (errors and 404s included).
+pub fn with_security_headers(router: axum::Router) -> axum::Router {
+    router.layer(axum::middleware::map_response(
+        |mut response: axum::response::Response| async move {
+            let headers = response.headers_mut();
+            for (name, value) in SECURITY_HEADERS {
+                headers.insert(
+                    axum::http::HeaderName::from_static(name),
+                    axum::http::HeaderValue::from_static(value),
+                );
+            }
+            response
+        },
+    ))
+}

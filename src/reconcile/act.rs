@@ -16,7 +16,7 @@ use crate::{
     api::ServiceNowConnection,
     provision::Step,
     secrets,
-    servicenow::{ErrorKind, InstanceUrl, SecretString, ServiceNow},
+    servicenow::{ClientCredentials, ErrorKind, InstanceUrl, SecretString, ServiceNow},
 };
 
 /// Carries out `plan`'s writes for `connection`; `access_token` is the one `gather` obtained
@@ -25,6 +25,7 @@ pub async fn act<S: ServiceNow>(
     connection: &ServiceNowConnection,
     context: &Context<S>,
     instance: &InstanceUrl,
+    credentials: Option<&ClientCredentials>,
     access_token: Option<&SecretString>,
     plan: &Plan,
 ) -> Result<Outcome, Error> {
@@ -33,6 +34,23 @@ pub async fn act<S: ServiceNow>(
     for act in &plan.acts {
         match act {
             Act::ForgetAccessToken => context.tokens.forget(&key(connection)),
+            Act::RevokeStoredToken(token) => {
+                // Best effort: a token the instance does not revoke now still dies at its lifespan,
+                // and the re-consent must not wait for the instance.
+                let Some(credentials) = credentials else { continue };
+                match context
+                    .servicenow
+                    .revoke(instance, credentials, &token.0.refresh_token)
+                    .await
+                {
+                    Ok(()) => {
+                        tracing::info!(connection = %key(connection), "revoked the refresh token a re-consent replaces")
+                    }
+                    Err(error) => {
+                        tracing::warn!(connection = %key(connection), %error, "failed to revoke the refresh token a re-consent replaces")
+                    }
+                }
+            }
             Act::ForgetStoredToken => secrets::forget_token(&secrets_api, &secrets::token_secret_name(connection))
                 .await
                 .map_err(kube("delete the token Secret for re-consent"))?,

@@ -50,18 +50,24 @@ pub async fn gather<S: ServiceNow>(
     if let Some(request) = decide::reconnect_request(connection, &status) {
         context.tokens.forget_for_reconnect(&connection_key, request);
     }
-    if decide::reconsent_request(connection, &status).is_some() {
-        // The stored token is about to be forgotten: nothing to read.
-        return Ok(gathered);
-    }
-    let Some(stored) = secrets::read_token(&secrets_api, &secrets::token_secret_name(connection))
+    let stored = secrets::read_token(&secrets_api, &secrets::token_secret_name(connection))
         .await
-        .map_err(kube("read the token Secret"))?
-    else {
-        gathered.stored = Some(None);
+        .map_err(kube("read the token Secret"))?;
+    gathered.stored = Some(stored.clone());
+    let reconsent = decide::reconsent_request(connection, &status).is_some();
+    if reconsent || stored.is_none() {
+        // Consent is needed: a ticket, should the status hold no usable one.
+        gathered.consent_ticket = Some(crate::ticket::issue(
+            context.state_key.expose().as_bytes(),
+            &connection_key,
+            rand::random(),
+            k8s_openapi::jiff::Timestamp::now(),
+        ));
+    }
+    let Some(stored) = stored.filter(|_| !reconsent) else {
+        // No token, or one about to be replaced (revoked and forgotten): nothing more to read.
         return Ok(gathered);
     };
-    gathered.stored = Some(Some(stored.clone()));
 
     let access = match access_token(context, &connection_key, instance, &credentials, &stored).await {
         Ok(access) => access,

@@ -62,11 +62,19 @@ pub struct Context<S> {
     pub backoff: backoff::Backoff,
     /// Access tokens in memory.
     pub tokens: tokens::TokenCache,
+    /// The key that signs consent tickets (and states: the same on every replica).
+    pub state_key: crate::servicenow::SecretString,
 }
 
 impl<S: ServiceNow> Context<S> {
     /// A context for the controller.
-    pub fn new(kube: kube::Client, servicenow: S, public_url: url::Url, metrics: Metrics) -> Self {
+    pub fn new(
+        kube: kube::Client,
+        servicenow: S,
+        public_url: url::Url,
+        metrics: Metrics,
+        state_key: crate::servicenow::SecretString,
+    ) -> Self {
         let reporter = Reporter {
             controller: FIELD_MANAGER.to_owned(),
             instance: std::env::var("POD_NAME").ok(),
@@ -79,6 +87,7 @@ impl<S: ServiceNow> Context<S> {
             metrics,
             backoff: Default::default(),
             tokens: Default::default(),
+            state_key,
         }
     }
 }
@@ -185,7 +194,8 @@ pub async fn apply<S: ServiceNow>(connection: &ServiceNowConnection, context: &C
     let outcome = match &instance {
         Some(instance) => {
             let token = gathered.access.as_ref().and_then(|a| a.as_ref().ok()).map(|a| &a.token);
-            act::act(connection, context, instance, token, &plan).await?
+            let credentials = gathered.credentials.as_ref().and_then(|c| c.as_ref().ok());
+            act::act(connection, context, instance, credentials, token, &plan).await?
         }
         None => decide::Outcome::default(),
     };
@@ -216,6 +226,7 @@ fn next_action<S>(context: &Context<S>, connection_key: &str, inputs: u64, next:
             Retry::Backoff => wait_out(context.backoff.next_delay(connection_key)),
             Retry::Resync => Action::requeue(capped(backoff::jittered_resync(every))),
             Retry::OnChange => Action::await_change(),
+            Retry::ChangeOrAfter(delay) => Action::requeue(capped(delay.max(Duration::from_secs(1)))),
         },
     }
 }

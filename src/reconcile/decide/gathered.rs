@@ -57,4 +57,7 @@ pub struct Gathered {
     pub webhook_token: Option<SecretString>,
     /// The webhook records on the instance.
     pub records: Option<Result<InstanceRecords, servicenow::Error>>,
+    /// A fresh consent ticket (drawn while consent may be needed); `decide` puts it in the status
+    /// only when the status holds no usable one.
+    pub consent_ticket: Option<crate::ticket::Issued>,
 }

@@ -27,9 +27,9 @@ use super::{
 };
 use crate::{
     api::{
-        CONSENT_RESULT, Capabilities, ConditionType, Identity, RECONCILE_REQUESTED_AT, RECONNECT, RECONSENT,
-        ServiceNowConnection, ServiceNowConnectionSpec, ServiceNowConnectionStatus, TokenStatus, WebhookStatus,
-        conditions::Reason, duration, paths,
+        CONSENT_RESULT, Capabilities, ConditionType, ConsentSession, ConsentTicket, Identity, RECONCILE_REQUESTED_AT,
+        RECONNECT, RECONSENT, ServiceNowConnection, ServiceNowConnectionSpec, ServiceNowConnectionStatus, TokenStatus,
+        WebhookStatus, conditions::Reason, duration, paths,
     },
     provision::{self, Desired, Step},
     secrets::{CredentialsError, StoredToken},
@@ -50,6 +50,8 @@ const DEFAULT_RESYNC: Duration = Duration::from_secs(600);
 pub enum Act {
     /// Forget the access token held in memory (re-consent, or a token the instance refused).
     ForgetAccessToken,
+    /// Revoke the stored refresh token at the instance (re-consent replaces it), best effort.
+    RevokeStoredToken(SecretToken),
     /// Delete the token Secret (re-consent).
     ForgetStoredToken,
     /// Store the refresh token the instance renewed.
@@ -299,6 +301,9 @@ fn steps(
     let reconsent = reconsent_request(connection, &plan.status).cloned();
     let stored = match reconsent {
         Some(request) => {
+            if let Some(Some(replaced)) = &gathered.stored {
+                plan.acts.push(Act::RevokeStoredToken(SecretToken(replaced.clone())));
+            }
             plan.acts.push(Act::ForgetStoredToken);
             plan.acts.push(Act::ForgetAccessToken);
             plan.status.last_handled_reconsent_at = Some(request);
@@ -307,7 +312,7 @@ fn steps(
         None => layer(&gathered.stored, "token Secret")?.as_ref(),
     };
     let Some(stored) = stored else {
-        plan.status.consent_url = Some(paths::consent_url(public_url, &namespace, &name));
+        let expires_at = consent_ticket(connection, gathered, public_url, now, plan);
         plan.status.token = None;
         let denied = connection
             .annotations()
@@ -324,13 +329,19 @@ fn steps(
                 ),
             )
         };
+        let retry = match expires_at {
+            // A new ticket once this one expires.
+            Some(at) => Retry::ChangeOrAfter(Duration::try_from(at.duration_since(now)).unwrap_or_default()),
+            None => Retry::OnChange,
+        };
         return Err(Stop {
             verdict: Verdict::new(ConditionType::Authorized, Truth::False, reason, message),
             progress: Progress::AwaitingConsent,
-            retry: Retry::OnChange,
+            retry,
         });
     };
     plan.status.consent_url = None;
+    plan.status.consent_ticket = None;
 
     let access = layer(&gathered.access, "access token")?
         .as_ref()
@@ -368,6 +379,48 @@ fn steps(
     }
     provisioned(plan, records, provision::desired(&callback, &owner));
     Ok(())
+}
+
+/// The consent ticket in the status while consent is needed: the stored one while it is usable
+/// (unexpired, unused, under this public URL) — so the status does not change from one reconcile
+/// to the next — or else the fresh one `gather` drew. Returns when the ticket in the status
+/// expires (`None`: no ticket, none was drawn).
+fn consent_ticket(
+    connection: &ServiceNowConnection,
+    gathered: &Gathered,
+    public_url: &url::Url,
+    now: Timestamp,
+    plan: &mut Plan,
+) -> Option<Timestamp> {
+    let used = ConsentSession::of(connection.annotations()).map(|session| session.ticket);
+    let usable = match (&plan.status.consent_ticket, &plan.status.consent_url) {
+        (Some(ticket), Some(url)) => {
+            ticket.expires_at.0 > now
+                && paths::is_consent_url(public_url, url)
+                && !used
+                    .as_deref()
+                    .is_some_and(|used| crate::ticket::same_hash(used, &ticket.hash))
+        }
+        _ => false,
+    };
+    if usable {
+        return plan.status.consent_ticket.as_ref().map(|ticket| ticket.expires_at.0);
+    }
+    match &gathered.consent_ticket {
+        Some(fresh) => {
+            plan.status.consent_url = Some(paths::consent_url(public_url, &fresh.ticket));
+            plan.status.consent_ticket = Some(ConsentTicket {
+                hash: fresh.hash.clone(),
+                expires_at: Time(fresh.expires_at),
+            });
+            Some(fresh.expires_at)
+        }
+        None => {
+            plan.status.consent_url = None;
+            plan.status.consent_ticket = None;
+            None
+        }
+    }
 }
 
 fn credentials_stop(problem: &CredentialsProblem) -> Stop {

@@ -26,6 +26,9 @@ pub enum Retry {
     Resync,
     /// Only when the connection or one of its Secrets changes.
     OnChange,
+    /// When the connection or one of its Secrets changes, and after this long at the latest
+    /// (the consent ticket's expiry); unlike [`Retry::After`] a change is acted on at once.
+    ChangeOrAfter(Duration),
 }
 
 /// A reconcile that ended before `READY_TO_SYNC`.

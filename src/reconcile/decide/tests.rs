@@ -98,7 +98,20 @@ fn ready() -> Gathered {
             rules: Vec::new(),
             properties: Vec::new(),
         })),
+        consent_ticket: None,
     }
+}
+
+const KEY: &[u8] = b"0123456789abcdef0123456789abcdef";
+
+/// A ticket as `gather` draws one, at `now() + seconds`.
+fn fresh_ticket(random: u8, seconds: i64) -> crate::ticket::Issued {
+    crate::ticket::issue(
+        KEY,
+        "itsm/acme",
+        [random; crate::ticket::RANDOM_LEN],
+        now() + SignedDuration::from_secs(seconds),
+    )
 }
 
 /// The desired records of the `ready()` connection, as the instance would hold them.
@@ -726,9 +739,14 @@ fn a_write_that_fails_half_way_keeps_what_was_created() {
 }
 
 #[test]
-fn a_reconsent_request_forgets_both_tokens_once() {
+fn a_reconsent_request_forgets_both_tokens_once_and_issues_a_ticket() {
     let connection = with_annotation(RECONSENT, "2026-12-04T10:00:00Z");
-    let gathered = Gathered::default().with_credentials();
+    let ticket = fresh_ticket(1, 0);
+    let gathered = Gathered {
+        stored: Some(None),
+        consent_ticket: Some(ticket.clone()),
+        ..Gathered::default().with_credentials()
+    };
     let run = run(&connection, &gathered, None);
     assert_eq!(run.acts, [Act::ForgetStoredToken, Act::ForgetAccessToken]);
     let status = &run.conclusion.status;
@@ -738,11 +756,142 @@ fn a_reconsent_request_forgets_both_tokens_once() {
     );
     assert_eq!(
         status.consent_url.as_deref(),
-        Some("https://neo.example.com/oauth/servicenow/start?connection=itsm%2Facme")
+        Some(
+            format!(
+                "https://neo.example.com/oauth/servicenow/start?ticket={}",
+                ticket.ticket
+            )
+            .as_str()
+        )
+    );
+    let kept = status.consent_ticket.as_ref().expect("the ticket's hash");
+    assert_eq!(
+        (kept.hash.as_str(), kept.expires_at.0),
+        (ticket.hash.as_str(), ticket.expires_at)
+    );
+    assert!(
+        !serde_json::to_string(&status.consent_ticket)
+            .unwrap()
+            .contains(&ticket.ticket)
     );
     let mut handled = connection.clone();
     handled.status = Some(status.clone());
     assert_eq!(reconsent_request(&handled, status), None);
+}
+
+#[test]
+fn a_reconsent_request_revokes_the_refresh_token_it_replaces() {
+    let connection = with_annotation(RECONSENT, "again");
+    let gathered = Gathered {
+        consent_ticket: Some(fresh_ticket(1, 0)),
+        ..Gathered::default().with_credentials()
+    };
+    let gathered = Gathered {
+        stored: Some(Some(stored(90))),
+        ..gathered
+    };
+    let run = run(&connection, &gathered, None);
+    assert_eq!(
+        run.acts,
+        [
+            Act::RevokeStoredToken(SecretToken(stored(90))),
+            Act::ForgetStoredToken,
+            Act::ForgetAccessToken
+        ]
+    );
+}
+
+/// The connection after a reconcile that concluded `status`, with `annotations`.
+fn after(status: &ServiceNowConnectionStatus, annotations: &[(&str, &str)]) -> ServiceNowConnection {
+    let mut connection = connection(spec());
+    connection.status = Some(status.clone());
+    connection.metadata.annotations = Some(
+        annotations
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+    );
+    connection
+}
+
+#[test]
+fn a_consent_ticket_stays_until_it_is_used_or_expires_and_the_reconcile_looks_again_at_its_expiry() {
+    let awaiting = |random: u8, seconds: i64| Gathered {
+        stored: Some(None),
+        consent_ticket: Some(fresh_ticket(random, seconds)),
+        ..Gathered::default().with_credentials()
+    };
+    let first = run(&connection(spec()), &awaiting(1, 0), None).conclusion;
+    let issued = first.status.consent_ticket.clone().expect("a ticket");
+    assert_eq!(
+        first.next,
+        Next::Stopped {
+            retry: Retry::ChangeOrAfter(Duration::from_secs(3600)),
+            every: Duration::from_secs(600)
+        }
+    );
+
+    // Next reconcile, another ticket drawn: the status keeps the first one — no status change.
+    let later = after(&first.status, &[]);
+    let plan = decide(
+        &later,
+        &awaiting(2, 600),
+        &public(),
+        now() + SignedDuration::from_secs(600),
+    );
+    assert_eq!(plan.status.consent_url, first.status.consent_url);
+    assert_eq!(plan.status.consent_ticket.as_ref(), Some(&issued));
+    assert!(matches!(
+        plan.end,
+        Err(Stop { retry: Retry::ChangeOrAfter(left), .. }) if left == Duration::from_secs(3000)
+    ));
+
+    // Used by /start (its hash in the session annotation): a new one.
+    let session = serde_json::to_string(&crate::api::ConsentSession {
+        ticket: issued.hash.clone(),
+        state: "nonce".into(),
+        done: false,
+    })
+    .unwrap();
+    let used = after(&first.status, &[(crate::api::CONSENT_SESSION, &session)]);
+    let plan = decide(
+        &used,
+        &awaiting(3, 60),
+        &public(),
+        now() + SignedDuration::from_secs(60),
+    );
+    assert_eq!(
+        plan.status.consent_ticket.as_ref().map(|t| &t.hash),
+        Some(&fresh_ticket(3, 60).hash)
+    );
+    assert_ne!(plan.status.consent_url, first.status.consent_url);
+
+    // Expired: a new one.
+    let plan = decide(
+        &later,
+        &awaiting(4, 3600),
+        &public(),
+        now() + SignedDuration::from_secs(3600),
+    );
+    assert_eq!(
+        plan.status.consent_ticket.as_ref().map(|t| &t.hash),
+        Some(&fresh_ticket(4, 3600).hash)
+    );
+
+    // Under another public URL: a new one.
+    let moved = url::Url::parse("https://moved.example.com").unwrap();
+    let plan = decide(&later, &awaiting(5, 60), &moved, now() + SignedDuration::from_secs(60));
+    assert!(
+        plan.status
+            .consent_url
+            .as_deref()
+            .is_some_and(|url| url.starts_with("https://moved.example.com/oauth/servicenow/start?ticket=t1."))
+    );
+
+    // Consent given: no ticket, no consent URL.
+    let consented = after(&first.status, &[]);
+    let done = run(&consented, &with_records(in_place()), None).conclusion;
+    assert_eq!((done.status.consent_url, done.status.consent_ticket), (None, None));
 }
 
 #[test]
