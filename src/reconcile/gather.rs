@@ -88,7 +88,9 @@ pub async fn gather<S: ServiceNow>(
         }
     };
     gathered.user = Some(Ok(user.clone()));
-    let roles = servicenow.user_roles(instance, token, &user.sys_id).await;
+    let roles = servicenow
+        .user_roles(instance, token, &user.sys_id, &[decide::ITIL, decide::EMAIL_API_SEND])
+        .await;
     let acceptable = roles
         .as_ref()
         .is_ok_and(|roles| decide::identity(&connection.spec, &user, roles).is_ok());

@@ -135,11 +135,13 @@ impl ServiceNow for Client {
         instance: &InstanceUrl,
         access_token: &SecretString,
         user_sys_id: &str,
+        names: &[&str],
     ) -> Result<Vec<String>, Error> {
         let api = self.table(instance, access_token);
         let query = EncodedQuery::new()
             .equals("user", user_sys_id)
             .and_then(|query| query.equals("state", "active"))
+            .and_then(|query| query.any_of("role.name", names))
             .map_err(|error| api.refused(SYS_USER_HAS_ROLE, error))?;
         let records = api.list(SYS_USER_HAS_ROLE, &query, &["role.name"], LIST_LIMIT).await?;
         let mut roles: Vec<String> = records

@@ -67,13 +67,17 @@ pub trait ServiceNow: Send + Sync + 'static {
         access_token: &SecretString,
     ) -> impl Future<Output = Result<User, Error>> + Send;
 
-    /// The names of the active roles of `user_sys_id` (`sys_user_has_role`, `user=<id>^state=active`,
-    /// dot-walked `role.name`), sorted, without duplicates; inherited grants included.
+    /// Which of the roles `names` `user_sys_id` holds, active, inherited grants included: one
+    /// read of `sys_user_has_role` filtered by role name (`user=<id>^state=active^role.name=a^ORrole.name=b`,
+    /// dot-walked `role.name`), never the user's whole role list — an admin holds thousands of
+    /// rows, and a page of them may miss the one asked for (servicenow-api.md §7). Sorted, without
+    /// duplicates.
     fn user_roles(
         &self,
         instance: &InstanceUrl,
         access_token: &SecretString,
         user_sys_id: &str,
+        names: &[&str],
     ) -> impl Future<Output = Result<Vec<String>, Error>> + Send;
 
     /// The Business Rules named any of `names`, in one read, oldest first.
