@@ -462,25 +462,8 @@ async fn finish<S: ServiceNow>(context: &ConsentContext<S>, headers: &HeaderMap,
         expires_at: Timestamp::now().checked_add(lifespan).ok(),
     };
     let secrets_api: Api<Secret> = Api::namespaced(context.kube.clone(), namespace);
-    let secret_name = secrets::token_secret_name(&connection);
-    let replaced = match secrets::read_token(&secrets_api, &secret_name).await {
-        Ok(replaced) => replaced,
-        Err(error) => {
-            tracing::error!(%error, connection = %verified.connection, "failed to read the token Secret");
-            revoke(
-                context,
-                &instance,
-                &credentials,
-                &stored.refresh_token,
-                &verified.connection,
-                "unstored",
-            )
-            .await;
-            return unavailable();
-        }
-    };
-    if let Err(error) = secrets::write_token(&secrets_api, &secret_name, &connection, &stored).await {
-        tracing::error!(%error, connection = %verified.connection, "failed to store the refresh token");
+    // A token that cannot be stored is revoked, so none is left live that nobody keeps.
+    let unstored = || async {
         revoke(
             context,
             &instance,
@@ -490,7 +473,19 @@ async fn finish<S: ServiceNow>(context: &ConsentContext<S>, headers: &HeaderMap,
             "unstored",
         )
         .await;
-        return unavailable();
+        unavailable()
+    };
+    let secret_name = secrets::token_secret_name(&connection);
+    let replaced = match secrets::read_token(&secrets_api, &secret_name).await {
+        Ok(replaced) => replaced,
+        Err(error) => {
+            tracing::error!(%error, connection = %verified.connection, "failed to read the token Secret");
+            return unstored().await;
+        }
+    };
+    if let Err(error) = secrets::write_token(&secrets_api, &secret_name, &connection, &stored).await {
+        tracing::error!(%error, connection = %verified.connection, "failed to store the refresh token");
+        return unstored().await;
     }
     tracing::info!(connection = %verified.connection, user = %user.user_name, "consent recorded");
     if let Some(replaced) = replaced.filter(|replaced| replaced.refresh_token != stored.refresh_token) {
