@@ -178,6 +178,36 @@ async fn deleting_with_policy_delete_removes_rule_and_property_and_revokes_the_t
 }
 
 #[tokio::test]
+async fn a_revocation_the_instance_refuses_does_not_hold_the_deletion() {
+    let ready = ready_connection(serde_json::json!({"deletionPolicy": "Delete"})).await;
+    let admin = ready.simulator.admin();
+    admin.inject_fault(Fault::new(
+        "/oauth_revoke_token.do",
+        FaultAction::Status { code: 400, body: None },
+    ));
+    delete(&ready).await;
+    wait_until_gone(&ready).await;
+    assert!(admin.records("sys_script", RULE_QUERY).is_empty(), "the rule is left");
+    assert!(
+        admin.records("sys_properties", PROPERTY_QUERY).is_empty(),
+        "the property is left"
+    );
+    assert!(
+        admin
+            .request_log()
+            .iter()
+            .any(|c| c.path == "/oauth_revoke_token.do" && c.status == 400),
+        "the revocation was not tried"
+    );
+    assert!(!refresh_token_revoked(&ready), "the fault did not hold");
+    let event = ready.wait_for_event("TokenNotRevoked").await;
+    assert_eq!(event.type_.as_deref(), Some("Warning"), "{event:#?}");
+    let note = event.message.unwrap_or_default();
+    assert!(note.contains("Manage Tokens"), "{note:?}");
+    ready.assert_no_secret_leaked().await;
+}
+
+#[tokio::test]
 async fn deleting_with_policy_orphan_leaves_rule_property_and_token() {
     let ready = ready_connection(serde_json::json!({"deletionPolicy": "Orphan"})).await;
     let admin = ready.simulator.admin();

@@ -10,7 +10,8 @@ use kube::{Api, ResourceExt, runtime::controller::Action};
 use super::{
     Context, Error,
     error::{CleanupError, kube},
-    gather, key,
+    events::Transition,
+    gather, key, report,
 };
 use crate::{
     api::{DeletionPolicy, ServiceNowConnection},
@@ -77,10 +78,27 @@ pub async fn cleanup<S: ServiceNow>(connection: &ServiceNowConnection, context: 
                 .map_err(failed)?;
         }
     }
-    servicenow
-        .revoke(&instance, &credentials, &stored.refresh_token)
-        .await
-        .map_err(failed)?;
+    // A revocation the instance refuses (its answers are not documented, servicenow-api.md §7)
+    // must not hold the connection forever: the webhook is gone already, so the deletion finishes
+    // and says what is left to do.
+    if let Err(error) = servicenow.revoke(&instance, &credentials, &stored.refresh_token).await {
+        tracing::warn!(connection = %connection_key, %error, "deleted; removed the webhook, but the instance did not revoke the refresh token");
+        let note = format!(
+            "The rule and the property were removed, but the instance did not revoke the refresh token ({error}). Revoke it on the instance (System OAuth > Manage Tokens) or let it expire."
+        );
+        report::publish(
+            context,
+            connection,
+            &[Transition {
+                warning: true,
+                reason: "TokenNotRevoked".to_owned(),
+                action: "Cleanup".to_owned(),
+                note,
+            }],
+        )
+        .await;
+        return Ok(Action::await_change());
+    }
     tracing::info!(connection = %connection_key, "deleted; removed the webhook and revoked the token");
     Ok(Action::await_change())
 }
