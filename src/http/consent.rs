@@ -410,20 +410,19 @@ async fn finish<S: ServiceNow>(context: &ConsentContext<S>, headers: &HeaderMap,
             "The instance issued no refresh token. Make the Application Registry entry a confidential client with a Refresh Token Lifespan above zero, then start again.",
         );
     };
+    // Every token this callback lets go of is revoked (best effort, logged): the one issued when
+    // it cannot be verified, stored or is refused, and the one a re-consent replaces.
+    let (instance_ref, credentials_ref, connection_ref) = (&instance, &credentials, verified.connection.as_str());
+    let revoke_token = move |token: &SecretString, what: &'static str| {
+        let token = token.clone();
+        async move { revoke(context, instance_ref, credentials_ref, &token, connection_ref, what).await }
+    };
     // Who signed in, before anything is stored.
     let user = match context.servicenow.current_user(&instance, &grant.access_token).await {
         Ok(user) => user,
         Err(error) => {
             tracing::warn!(connection = %verified.connection, %error, "could not resolve the consenting user");
-            revoke(
-                context,
-                &instance,
-                &credentials,
-                &refresh_token,
-                &verified.connection,
-                "unverified",
-            )
-            .await;
+            revoke_token(&refresh_token, "unverified").await;
             return page(
                 StatusCode::BAD_GATEWAY,
                 "Consent failed",
@@ -438,15 +437,7 @@ async fn finish<S: ServiceNow>(context: &ConsentContext<S>, headers: &HeaderMap,
         .filter(|expected| *expected != user.user_name)
     {
         tracing::warn!(connection = %verified.connection, user = %user.user_name, %expected, "consent refused: not the expected user");
-        revoke(
-            context,
-            &instance,
-            &credentials,
-            &refresh_token,
-            &verified.connection,
-            "refused",
-        )
-        .await;
+        revoke_token(&refresh_token, "refused").await;
         return page(
             StatusCode::FORBIDDEN,
             "Consent refused",
@@ -462,42 +453,23 @@ async fn finish<S: ServiceNow>(context: &ConsentContext<S>, headers: &HeaderMap,
         expires_at: Timestamp::now().checked_add(lifespan).ok(),
     };
     let secrets_api: Api<Secret> = Api::namespaced(context.kube.clone(), namespace);
-    // A token that cannot be stored is revoked, so none is left live that nobody keeps.
-    let unstored = || async {
-        revoke(
-            context,
-            &instance,
-            &credentials,
-            &stored.refresh_token,
-            &verified.connection,
-            "unstored",
-        )
-        .await;
-        unavailable()
-    };
     let secret_name = secrets::token_secret_name(&connection);
     let replaced = match secrets::read_token(&secrets_api, &secret_name).await {
         Ok(replaced) => replaced,
         Err(error) => {
             tracing::error!(%error, connection = %verified.connection, "failed to read the token Secret");
-            return unstored().await;
+            revoke_token(&stored.refresh_token, "unstored").await;
+            return unavailable();
         }
     };
     if let Err(error) = secrets::write_token(&secrets_api, &secret_name, &connection, &stored).await {
         tracing::error!(%error, connection = %verified.connection, "failed to store the refresh token");
-        return unstored().await;
+        revoke_token(&stored.refresh_token, "unstored").await;
+        return unavailable();
     }
     tracing::info!(connection = %verified.connection, user = %user.user_name, "consent recorded");
     if let Some(replaced) = replaced.filter(|replaced| replaced.refresh_token != stored.refresh_token) {
-        revoke(
-            context,
-            &instance,
-            &credentials,
-            &replaced.refresh_token,
-            &verified.connection,
-            "replaced",
-        )
-        .await;
+        revoke_token(&replaced.refresh_token, "replaced").await;
     }
     page(
         StatusCode::OK,
