@@ -20,8 +20,20 @@ pub const CLIENT_SECRET_KEY: &str = "clientSecret";
 pub const REFRESH_TOKEN_KEY: &str = "refreshToken";
 /// Key of the refresh token's expiry (RFC 3339) in the token Secret.
 pub const REFRESH_TOKEN_EXPIRES_AT_KEY: &str = "refreshTokenExpiresAt";
-/// Key of the per-connection webhook token.
+/// Key of the per-connection webhook signing key (the key the Business Rule signs events with).
 pub const WEBHOOK_TOKEN_KEY: &str = "token";
+/// Key of the signing key a rotation replaced, still accepted until
+/// [`WEBHOOK_PREVIOUS_UNTIL_KEY`].
+pub const WEBHOOK_PREVIOUS_TOKEN_KEY: &str = "previousToken";
+/// Key of the end (RFC 3339) of the previous signing key's grace period.
+pub const WEBHOOK_PREVIOUS_UNTIL_KEY: &str = "previousTokenValidUntil";
+/// How long a signing key replaced by a rotation is still accepted: far longer than an event
+/// takes from the instance's outbound queue to the receiver, short enough that a leaked key
+/// soon stops working.
+pub const WEBHOOK_KEY_GRACE: k8s_openapi::jiff::SignedDuration = k8s_openapi::jiff::SignedDuration::from_mins(15);
+/// Key of the `neoagent.io/rotate-webhook-key` request the current key answers, so one request
+/// rotates once however often the reconcile runs.
+pub const WEBHOOK_ROTATION_KEY: &str = "rotationRequest";
 /// The field manager the operator writes Secrets with.
 pub const FIELD_MANAGER: &str = "servicenow-operator";
 
@@ -190,33 +202,92 @@ pub async fn forget_token(secrets: &Api<Secret>, name: &str) -> Result<(), kube:
     }
 }
 
-/// The webhook token kept in the Secret `name`; `None` when there is none (no Secret, no key, or
-/// an empty value).
-pub async fn read_webhook_token(secrets: &Api<Secret>, name: &str) -> Result<Option<SecretString>, kube::Error> {
-    let Some(secret) = secrets.get_opt(name).await? else {
-        return Ok(None);
-    };
-    Ok(secret
-        .data
-        .and_then(|mut d| d.remove(WEBHOOK_TOKEN_KEY))
-        .and_then(|v| String::from_utf8(v.0).ok())
-        .filter(|t| !t.is_empty())
-        .map(SecretString::new))
+/// A connection's webhook signing keys, as its Secret `<name>-webhook` keeps them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WebhookKeys {
+    /// The key the Business Rule signs with.
+    pub current: SecretString,
+    /// The key a rotation replaced, and until when it is still accepted.
+    pub previous: Option<(SecretString, Timestamp)>,
+    /// The rotation request the current key answers.
+    rotation: Option<String>,
 }
 
-/// The connection's webhook token: read, or generated (32 random bytes, URL-safe) and stored once.
-pub async fn ensure_webhook_token(
+impl WebhookKeys {
+    /// The keys a signature made at `now` may be checked against: the current one, and the
+    /// previous one during its grace period.
+    pub fn usable(&self, now: Timestamp) -> impl Iterator<Item = &SecretString> {
+        let previous = self
+            .previous
+            .as_ref()
+            .filter(|(_, until)| now < *until)
+            .map(|(key, _)| key);
+        std::iter::once(&self.current).chain(previous)
+    }
+
+    fn of(secret: Secret) -> Option<WebhookKeys> {
+        let mut data = secret.data.unwrap_or_default();
+        let mut text = |key: &str| {
+            data.remove(key)
+                .and_then(|v| String::from_utf8(v.0).ok())
+                .filter(|t| !t.is_empty())
+        };
+        let current = SecretString::new(text(WEBHOOK_TOKEN_KEY)?);
+        let previous = text(WEBHOOK_PREVIOUS_TOKEN_KEY).map(SecretString::new);
+        let until = text(WEBHOOK_PREVIOUS_UNTIL_KEY).and_then(|t| t.parse::<Timestamp>().ok());
+        Some(WebhookKeys {
+            current,
+            previous: previous.zip(until),
+            rotation: text(WEBHOOK_ROTATION_KEY),
+        })
+    }
+}
+
+/// The webhook signing keys kept in the Secret `name`; `None` when there is none (no Secret, no
+/// key, or an empty value).
+pub async fn read_webhook_keys(secrets: &Api<Secret>, name: &str) -> Result<Option<WebhookKeys>, kube::Error> {
+    Ok(secrets.get_opt(name).await?.and_then(WebhookKeys::of))
+}
+
+/// The connection's current webhook signing key: read, or generated (32 random bytes,
+/// URL-safe) and stored once. With `rotation` — the value of a `neoagent.io/rotate-webhook-key`
+/// request this Secret has not answered yet — a new key replaces the current one, which stays
+/// accepted for [`WEBHOOK_KEY_GRACE`] (the receiver reads both), so events signed just before the
+/// rule's property changes, or still on their way, are not lost.
+pub async fn ensure_webhook_key(
     secrets: &Api<Secret>,
     owner: &ServiceNowConnection,
+    rotation: Option<&str>,
 ) -> Result<SecretString, kube::Error> {
     let name = webhook_secret_name(owner);
-    if let Some(token) = read_webhook_token(secrets, &name).await? {
-        return Ok(token);
+    let kept = read_webhook_keys(secrets, &name).await?;
+    let replaced = match &kept {
+        Some(keys) if rotation.is_none_or(|request| keys.rotation.as_deref() == Some(request)) => {
+            return Ok(keys.current.clone());
+        }
+        Some(keys) => Some(&keys.current),
+        None => None,
+    };
+    let key = new_webhook_token();
+    let mut data = BTreeMap::from([(WEBHOOK_TOKEN_KEY.to_owned(), ByteString(key.expose().into()))]);
+    if let Some(replaced) = replaced {
+        let until = Timestamp::now()
+            .checked_add(WEBHOOK_KEY_GRACE)
+            .unwrap_or(Timestamp::MAX);
+        data.insert(
+            WEBHOOK_PREVIOUS_TOKEN_KEY.to_owned(),
+            ByteString(replaced.expose().into()),
+        );
+        data.insert(
+            WEBHOOK_PREVIOUS_UNTIL_KEY.to_owned(),
+            ByteString(until.to_string().into_bytes()),
+        );
     }
-    let token = new_webhook_token();
-    let data = BTreeMap::from([(WEBHOOK_TOKEN_KEY.to_owned(), ByteString(token.expose().into()))]);
+    if let Some(request) = rotation {
+        data.insert(WEBHOOK_ROTATION_KEY.to_owned(), ByteString(request.into()));
+    }
     apply_owned(secrets, &name, owner, data).await?;
-    Ok(token)
+    Ok(key)
 }
 
 /// Key of the consent-state signing key in the operator's own Secret.
@@ -362,6 +433,41 @@ mod tests {
         assert_ne!(a.fingerprint(), b.fingerprint());
         assert_eq!(a.fingerprint().len(), 32);
         assert!(!a.fingerprint().contains("one"));
+    }
+
+    #[test]
+    fn the_previous_webhook_key_is_usable_only_until_its_grace_ends() {
+        let secret = |data: &[(&str, &str)]| Secret {
+            data: Some(
+                data.iter()
+                    .map(|(k, v)| ((*k).to_owned(), ByteString(v.as_bytes().to_vec())))
+                    .collect(),
+            ),
+            ..Secret::default()
+        };
+        let keys = WebhookKeys::of(secret(&[
+            (WEBHOOK_TOKEN_KEY, "new"),
+            (WEBHOOK_PREVIOUS_TOKEN_KEY, "old"),
+            (WEBHOOK_PREVIOUS_UNTIL_KEY, "2026-12-04T12:15:00Z"),
+            (WEBHOOK_ROTATION_KEY, "r1"),
+        ]))
+        .expect("keys");
+        let usable = |at: &str| -> Vec<String> {
+            keys.usable(at.parse().unwrap())
+                .map(|key| key.expose().to_owned())
+                .collect()
+        };
+        assert_eq!(usable("2026-12-04T12:14:59Z"), ["new", "old"]);
+        assert_eq!(usable("2026-12-04T12:15:00Z"), ["new"]);
+        assert_eq!(keys.rotation.as_deref(), Some("r1"));
+        // A previous key without a valid end is never usable; no current key, no keys.
+        let without_end = WebhookKeys::of(secret(&[
+            (WEBHOOK_TOKEN_KEY, "new"),
+            (WEBHOOK_PREVIOUS_TOKEN_KEY, "old"),
+        ]));
+        assert_eq!(without_end.expect("keys").previous, None);
+        assert_eq!(WebhookKeys::of(secret(&[(WEBHOOK_TOKEN_KEY, "")])), None);
+        assert_eq!(WebhookKeys::of(Secret::default()), None);
     }
 
     #[test]

@@ -21,7 +21,7 @@ use snowsim::{
 };
 
 const HOST: &str = "acme.service-now.com";
-const CALLBACK: &str = "https://neo.example.com/callback/servicenow?connection=itsm%2Facme&token=webhook-token";
+const CALLBACK: &str = "https://neo.example.com/callback/servicenow?connection=itsm%2Facme";
 
 /// Every call the client reported, as (action, status).
 #[derive(Default)]
@@ -326,7 +326,7 @@ async fn the_current_user_and_its_active_roles_are_read() {
 async fn a_business_rule_is_created_found_repaired_and_deleted() {
     let fixture = Fixture::start().await;
     let token = fixture.access_token_of("neo.agent").await;
-    let desired = provision::desired(CALLBACK, &owner());
+    let desired = provision::desired(CALLBACK, &SecretString::new("webhook-key"), &owner());
     let names = [provision::RULE_NAME, provision::LEGACY_RULE_NAME];
     let legacy_id = fixture
         .server
@@ -438,8 +438,8 @@ async fn the_provisioned_rule_posts_each_task_event_to_the_callback_property() {
     let fixture = Fixture::start().await;
     let token = fixture.access_token_of("neo.agent").await;
     // Nothing listens on port 9: the call fails, but the outbound log keeps what the script sent.
-    let callback = "http://127.0.0.1:9/callback/servicenow?connection=itsm%2Facme&token=t";
-    let desired = provision::desired(callback, &owner());
+    let callback = "http://127.0.0.1:9/callback/servicenow?connection=itsm%2Facme";
+    let desired = provision::desired(callback, &SecretString::new("webhook-key"), &owner());
     fixture
         .client
         .create_property(&fixture.instance, &token, &desired.property)
@@ -500,7 +500,7 @@ async fn the_provisioned_rule_posts_each_task_event_to_the_callback_property() {
 async fn the_callback_property_is_created_read_updated_and_deleted() {
     let fixture = Fixture::start().await;
     let token = fixture.access_token_of("neo.agent").await;
-    let desired = provision::desired(CALLBACK, &owner());
+    let desired = provision::desired(CALLBACK, &SecretString::new("webhook-key"), &owner());
 
     assert!(
         fixture
@@ -517,8 +517,8 @@ async fn the_callback_property_is_created_read_updated_and_deleted() {
         .unwrap();
     assert_eq!(created.fields, desired.property);
     assert_eq!(
-        fixture.server.admin().property(provision::PROPERTY_NAME).as_deref(),
-        Some(CALLBACK)
+        fixture.server.admin().property(provision::PROPERTY_NAME),
+        Some(format!("{CALLBACK}#key=d2ViaG9vay1rZXk="))
     );
 
     let found = fixture
@@ -530,7 +530,7 @@ async fn the_callback_property_is_created_read_updated_and_deleted() {
     assert!(owner().owns(&found[0].fields.value));
 
     let mut changed = desired.property.clone();
-    changed.value = CALLBACK.replace("webhook-token", "rotated");
+    changed.value = provision::signed_callback(CALLBACK, &SecretString::new("rotated"));
     let updated = fixture
         .client
         .update_property(&fixture.instance, &token, &created.sys_id, &changed)
@@ -567,7 +567,7 @@ async fn an_itil_only_user_is_forbidden_to_write_business_rules() {
         })
         .unwrap();
     let token = fixture.access_token_of("itil.only").await;
-    let desired = provision::desired(CALLBACK, &owner());
+    let desired = provision::desired(CALLBACK, &SecretString::new("webhook-key"), &owner());
 
     let error = fixture
         .client

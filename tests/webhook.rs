@@ -1,7 +1,8 @@
 //! The webhook receiver end to end, against a real API server, snowsim and the operator binary:
 //! records written on the instance reach a sink as CloudEvents and are counted in
 //! `status.webhook` (a reconcile keeps the count, and the count costs no call to the instance);
-//! bad requests are refused and neither counted nor forwarded; a rotated token works at once;
+//! unsigned, wrongly signed, late and replayed requests are refused and neither counted nor
+//! forwarded; a rotated key works at once and the replaced one during its grace period;
 //! deliveries are retried until the sink is back; two replicas count every event once; no
 //! secret leaks anywhere.
 
@@ -22,7 +23,12 @@ use axum::{
 use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
 use serde_json::{Value, json};
-use servicenow_operator::{api::ServiceNowConnection, webhook::counter::FIELD_MANAGER};
+use servicenow_operator::{
+    api::{ROTATE_WEBHOOK_KEY, ServiceNowConnection},
+    provision,
+    servicenow::SecretString,
+    webhook::{counter::FIELD_MANAGER, signature},
+};
 use support::{
     Observed,
     instance::{AGENT, HOST},
@@ -183,33 +189,50 @@ fn assert_delivered(received: &[Received], table: &str, operation: &str, record:
     assert_eq!(event.header("ce-source"), format!("https://{HOST}/{table}"));
     assert_eq!(event.header("ce-time"), format!("{}Z", updated_on.replace(' ', "T")));
     assert_eq!(event.header("content-type"), "application/json");
+    let mut body = event.json();
+    let id = body["id"].take();
     assert_eq!(
-        event.json(),
+        id.as_str(),
+        Some(event.header("ce-id")),
+        "the event's own id is its ce-id"
+    );
+    assert_eq!(
+        body,
         json!({
+            "id": null, "instance": format!("https://{HOST}/"),
             "table": table, "sys_id": sys_id, "number": record["number"], "operation": operation,
             "sys_updated_on": updated_on, "sys_updated_by": AGENT,
         })
     );
 }
 
-/// The connection's webhook token, from its Secret.
-async fn webhook_token(scene: &Scene) -> String {
+/// The value of `key` in the connection's webhook Secret, when there is one.
+async fn webhook_secret_value(scene: &Scene, key: &str) -> Option<String> {
     let secrets: Api<Secret> = Api::namespaced(scene.client.clone(), scene.ns.name());
     let secret = secrets.get("acme-webhook").await.expect("the webhook Secret");
-    let value = secret.data.and_then(|mut data| data.remove("token")).expect("a token");
-    String::from_utf8(value.0).expect("a UTF-8 token")
+    let value = secret.data.and_then(|mut data| data.remove(key))?;
+    Some(String::from_utf8(value.0).expect("a UTF-8 value"))
 }
 
-/// The callback URL of `operator` for `connection` with `token`.
-fn callback(operator: &Operator, connection: &str, token: &str) -> String {
+/// The connection's current webhook signing key, from its Secret.
+async fn webhook_token(scene: &Scene) -> String {
+    webhook_secret_value(scene, "token").await.expect("a signing key")
+}
+
+/// The callback URL of `operator` for `connection`.
+fn callback(operator: &Operator, connection: &str) -> String {
     let query = url::form_urlencoded::Serializer::new(String::new())
         .append_pair("connection", connection)
-        .append_pair("token", token)
         .finish();
     format!("{}/callback/servicenow?{query}", operator.public_url)
 }
 
-/// POSTs `body` as `content_type` to `url`; returns the status and the answer's text.
+/// Now, in milliseconds since the epoch, as the rule sends it.
+fn now_millis() -> i64 {
+    k8s_openapi::jiff::Timestamp::now().as_millisecond()
+}
+
+/// POSTs `body` as `content_type` to `url`, unsigned; returns the status and the answer's text.
 async fn post_to(url: &str, content_type: &str, body: impl Into<reqwest::Body>) -> (u16, String) {
     let answer = reqwest::Client::new()
         .post(url)
@@ -219,6 +242,44 @@ async fn post_to(url: &str, content_type: &str, body: impl Into<reqwest::Body>) 
         .await
         .expect("the operator answers");
     (answer.status().as_u16(), answer.text().await.unwrap_or_default())
+}
+
+/// A request as the Business Rule sends it: `body` as `content_type` to `url`, signed with `key`
+/// at `millis`.
+struct Post<'a> {
+    url: &'a str,
+    key: &'a str,
+    millis: i64,
+    content_type: &'a str,
+}
+
+impl<'a> Post<'a> {
+    /// A JSON post to `url` signed with `key` now.
+    fn signed(url: &'a str, key: &'a str) -> Self {
+        Post {
+            url,
+            key,
+            millis: now_millis(),
+            content_type: "application/json",
+        }
+    }
+
+    /// Sends `body`; returns the status and the answer's text.
+    async fn send(&self, body: impl Into<Vec<u8>>) -> (u16, String) {
+        let body = body.into();
+        let timestamp = self.millis.to_string();
+        let signature = signature::sign(&SecretString::new(self.key), &timestamp, &body);
+        let answer = reqwest::Client::new()
+            .post(self.url)
+            .header("content-type", self.content_type)
+            .header(signature::TIMESTAMP_HEADER, timestamp)
+            .header(signature::SIGNATURE_HEADER, signature)
+            .body(body)
+            .send()
+            .await
+            .expect("the operator answers");
+        (answer.status().as_u16(), answer.text().await.unwrap_or_default())
+    }
 }
 
 /// An event as the Business Rule sends it, for a record `n` that the instance need not hold.
@@ -335,30 +396,65 @@ async fn bad_requests_are_refused_and_neither_counted_nor_forwarded() {
     let token = webhook_token(&ready).await;
     let operator = &ready.operator;
     let connection = format!("{}/{CONNECTION}", ready.ns.name());
-    let url = callback(operator, &connection, &token);
+    let url = callback(operator, &connection);
     let event = synthetic_event(1).to_string();
     let wrong = "wrong-token-0123456789abcdefghijklmnopqrstu";
 
+    // Unsigned: no headers, or headers of another form.
+    let (status, text) = post_to(&url, "application/json", event.clone()).await;
+    assert_eq!(
+        (status, text.trim()),
+        (
+            401,
+            "the request is not signed (headers X-Neoagent-Timestamp and X-Neoagent-Signature: v1=…)"
+        )
+    );
+    let legacy = format!("{url}&token={token}");
+    let (status, _) = post_to(&legacy, "application/json", event.clone()).await;
+    assert_eq!(status, 401, "the token in the URL is no longer a credential");
+    // Signed, but not by this connection's key, or for a connection that is not this one.
     let unauthorized = [
-        callback(operator, &connection, wrong),
-        callback(operator, &connection, ""),
-        format!("{}/callback/servicenow?connection={connection}", operator.public_url),
-        callback(operator, &format!("{}/other", ready.ns.name()), &token),
-        callback(operator, &format!("default/{CONNECTION}"), &token),
-        callback(operator, CONNECTION, &token),
+        (url.clone(), wrong),
+        (url.clone(), ""),
+        (
+            callback(operator, &format!("{}/other", ready.ns.name())),
+            token.as_str(),
+        ),
+        (callback(operator, &format!("default/{CONNECTION}")), &token),
+        (callback(operator, CONNECTION), &token),
+        (format!("{}/callback/servicenow", operator.public_url), &token),
     ];
-    for url in &unauthorized {
-        let (status, text) = post_to(url, "application/json", event.clone()).await;
+    for (url, key) in &unauthorized {
+        let (status, text) = Post::signed(url, key).send(event.clone()).await;
         assert_eq!(status, 401, "{text}");
-        assert_eq!(text.trim(), "unknown connection or wrong token");
+        assert_eq!(text.trim(), "unknown connection or wrong signature");
     }
-    let (status, text) = post_to(&url, "text/plain", event.clone()).await;
+    // Signed with the right key, but more than 5 minutes ago (or ahead).
+    for skew in [-301_000, 301_000] {
+        let late = Post {
+            millis: now_millis() + skew,
+            ..Post::signed(&url, &token)
+        };
+        let (status, text) = late.send(event.clone()).await;
+        assert_eq!(
+            (status, text.trim()),
+            (
+                401,
+                "the signature's timestamp is more than 5 minutes from the receiver's clock"
+            )
+        );
+    }
+    let plain = Post {
+        content_type: "text/plain",
+        ..Post::signed(&url, &token)
+    };
+    let (status, text) = plain.send(event.clone()).await;
     assert_eq!(
         (status, text.trim()),
         (415, "the body must be JSON (Content-Type: application/json)")
     );
     let oversized = json!({"padding": "x".repeat(64 * 1024)}).to_string();
-    let (status, text) = post_to(&url, "application/json", oversized).await;
+    let (status, text) = Post::signed(&url, &token).send(oversized).await;
     assert_eq!((status, text.trim()), (413, "the body must be at most 65536 bytes"));
     let malformed = [
         ("{\"table\": ", "the body is not JSON"),
@@ -377,7 +473,7 @@ async fn bad_requests_are_refused_and_neither_counted_nor_forwarded() {
         ),
     ];
     for (body, message) in malformed {
-        let (status, text) = post_to(&url, "application/json", body.to_owned()).await;
+        let (status, text) = Post::signed(&url, &token).send(body.to_owned()).await;
         assert_eq!(status, 400, "{body}: {text}");
         assert!(text.starts_with(message), "{body}: {text}");
     }
@@ -387,19 +483,29 @@ async fn bad_requests_are_refused_and_neither_counted_nor_forwarded() {
         .await
         .expect("the operator answers");
     assert_eq!(method.status().as_u16(), 405);
+
+    // Then one good event: the only one counted and forwarded (the sink's queue is in order).
+    let good = Post {
+        content_type: "application/json; charset=utf-8",
+        ..Post::signed(&url, &token)
+    };
+    let (status, _) = good.send(event.clone()).await;
+    assert_eq!(status, 202);
+    // The same request again — a replay — is refused, on its own and with a fresh connection.
+    let (status, text) = good.send(event.clone()).await;
+    assert_eq!((status, text.trim()), (409, "this signed request was received before"));
     for (reason, count) in [
+        ("unsigned", 2.0),
         ("unauthorized", 6.0),
+        ("stale", 2.0),
         ("unsupported_media_type", 1.0),
         ("too_large", 1.0),
         ("malformed", 5.0),
+        ("replayed", 1.0),
     ] {
         let series = format!("servicenow_operator_webhook_requests_rejected_total{{reason=\"{reason}\"}}");
         assert_eq!(operator.metric(&series).await, count, "{series}");
     }
-
-    // Then one good event: the only one counted and forwarded (the sink's queue is in order).
-    let (status, _) = post_to(&url, "application/json; charset=utf-8", event.clone()).await;
-    assert_eq!(status, 202);
     assert_eq!(operator.metric(RECEIVED).await, 1.0);
     let received = sink.wait_for(1).await;
     assert_eq!(received.len(), 1);
@@ -412,12 +518,11 @@ async fn bad_requests_are_refused_and_neither_counted_nor_forwarded() {
         .await;
     assert_eq!(status.webhook.unwrap().events_received, 1);
 
-    // A rotated token works at once; the old one no longer does.
+    // A key written into the Secret by hand works at once; the old one no longer does.
     let rotated = "rotated-token-abcdefghijklmnopqrstuvwxyz0123";
     put_secret(&ready.client, ready.ns.name(), "acme-webhook", &[("token", rotated)]).await;
-    let new_url = callback(operator, &connection, rotated);
-    poll_until(Duration::from_secs(10), "the rotated token to be accepted", || async {
-        let (status, text) = post_to(&new_url, "application/json", synthetic_event(2).to_string()).await;
+    poll_until(Duration::from_secs(10), "the rotated key to be accepted", || async {
+        let (status, text) = Post::signed(&url, rotated).send(synthetic_event(2).to_string()).await;
         if status == 202 {
             Observed::Done(())
         } else {
@@ -425,12 +530,89 @@ async fn bad_requests_are_refused_and_neither_counted_nor_forwarded() {
         }
     })
     .await;
-    let (status, _) = post_to(&url, "application/json", event).await;
-    assert_eq!(status, 401, "the old token still works");
+    let (status, _) = Post::signed(&url, &token).send(synthetic_event(3).to_string()).await;
+    assert_eq!(status, 401, "the old key still works");
+    sink.wait_for(2).await;
+    assert_eq!(sink.received().len(), 2, "only accepted events are forwarded");
 
     for text in [operator.logs(), format!("{:?}", sink.received())] {
         assert!(!text.contains(&token) && !text.contains(rotated) && !text.contains(wrong));
     }
+    ready.assert_no_secret_leaked().await;
+}
+
+#[tokio::test]
+async fn a_rotated_key_replaces_the_property_and_the_old_key_works_during_its_grace_period() {
+    let sink_port = free_port();
+    let sink = Sink::start(sink_port, 0).await;
+    let ready = ready_with_sink(sink_port).await;
+    let old = webhook_token(&ready).await;
+    let on_instance = |key: &str| {
+        provision::signed_callback(
+            &format!(
+                "{}/callback/servicenow?connection={}%2F{CONNECTION}",
+                ready.operator.public_url,
+                ready.ns.name()
+            ),
+            &SecretString::new(key),
+        )
+    };
+    assert_eq!(
+        ready.simulator.admin().property(provision::PROPERTY_NAME),
+        Some(on_instance(&old)),
+        "the property carries the key the Secret holds"
+    );
+
+    ready.annotate(ROTATE_WEBHOOK_KEY, "2026-12-04T14:00:00Z").await;
+    let new = poll_until(Duration::from_secs(30), "a new signing key", || async {
+        let current = webhook_token(&ready).await;
+        if current != old {
+            Observed::Done(current)
+        } else {
+            Observed::not_yet("the same key")
+        }
+    })
+    .await;
+    assert_eq!(webhook_secret_value(&ready, "previousToken").await, Some(old.clone()));
+    assert_eq!(
+        webhook_secret_value(&ready, "rotationRequest").await.as_deref(),
+        Some("2026-12-04T14:00:00Z")
+    );
+    let until: k8s_openapi::jiff::Timestamp = webhook_secret_value(&ready, "previousTokenValidUntil")
+        .await
+        .expect("the end of the grace period")
+        .parse()
+        .expect("an RFC 3339 time");
+    let grace = until.duration_since(k8s_openapi::jiff::Timestamp::now());
+    assert!(
+        grace > k8s_openapi::jiff::SignedDuration::from_mins(14)
+            && grace <= k8s_openapi::jiff::SignedDuration::from_mins(15),
+        "{grace:?}"
+    );
+    poll_until(Duration::from_secs(30), "the property to carry the new key", || async {
+        let value = ready.simulator.admin().property(provision::PROPERTY_NAME);
+        if value == Some(on_instance(&new)) {
+            Observed::Done(())
+        } else {
+            Observed::not_yet("the old value")
+        }
+    })
+    .await;
+
+    // An event the rule signed with the old key just before the property changed still counts;
+    // so do events signed with the new one — by hand and by the rule on the instance.
+    let connection = format!("{}/{CONNECTION}", ready.ns.name());
+    let url = callback(&ready.operator, &connection);
+    let (status, text) = Post::signed(&url, &old).send(synthetic_event(1).to_string()).await;
+    assert_eq!(status, 202, "{text}");
+    let (status, text) = Post::signed(&url, &new).send(synthetic_event(2).to_string()).await;
+    assert_eq!(status, 202, "{text}");
+    let incident = write_as_agent(&ready, "incident", None, json!({"short_description": "after rotation"})).await;
+    let received = sink.wait_for(3).await;
+    assert_delivered(&received, "incident", "insert", &incident);
+    // The same request does not rotate again.
+    let status = ready.reconcile_now("after-rotation").await;
+    assert_eq!(webhook_token(&ready).await, new, "{status:?}");
     ready.assert_no_secret_leaked().await;
 }
 
@@ -497,8 +679,9 @@ async fn two_replicas_count_every_event_once() {
     let replicas = [&ready.operator, &standby];
     const EVENTS: u32 = 20;
     let posts = (0..EVENTS).map(|n| {
-        let url = callback(replicas[n as usize % 2], &connection, &token);
-        async move { post_to(&url, "application/json", synthetic_event(n).to_string()).await }
+        let url = callback(replicas[n as usize % 2], &connection);
+        let token = token.clone();
+        async move { Post::signed(&url, &token).send(synthetic_event(n).to_string()).await }
     });
     for (status, text) in futures::future::join_all(posts).await {
         assert_eq!(status, 202, "{text}");

@@ -24,6 +24,9 @@ pub const RECONNECT: &str = "neoagent.io/reconnect";
 /// Annotation: any new value forgets the refresh token and asks for consent again; echoed in
 /// `status.lastHandledReconsentAt`.
 pub const RECONSENT: &str = "neoagent.io/reconsent";
+/// Annotation: any new value replaces the webhook signing key; the replaced key is still accepted
+/// for 15 minutes. The value answered is kept in the webhook Secret (`rotationRequest`).
+pub const ROTATE_WEBHOOK_KEY: &str = "neoagent.io/rotate-webhook-key";
 /// Annotation written by the consent callback: `denied` when the person clicked Deny (removed
 /// once consent succeeds).
 pub const CONSENT_RESULT: &str = "neoagent.io/consent-result";

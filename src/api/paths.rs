@@ -43,12 +43,12 @@ pub fn redirect_url(public_url: &Url) -> String {
     under(public_url, CONSENT_CALLBACK).to_string()
 }
 
-/// The webhook callback URL of the connection `namespace/name`, carrying its webhook token.
-pub fn callback_url(public_url: &Url, namespace: &str, name: &str, token: &str) -> String {
+/// The webhook callback URL of the connection `namespace/name`. It carries nothing secret: events
+/// are signed (see `webhook::signature`).
+pub fn callback_url(public_url: &Url, namespace: &str, name: &str) -> String {
     let mut url = under(public_url, WEBHOOK);
     url.query_pairs_mut()
-        .append_pair("connection", &format!("{namespace}/{name}"))
-        .append_pair("token", token);
+        .append_pair("connection", &format!("{namespace}/{name}"));
     url.to_string()
 }
 
@@ -72,8 +72,8 @@ mod tests {
                 "https://neo.example.com/base/oauth/servicenow/callback"
             );
             assert_eq!(
-                callback_url(&public, "itsm", "acme", "t+/="),
-                "https://neo.example.com/base/callback/servicenow?connection=itsm%2Facme&token=t%2B%2F%3D"
+                callback_url(&public, "itsm", "acme"),
+                "https://neo.example.com/base/callback/servicenow?connection=itsm%2Facme"
             );
         }
         let root = Url::parse("https://neo.example.com?x=1").unwrap();

@@ -1,8 +1,10 @@
-//! The webhook endpoint: `POST /callback/servicenow?connection=<ns>/<name>&token=<t>`, where the
-//! Business Rule on the instance posts each task event. The token is checked before anything is
-//! read of the body; then the body (JSON, at most 64 KiB) is checked and the event accepted
-//! (202) — counting and forwarding happen in the background. Answers are short plain text and
-//! never echo the token; nothing here logs the request URI (it carries the token).
+//! The webhook endpoint: `POST /callback/servicenow?connection=<ns>/<name>`, where the Business
+//! Rule on the instance posts each task event, signed (`webhook::signature`). The signing headers
+//! and their time are checked before anything is read; then the body (JSON, at most 64 KiB) is
+//! read, the signature checked against the connection's keys, a replay refused, the body checked
+//! and the event accepted (202) — counting and forwarding happen in the background. An unsigned,
+//! late or wrongly signed request costs no API-server write and no ServiceNow call. Answers are
+//! short plain text and never echo a header or the body.
 
 use std::sync::Arc;
 
@@ -14,14 +16,13 @@ use axum::{
     response::{IntoResponse, Response},
     routing::post,
 };
+use k8s_openapi::jiff::Timestamp;
 
-use crate::{
-    servicenow::SecretString,
-    webhook::{
-        Receiver,
-        event::{self, InvalidEvent, MAX_BODY_BYTES},
-        lookup::Refused,
-    },
+use crate::webhook::{
+    Receiver,
+    event::{self, InvalidEvent, MAX_BODY_BYTES},
+    lookup::Refused,
+    signature::{BadSignature, SIGNATURE_HEADER, Signed, TIMESTAMP_HEADER},
 };
 
 /// The webhook route, with its body limit.
@@ -52,11 +53,7 @@ impl Refusal {
 impl From<Refused> for Refusal {
     fn from(refused: Refused) -> Self {
         match refused {
-            Refused::Unauthorized => Refusal::new(
-                StatusCode::UNAUTHORIZED,
-                "unauthorized",
-                "unknown connection or wrong token",
-            ),
+            Refused::Unauthorized => Refusal::new(StatusCode::UNAUTHORIZED, "unauthorized", refused.to_string()),
             Refused::Unavailable(error) => {
                 tracing::warn!(%error, "webhook request refused: the Kubernetes API could not be read");
                 Refusal::new(
@@ -66,6 +63,16 @@ impl From<Refused> for Refusal {
                 )
             }
         }
+    }
+}
+
+impl From<BadSignature> for Refusal {
+    fn from(bad: BadSignature) -> Self {
+        let reason = match bad {
+            BadSignature::Unsigned => "unsigned",
+            BadSignature::OutsideWindow => "stale",
+        };
+        Refusal::new(StatusCode::UNAUTHORIZED, reason, bad.to_string())
     }
 }
 
@@ -86,8 +93,9 @@ async fn receive(State(receiver): State<Arc<Receiver>>, RawQuery(query): RawQuer
 }
 
 async fn handle(receiver: &Receiver, query: &str, request: Request) -> Result<(), Refusal> {
-    let (connection, token) = callback_query(query);
-    let target = receiver.authenticate(connection.as_deref(), token.as_ref()).await?;
+    let signed = signed(request.headers())?;
+    let now = Timestamp::now();
+    signed.check_time(now.as_millisecond())?;
     if !is_json(request.headers()) {
         return Err(Refusal::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -106,22 +114,32 @@ async fn handle(receiver: &Receiver, query: &str, request: Request) -> Result<()
             Refusal::new(StatusCode::BAD_REQUEST, "malformed", "the body could not be read")
         }
     })?;
+    let target = receiver
+        .authenticate(connection_of(query).as_deref(), &signed, &body, now)
+        .await?;
+    if !receiver.first_time(&signed, now.as_millisecond()) {
+        return Err(Refusal::new(
+            StatusCode::CONFLICT,
+            "replayed",
+            "this signed request was received before",
+        ));
+    }
     let event = event::parse(&body)?;
     receiver.accept(&target, &event, body);
     Ok(())
 }
 
-/// `connection` and `token` of the query string (the first of each).
-fn callback_query(query: &str) -> (Option<String>, Option<SecretString>) {
-    let (mut connection, mut token) = (None, None);
-    for (key, value) in url::form_urlencoded::parse(query.as_bytes()) {
-        match &*key {
-            "connection" if connection.is_none() => connection = Some(value.into_owned()),
-            "token" if token.is_none() => token = Some(SecretString::new(value.into_owned())),
-            _ => {}
-        }
-    }
-    (connection, token)
+/// The signing headers of `headers`.
+fn signed(headers: &HeaderMap) -> Result<Signed, BadSignature> {
+    let header = |name: &str| headers.get(name).and_then(|value| value.to_str().ok());
+    Signed::parse(header(TIMESTAMP_HEADER), header(SIGNATURE_HEADER))
+}
+
+/// `connection` of the query string (the first).
+fn connection_of(query: &str) -> Option<String> {
+    url::form_urlencoded::parse(query.as_bytes())
+        .find(|(key, _)| key == "connection")
+        .map(|(_, value)| value.into_owned())
 }
 
 /// `true` for `application/json` and `application/<anything>+json`, parameters allowed.
@@ -147,12 +165,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_query_gives_the_connection_and_the_token_decoded() {
-        let (connection, token) = callback_query("connection=itsm%2Facme&token=a%2Bb&token=second&x=1");
-        assert_eq!(connection.as_deref(), Some("itsm/acme"));
-        assert_eq!(token.unwrap().expose(), "a+b");
-        let (connection, token) = callback_query("");
-        assert!(connection.is_none() && token.is_none());
+    fn the_query_gives_the_first_connection_decoded() {
+        assert_eq!(
+            connection_of("x=1&connection=itsm%2Facme&connection=second").as_deref(),
+            Some("itsm/acme")
+        );
+        assert_eq!(connection_of(""), None);
     }
 
     #[test]

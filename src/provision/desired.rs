@@ -1,9 +1,12 @@
 //! What the instance should hold for a connection: the task webhook Business Rule and the
 //! callback property, plus the names of what older versions left behind.
 
-use crate::servicenow::records::{BusinessRuleFields, SystemPropertyFields};
+use crate::servicenow::{
+    SecretString,
+    records::{BusinessRuleFields, SystemPropertyFields},
+};
 
-use super::Owner;
+use super::{Owner, owner::signed_callback};
 
 /// The Business Rule the operator manages (`—` is an em dash, U+2014).
 pub const RULE_NAME: &str = "Neo Agent — Task Webhook";
@@ -14,7 +17,8 @@ pub const RULE_TABLE: &str = "task";
 pub const LEGACY_RULE_NAME: &str = "Neo Agent — Incident Webhook";
 /// The table the legacy rule ran on.
 pub const LEGACY_RULE_TABLE: &str = "incident";
-/// The System Property holding the callback URL the rule posts to.
+/// The System Property holding the callback URL the rule posts to and, after `#key=`, the key it
+/// signs events with.
 pub const PROPERTY_NAME: &str = "x_neoagent.callback_url";
 
 /// When the rule runs: `after` the write, so it sees the record as saved, inside the
@@ -33,12 +37,13 @@ pub const RULE_SCRIPT: &str = include_str!("task_webhook.js");
 pub struct Desired {
     /// The Business Rule, field by field.
     pub rule: BusinessRuleFields,
-    /// The callback property (its `Debug` hides the webhook token).
+    /// The callback property (its `Debug` hides the signing key).
     pub property: SystemPropertyFields,
 }
 
-/// The desired state for the connection `owner`, whose events go to `callback_url`.
-pub fn desired(callback_url: &str, owner: &Owner) -> Desired {
+/// The desired state for the connection `owner`, whose events go to `callback_url` signed with
+/// `key`.
+pub fn desired(callback_url: &str, key: &SecretString, owner: &Owner) -> Desired {
     Desired {
         rule: BusinessRuleFields {
             name: RULE_NAME.to_owned(),
@@ -53,7 +58,7 @@ pub fn desired(callback_url: &str, owner: &Owner) -> Desired {
             action_query: false,
             filter_condition: String::new(),
             description: format!(
-                "Posts every insert and update of a task-family record to the URL in the system property {PROPERTY_NAME}. \
+                "Posts every insert and update of a task-family record, signed, to the URL in the system property {PROPERTY_NAME}. \
                  Managed by servicenow-operator for {owner}: do not edit by hand, changes are reverted at the next drift \
                  check; delete the ServiceNowConnection to remove it."
             ),
@@ -61,11 +66,11 @@ pub fn desired(callback_url: &str, owner: &Owner) -> Desired {
         },
         property: SystemPropertyFields {
             name: PROPERTY_NAME.to_owned(),
-            value: callback_url.to_owned(),
+            value: signed_callback(callback_url, key),
             property_type: "string".to_owned(),
             description: format!(
-                "Callback URL of the Business Rule \"{RULE_NAME}\". Owned by servicenow-operator for {owner}: do not \
-                 edit by hand."
+                "Callback URL of the Business Rule \"{RULE_NAME}\" and, after #key=, the key it signs events with \
+                 (never sent). Owned by servicenow-operator for {owner}: do not edit by hand."
             ),
         },
     }
@@ -79,7 +84,8 @@ mod tests {
     #[test]
     fn the_rule_fires_after_inserts_and_updates_on_task_and_runs_the_webhook_script() {
         let desired = desired(
-            "https://neo.example.com/callback/servicenow?connection=itsm%2Facme&token=t",
+            "https://neo.example.com/callback/servicenow?connection=itsm%2Facme",
+            &SecretString::new("t"),
             &owner(),
         );
         let rule = &desired.rule;
@@ -106,7 +112,10 @@ mod tests {
     fn the_script_reads_the_property_and_posts_the_event_without_waiting() {
         for part in [
             "gs.getProperty('x_neoagent.callback_url'",
+            "indexOf('#key=')",
             "gs.warn(",
+            "gs.generateGUID()",
+            "gs.getProperty('glide.servlet.uri'",
             "current.getTableName()",
             "current.getUniqueValue()",
             "current.getValue('number')",
@@ -115,8 +124,13 @@ mod tests {
             "current.getValue('sys_updated_by')",
             "new sn_ws.RESTMessageV2()",
             "setHttpMethod('post')",
+            "new GlideDateTime().getNumericValue()",
+            "new GlideCertificateEncryption().generateMac(key, 'HmacSHA256', timestamp + '.' + body)",
+            "setEndpoint(endpoint)",
             "setRequestHeader('Content-Type', 'application/json')",
-            "setRequestBody(JSON.stringify(event))",
+            "setRequestHeader('X-Neoagent-Timestamp', timestamp)",
+            "setRequestHeader('X-Neoagent-Signature', 'v1=' + signature)",
+            "setRequestBody(body)",
             "executeAsync()",
             "gs.error(",
         ] {
@@ -125,11 +139,14 @@ mod tests {
     }
 
     #[test]
-    fn the_desired_state_does_not_show_the_webhook_token_in_debug() {
+    fn the_desired_state_does_not_show_the_signing_key_in_debug() {
+        let key = SecretString::new("s3cret");
         let desired = desired(
-            "https://neo.example.com/callback/servicenow?connection=itsm%2Facme&token=s3cret",
+            "https://neo.example.com/callback/servicenow?connection=itsm%2Facme",
+            &key,
             &owner(),
         );
-        assert!(!format!("{desired:?}").contains("s3cret"));
+        assert!(desired.property.value.ends_with("#key=czNjcmV0"));
+        assert!(!format!("{desired:?}").contains("czNjcmV0"));
     }
 }

@@ -12,5 +12,5 @@ pub use desired::{
     Desired, LEGACY_RULE_NAME, LEGACY_RULE_TABLE, PROPERTY_NAME, RULE_NAME, RULE_ORDER, RULE_SCRIPT, RULE_TABLE,
     RULE_WHEN, desired,
 };
-pub use owner::{Owner, claimed_by_other};
+pub use owner::{Owner, claimed_by_other, signed_callback};
 pub use plan::{Description, Plan, Step, describe, kept_property, kept_rule, plan};

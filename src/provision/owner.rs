@@ -1,5 +1,6 @@
 //! Who owns an instance's webhook: the callback property's value names its connection and the
-//! operator it belongs to (`<public url>/callback/servicenow?connection=<ns>/<name>&token=…`).
+//! operator it belongs to (`<public url>/callback/servicenow?connection=<ns>/<name>#key=…`, the
+//! part after `#` being the signing key the rule uses and never sends).
 
 use std::fmt;
 
@@ -65,8 +66,26 @@ fn normalized(public_url: &str) -> String {
     }
 }
 
-/// The webhook token a callback URL carries.
-fn token_of(value: &str) -> Option<String> {
+/// What separates the callback URL from the signing key in the property's value.
+const KEY_MARK: &str = "#key=";
+
+/// The property value of a callback URL and the connection's signing key: the URL, `#key=`, and
+/// the key's bytes in standard Base64 (what `GlideCertificateEncryption.generateMac` takes,
+/// servicenow-api.md §3.6). The rule sends only the part before `#`.
+pub fn signed_callback(callback_url: &str, key: &SecretString) -> String {
+    use base64::Engine as _;
+    let key = base64::engine::general_purpose::STANDARD.encode(key.expose());
+    format!("{callback_url}{KEY_MARK}{key}")
+}
+
+/// The signing key a callback property's value carries (after `#key=`), or the webhook token of
+/// the form older versions wrote (`&token=` in the query).
+fn key_of(value: &str) -> Option<String> {
+    use base64::Engine as _;
+    if let Some((_, key)) = value.split_once(KEY_MARK) {
+        let bytes = base64::engine::general_purpose::STANDARD.decode(key).ok()?;
+        return String::from_utf8(bytes).ok();
+    }
     let url = Url::parse(value).ok()?;
     url.query_pairs()
         .find(|(key, _)| key == "token")
@@ -75,14 +94,14 @@ fn token_of(value: &str) -> Option<String> {
 
 /// Another owner named by any of the callback `properties`, if one is. A value that is empty or
 /// not a callback URL of this operator's shape names nobody (it is simply repaired). A value that
-/// carries `token`, the connection's own webhook token, is the connection's whatever public URL it
-/// names: only this connection knows its token, so its operator moved (`--public-url` changed)
+/// carries `token`, the connection's own signing key, is the connection's whatever public URL it
+/// names: only this connection knows its key, so its operator moved (`--public-url` changed)
 /// and the value is simply updated.
 pub fn claimed_by_other(properties: &[SystemProperty], owner: &Owner, token: Option<&SecretString>) -> Option<Owner> {
     properties
         .iter()
         .map(|property| property.fields.value.as_str())
-        .filter(|value| token.is_none_or(|token| token_of(value).as_deref() != Some(token.expose())))
+        .filter(|value| token.is_none_or(|token| key_of(value).as_deref() != Some(token.expose())))
         .filter_map(Owner::of_callback)
         .find(|other| !other.same_as(owner))
 }
@@ -162,13 +181,42 @@ pub(super) mod tests {
     }
 
     #[test]
-    fn a_value_with_the_connections_own_token_is_its_own_after_the_operator_moved() {
-        let token = SecretString::new("s3cret-token");
-        let moved = property("https://old.example.com/callback/servicenow?connection=itsm%2Facme&token=s3cret-token");
+    fn the_signed_value_carries_the_key_in_base64_after_the_url() {
+        let key = SecretString::new("s3cret-token");
+        let value = signed_callback(
+            "https://neo.example.com/callback/servicenow?connection=itsm%2Facme",
+            &key,
+        );
         assert_eq!(
-            claimed_by_other(std::slice::from_ref(&moved), &owner(), Some(&token)),
+            value,
+            "https://neo.example.com/callback/servicenow?connection=itsm%2Facme#key=czNjcmV0LXRva2Vu"
+        );
+        assert_eq!(key_of(&value).as_deref(), Some("s3cret-token"));
+        assert!(owner().owns(&value));
+        assert_eq!(
+            key_of("https://neo.example.com/callback/servicenow#key=not base64"),
             None
         );
+        assert_eq!(
+            key_of("https://neo.example.com/callback/servicenow?connection=a%2Fb"),
+            None
+        );
+    }
+
+    #[test]
+    fn a_value_with_the_connections_own_key_is_its_own_after_the_operator_moved() {
+        let token = SecretString::new("s3cret-token");
+        let old = "https://old.example.com/callback/servicenow?connection=itsm%2Facme";
+        for moved in [
+            property(&signed_callback(old, &token)),
+            property(&format!("{old}&token=s3cret-token")),
+        ] {
+            assert_eq!(
+                claimed_by_other(std::slice::from_ref(&moved), &owner(), Some(&token)),
+                None
+            );
+        }
+        let moved = property(&signed_callback(old, &token));
         let other_token = SecretString::new("another-token");
         let claimed = claimed_by_other(std::slice::from_ref(&moved), &owner(), Some(&other_token)).unwrap();
         assert_eq!(claimed.public_url, "https://old.example.com");

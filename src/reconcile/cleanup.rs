@@ -56,9 +56,10 @@ pub async fn cleanup<S: ServiceNow>(connection: &ServiceNowConnection, context: 
         .properties(&instance, &token, provision::PROPERTY_NAME)
         .await
         .map_err(failed)?;
-    let webhook_token = secrets::read_webhook_token(&secrets_api, &secrets::webhook_secret_name(connection))
+    let webhook_token = secrets::read_webhook_keys(&secrets_api, &secrets::webhook_secret_name(connection))
         .await
-        .map_err(kube("read the webhook token Secret"))?;
+        .map_err(kube("read the webhook signing key Secret"))?
+        .map(|keys| keys.current);
     // The rule serves whoever owns the property: leave both to another owner.
     if provision::claimed_by_other(&properties, &owner, webhook_token.as_ref()).is_none() {
         let rules = servicenow

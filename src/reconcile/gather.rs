@@ -99,9 +99,10 @@ pub async fn gather<S: ServiceNow>(
         return Ok(gathered);
     }
 
-    let webhook_token = secrets::ensure_webhook_token(&secrets_api, connection)
+    let rotation = connection.annotations().get(crate::api::ROTATE_WEBHOOK_KEY);
+    let webhook_token = secrets::ensure_webhook_key(&secrets_api, connection, rotation.map(String::as_str))
         .await
-        .map_err(kube("create the webhook token Secret"))?;
+        .map_err(kube("create or rotate the webhook signing key"))?;
     gathered.webhook_token = Some(webhook_token);
     gathered.records = Some(records(servicenow, instance, token).await);
     Ok(gathered)

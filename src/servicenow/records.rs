@@ -83,8 +83,12 @@ impl std::fmt::Debug for SystemPropertyFields {
     }
 }
 
-/// `value` with the value of every `token=` query parameter replaced by `[redacted]`.
+/// `value` with its fragment (the signing key after `#`) and the value of every `token=` query
+/// parameter (the form older versions wrote) replaced by `[redacted]`.
 pub fn redact_token(value: &str) -> String {
+    if let Some((url, _)) = value.split_once('#') {
+        return format!("{}#[redacted]", redact_token(url));
+    }
     let Some((head, query)) = value.split_once('?') else {
         return value.to_owned();
     };
@@ -157,7 +161,17 @@ mod tests {
         };
         let shown = format!("{fields:?}");
         assert!(!shown.contains("s3cret"), "{shown}");
-        assert!(shown.contains("connection=itsm/acme&token=[redacted]"), "{shown}");
+        assert!(
+            shown.contains("connection=itsm/acme&token=[redacted]#[redacted]"),
+            "{shown}"
+        );
+        let signed = SystemPropertyFields {
+            value: "https://neo.example.com/callback/servicenow?connection=itsm%2Facme#key=czNjcmV0".into(),
+            ..fields
+        };
+        let shown = format!("{signed:?}");
+        assert!(!shown.contains("czNjcmV0"), "{shown}");
+        assert!(shown.contains("connection=itsm%2Facme#[redacted]"), "{shown}");
     }
 
     #[test]

@@ -53,6 +53,8 @@ impl Operation {
 /// A task event that passed every check.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TaskEvent {
+    /// The event's id (`gs.generateGUID()` in the rule), when it carries one.
+    pub id: Option<String>,
     /// The record's table (its class), e.g. `incident`.
     pub table: String,
     /// The record's `sys_id`.
@@ -100,8 +102,8 @@ pub enum InvalidEvent {
 }
 
 /// Checks `body`: a JSON object with the string fields `table`, `sys_id` (32 hex digits) and
-/// `operation` (insert, update or delete), and optionally `number`, `sys_updated_on` and
-/// `sys_updated_by` (null or empty means absent, as `current.getValue()` gives for an empty
+/// `operation` (insert, update or delete), and optionally `id` (32 hex digits), `number`,
+/// `sys_updated_on` and `sys_updated_by` (null or empty means absent, as `current.getValue()` gives for an empty
 /// field). Other fields are allowed and ignored.
 pub fn parse(body: &[u8]) -> Result<TaskEvent, InvalidEvent> {
     let value: Value = serde_json::from_slice(body).map_err(|error| {
@@ -118,11 +120,9 @@ pub fn parse(body: &[u8]) -> Result<TaskEvent, InvalidEvent> {
     let table = required(&fields, "table")?;
     check(is_table_name(table), "table", TABLE_RULE)?;
     let sys_id = required(&fields, "sys_id")?;
-    check(
-        sys_id.len() == 32 && sys_id.bytes().all(|b| b.is_ascii_hexdigit()),
-        "sys_id",
-        SYS_ID_RULE,
-    )?;
+    check(is_guid(sys_id), "sys_id", SYS_ID_RULE)?;
+    let id = optional(&fields, "id")?;
+    check(id.is_none_or(is_guid), "id", SYS_ID_RULE)?;
     let operation = Operation::parse(required(&fields, "operation")?).ok_or(InvalidEvent::Broken {
         field: "operation",
         rule: OPERATION_RULE,
@@ -136,6 +136,7 @@ pub fn parse(body: &[u8]) -> Result<TaskEvent, InvalidEvent> {
         })
         .transpose()?;
     Ok(TaskEvent {
+        id: id.map(str::to_owned),
         table: table.to_owned(),
         sys_id: sys_id.to_owned(),
         operation,
@@ -176,6 +177,11 @@ fn check(holds: bool, field: &'static str, rule: &'static str) -> Result<(), Inv
     }
 }
 
+/// 32 hexadecimal digits, as a `sys_id` or `gs.generateGUID()`.
+fn is_guid(text: &str) -> bool {
+    text.len() == 32 && text.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
 fn is_table_name(table: &str) -> bool {
     table.len() <= MAX_TABLE_LEN
         && table.starts_with(|c: char| c.is_ascii_lowercase())
@@ -194,8 +200,9 @@ fn parse_glide_time(text: &str) -> Option<Timestamp> {
 /// header and the body is the event's JSON as the instance sent it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CloudEvent {
-    /// `ce-id`: a version-4 UUID minted when the event is accepted and kept across retries, so a
-    /// sink can drop a delivery it already has. Not `<sys_id>-<sys_updated_on>-<operation>`:
+    /// `ce-id`: the event's own id (a GUID the rule draws), or else a version-4 UUID minted when
+    /// the event is accepted; kept across retries, so a sink can drop a delivery it already has
+    /// (also one that came twice through two replicas). Not `<sys_id>-<sys_updated_on>-<operation>`:
     /// `sys_updated_on` has one-second resolution, so two updates of one record within a second
     /// — two events — would share that id and a deduplicating sink would lose the second.
     pub id: String,
@@ -288,6 +295,7 @@ mod tests {
         assert_eq!(
             parsed,
             TaskEvent {
+                id: None,
                 table: "incident".into(),
                 sys_id: SYS_ID.into(),
                 operation: Operation::Insert,
@@ -295,6 +303,30 @@ mod tests {
                 updated_at: Some("2026-01-31T12:34:56Z".parse().unwrap()),
                 updated_by: Some("neo.agent".into()),
             }
+        );
+    }
+
+    #[test]
+    fn the_event_id_is_a_guid_when_present() {
+        let guid = "0123456789abcdefABCDEF0123456789";
+        assert_eq!(event(with("id", guid.into())).unwrap().id.as_deref(), Some(guid));
+        for bad in [
+            "42",
+            "0123456789abcdef0123456789abcdeg",
+            "0123456789abcdef0123456789abcdef0",
+        ] {
+            assert_eq!(
+                event(with("id", bad.into())),
+                Err(InvalidEvent::Broken {
+                    field: "id",
+                    rule: SYS_ID_RULE
+                }),
+                "{bad}"
+            );
+        }
+        assert_eq!(
+            event(with("id", 7.into())),
+            Err(InvalidEvent::NotAString { field: "id" })
         );
     }
 

@@ -1,8 +1,11 @@
-//! Which connection a callback names, and whether its token is the one in the connection's
-//! webhook Secret (`<name>-webhook`, key `token`). Both are read through the API by whichever
-//! replica got the request and kept a few seconds; a token that does not match what is kept is
-//! checked against the Secret again (at most once a second per connection), so a rotated token
-//! works at once and the old one stops within [`TTL`].
+//! Which connection a callback names, and its webhook signing keys (the Secret `<name>-webhook`).
+//! Both are read through the API by whichever replica got the request and kept a few seconds; a
+//! signature that no kept key checks makes the receiver read again (at most once a second per
+//! connection), so a rotated key works at once and a removed one stops within [`TTL`].
+//!
+//! What exists and what does not are kept apart: a name that names no connection is remembered
+//! among at most [`MAX_UNKNOWN`] others (forgotten all at once when full), so junk names cannot
+//! push the real connections out.
 
 use std::{
     collections::HashMap,
@@ -10,22 +13,22 @@ use std::{
     time::{Duration, Instant},
 };
 
-use hmac::{Hmac, Mac};
 use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
-use sha2::Sha256;
 
-use crate::{api::ServiceNowConnection, secrets, servicenow::SecretString, sync::LockExt as _};
+use crate::{
+    api::ServiceNowConnection,
+    secrets::{self, WebhookKeys},
+    sync::LockExt as _,
+};
 
 /// How long what was read (a connection and its token, or their absence) is trusted.
 pub const TTL: Duration = Duration::from_secs(5);
-/// How old what was read must be before a token that does not match makes the receiver read
-/// again.
+/// How old what was read must be before a signature that no kept key checks makes the receiver
+/// read again.
 pub const RECHECK_AFTER: Duration = Duration::from_secs(1);
-/// Most connections kept; past this the expired ones are dropped, then all.
-const MAX_ENTRIES: usize = 1024;
-/// The HMAC key the token comparison uses (any fixed value serves; see [`same_token`]).
-const COMPARISON_KEY: &[u8] = b"servicenow-operator webhook token comparison";
+/// Most names of no connection remembered; past this they are all forgotten.
+pub const MAX_UNKNOWN: usize = 4096;
 
 /// What the receiver needs of a connection whose token matched.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -41,34 +44,40 @@ pub struct Target {
 /// Why a callback is refused.
 #[derive(Debug, thiserror::Error)]
 pub enum Refused {
-    /// No such connection (or one this operator does not watch), no webhook token, or another
-    /// token than the one given.
-    #[error("unknown connection or wrong token")]
+    /// No such connection (or one this operator does not watch), no signing key, or a signature
+    /// no usable key made.
+    #[error("unknown connection or wrong signature")]
     Unauthorized,
     /// The API server could not say.
     #[error("failed to read the connection or its webhook Secret: {0}")]
     Unavailable(#[source] kube::Error),
 }
 
-/// A connection and its token, as read.
+/// A connection and its keys, as read.
 #[derive(Clone)]
 struct Known {
     target: Target,
-    token: SecretString,
+    keys: WebhookKeys,
 }
 
-/// What was read for one connection, and when.
+/// An existing connection's keys, and when they were read.
 struct Entry {
     read_at: Instant,
-    /// `None`: no such connection, or it has no webhook token.
-    known: Option<Known>,
+    known: Known,
 }
 
-/// Finds connections and checks tokens, with a small cache.
+/// What was read lately: the connections that exist, and the names that name none.
+#[derive(Default)]
+struct Cache {
+    known: HashMap<String, Entry>,
+    unknown: HashMap<String, Instant>,
+}
+
+/// Finds connections and their keys, with a small cache.
 pub struct Lookup {
     kube: kube::Client,
     namespace: Option<String>,
-    cache: Mutex<HashMap<String, Entry>>,
+    cache: Mutex<Cache>,
 }
 
 impl Lookup {
@@ -82,16 +91,14 @@ impl Lookup {
         }
     }
 
-    /// The connection `connection` (`<namespace>/<name>`) when `token` is its webhook token.
+    /// The connection `connection` (`<namespace>/<name>`) when `accepts` takes its keys (when one
+    /// of them made the request's signature).
     pub async fn authenticate(
         &self,
         connection: Option<&str>,
-        token: Option<&SecretString>,
+        accepts: impl Fn(&WebhookKeys) -> bool,
     ) -> Result<Target, Refused> {
-        let (Some((namespace, name)), Some(token)) = (
-            connection.and_then(crate::api::split_key),
-            token.filter(|token| !token.expose().is_empty()),
-        ) else {
+        let Some((namespace, name)) = connection.and_then(crate::api::split_key) else {
             return Err(Refused::Unauthorized);
         };
         if self.namespace.as_deref().is_some_and(|watched| watched != namespace) {
@@ -99,35 +106,52 @@ impl Lookup {
         }
         let key = format!("{namespace}/{name}");
         let now = Instant::now();
-        if let Some((read_at, known)) = self.cached(&key, now) {
-            let verdict = check(known.as_ref(), token);
-            if verdict.is_ok() || now.duration_since(read_at) < RECHECK_AFTER {
-                return verdict;
+        match self.cached(&key, now) {
+            Some((_, None)) => return Err(Refused::Unauthorized),
+            Some((read_at, Some(known))) => {
+                let verdict = check(Some(&known), &accepts);
+                if verdict.is_ok() || now.duration_since(read_at) < RECHECK_AFTER {
+                    return verdict;
+                }
             }
+            None => {}
         }
         let known = self.read(namespace, name).await.map_err(Refused::Unavailable)?;
-        let verdict = check(known.as_ref(), token);
-        self.keep(key, Entry { read_at: now, known });
+        let verdict = check(known.as_ref(), &accepts);
+        self.keep(key, now, known);
         verdict
     }
 
+    /// What is kept of `key` and still fresh: when it was read and the connection (`None`: it
+    /// names no connection).
     fn cached(&self, key: &str, now: Instant) -> Option<(Instant, Option<Known>)> {
         let cache = self.cache.locked();
+        let fresh = |read_at: &Instant| now.duration_since(*read_at) < TTL;
+        if let Some(entry) = cache.known.get(key).filter(|entry| fresh(&entry.read_at)) {
+            return Some((entry.read_at, Some(entry.known.clone())));
+        }
         cache
+            .unknown
             .get(key)
-            .filter(|entry| now.duration_since(entry.read_at) < TTL)
-            .map(|entry| (entry.read_at, entry.known.clone()))
+            .filter(|read_at| fresh(read_at))
+            .map(|read_at| (*read_at, None))
     }
 
-    fn keep(&self, key: String, entry: Entry) {
+    fn keep(&self, key: String, read_at: Instant, known: Option<Known>) {
         let mut cache = self.cache.locked();
-        if cache.len() >= MAX_ENTRIES && !cache.contains_key(&key) {
-            cache.retain(|_, kept| kept.read_at.elapsed() < TTL);
-            if cache.len() >= MAX_ENTRIES {
-                cache.clear();
+        match known {
+            Some(known) => {
+                cache.unknown.remove(&key);
+                cache.known.insert(key, Entry { read_at, known });
+            }
+            None => {
+                cache.known.remove(&key);
+                if cache.unknown.len() >= MAX_UNKNOWN {
+                    cache.unknown.clear();
+                }
+                cache.unknown.insert(key, read_at);
             }
         }
-        cache.insert(key, entry);
     }
 
     async fn read(&self, namespace: &str, name: &str) -> Result<Option<Known>, kube::Error> {
@@ -136,51 +160,21 @@ impl Lookup {
             return Ok(None);
         };
         let secrets_api: Api<Secret> = Api::namespaced(self.kube.clone(), namespace);
-        let token = secrets::read_webhook_token(&secrets_api, &secrets::webhook_secret_name(&connection)).await?;
-        Ok(token.map(|token| Known {
+        let keys = secrets::read_webhook_keys(&secrets_api, &secrets::webhook_secret_name(&connection)).await?;
+        Ok(keys.map(|keys| Known {
             target: Target {
                 key: crate::api::key(&connection),
                 instance_url: connection.spec.instance_url.clone(),
                 sink_url: connection.spec.webhook.sink_url.clone(),
             },
-            token,
+            keys,
         }))
     }
 }
 
-fn check(known: Option<&Known>, token: &SecretString) -> Result<Target, Refused> {
+fn check(known: Option<&Known>, accepts: impl Fn(&WebhookKeys) -> bool) -> Result<Target, Refused> {
     match known {
-        Some(known) if same_token(&known.token, token) => Ok(known.target.clone()),
+        Some(known) if accepts(&known.keys) => Ok(known.target.clone()),
         _ => Err(Refused::Unauthorized),
-    }
-}
-
-/// `true` when `given` is `expected`. Both go through HMAC-SHA256 under a fixed key and the tags
-/// are compared with hmac's `verify_slice`, which is constant time (the `subtle` crate
-/// underneath): no new dependency, and neither a matching prefix nor the token's length shows in
-/// the time taken.
-fn same_token(expected: &SecretString, given: &SecretString) -> bool {
-    let tag = |token: &SecretString| {
-        let mut mac = Hmac::<Sha256>::new_from_slice(COMPARISON_KEY).expect("HMAC takes a key of any length");
-        mac.update(token.expose().as_bytes());
-        mac
-    };
-    tag(given).verify_slice(&tag(expected).finalize().into_bytes()).is_ok()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn only_the_same_token_matches() {
-        let token = SecretString::new("Jm3Qy1kz0rX2pW8vN4bT6cH9dL5fA7eS1gU3iO0qR2t");
-        assert!(same_token(&token, &token.clone()));
-        assert!(!same_token(
-            &token,
-            &SecretString::new("Jm3Qy1kz0rX2pW8vN4bT6cH9dL5fA7eS1gU3iO0qR2u")
-        ));
-        assert!(!same_token(&token, &SecretString::new("Jm3Qy1kz")));
-        assert!(!same_token(&token, &SecretString::new("")));
     }
 }

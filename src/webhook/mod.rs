@@ -1,5 +1,6 @@
 //! The webhook receiver's logic, behind `POST /callback/servicenow` (`crate::http::receiver`):
-//! the connection and its token are looked up and checked (`lookup`), the body is checked and
+//! the request's signature is checked (`signature`, pure) against the connection's keys
+//! (`lookup`) and refused when seen before (`replay`, pure), the body is checked and
 //! turned into CloudEvents attributes (`event`, pure), accepted events are counted into
 //! `status.webhook` (`counter`) and forwarded to the connection's sink (`forward`). Every replica
 //! receives: nothing here needs the leader.
@@ -8,26 +9,34 @@ pub mod counter;
 pub mod event;
 pub mod forward;
 pub mod lookup;
+pub mod replay;
+pub mod signature;
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use axum::body::Bytes;
 use k8s_openapi::jiff::Timestamp;
 
 use crate::{
-    servicenow::SecretString,
+    sync::LockExt as _,
     telemetry::{ReasonLabels, WebhookMetrics},
 };
 use counter::Counter;
 use event::{CloudEvent, TaskEvent};
 use forward::{Delivery, Forwarder};
 use lookup::{Lookup, Refused, Target};
+use replay::Replays;
+use signature::Signed;
 
 /// Everything the receiver shares between requests.
 pub struct Receiver {
     lookup: Lookup,
     counter: Arc<Counter>,
     forwarder: Forwarder,
+    replays: Mutex<Replays>,
     metrics: WebhookMetrics,
 }
 
@@ -44,6 +53,7 @@ impl Receiver {
             lookup: Lookup::new(kube.clone(), namespace),
             counter: Arc::new(Counter::new(kube)),
             forwarder: Forwarder::new(sink_client, metrics.clone()),
+            replays: Mutex::default(),
             metrics,
         }
     }
@@ -53,13 +63,26 @@ impl Receiver {
         self.counter.clone()
     }
 
-    /// The connection `connection` (`<namespace>/<name>`) when `token` is its webhook token.
+    /// The connection `connection` (`<namespace>/<name>`) when one of its usable keys made
+    /// `signed` over `body` at `now`.
     pub async fn authenticate(
         &self,
         connection: Option<&str>,
-        token: Option<&SecretString>,
+        signed: &Signed,
+        body: &[u8],
+        now: Timestamp,
     ) -> Result<Target, Refused> {
-        self.lookup.authenticate(connection, token).await
+        self.lookup
+            .authenticate(connection, |keys| signed.made_by_one_of(keys.usable(now), body))
+            .await
+    }
+
+    /// `true` the first time this replica sees `signed` (checked and recorded at `now_millis`);
+    /// `false` for a replay.
+    pub fn first_time(&self, signed: &Signed, now_millis: i64) -> bool {
+        self.replays
+            .locked()
+            .first_time(signed.replay_id(), signed.millis(), now_millis)
     }
 
     /// Takes `event` (whose JSON is `body`) for `target`: counts it and queues its forward
@@ -72,7 +95,8 @@ impl Receiver {
             operation = event.operation.as_str(), "webhook event accepted"
         );
         if let Some(sink) = &target.sink_url {
-            let event = CloudEvent::of(event, &target.instance_url, event::uuid_v4(rand::random()));
+            let id = event.id.clone().unwrap_or_else(|| event::uuid_v4(rand::random()));
+            let event = CloudEvent::of(event, &target.instance_url, id);
             let delivery = Delivery {
                 sink: sink.clone(),
                 event,

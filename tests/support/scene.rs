@@ -2,6 +2,7 @@
 //! operator runs; [`Ready`] adds a running operator and a READY_TO_SYNC connection. Also the
 //! Kubernetes writes the tests make (Secrets, connections) and the leak check.
 
+use base64::Engine as _;
 use std::{collections::BTreeMap, net::SocketAddr, sync::Mutex, time::Duration};
 
 use k8s_openapi::{
@@ -395,6 +396,7 @@ impl Scene {
         let secrets: Api<Secret> = Api::namespaced(self.client.clone(), self.ns.name());
         for (secret, key) in [
             ("acme-webhook", "token"),
+            ("acme-webhook", "previousToken"),
             (
                 "servicenow-operator-consent-key",
                 servicenow_operator::secrets::STATE_KEY_KEY,
@@ -402,6 +404,8 @@ impl Scene {
         ] {
             let found = secrets.get_opt(secret).await.expect("read the operator's Secret");
             if let Some(value) = found.and_then(|s| s.data).and_then(|mut data| data.remove(key)) {
+                // The signing key also travels in Base64 (in the instance's callback property).
+                values.push(base64::engine::general_purpose::STANDARD.encode(&value.0));
                 values.push(String::from_utf8(value.0).expect("a UTF-8 Secret value"));
             }
         }

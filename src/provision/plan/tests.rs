@@ -3,11 +3,12 @@
 use super::*;
 use crate::provision::{Owner, desired};
 
-const CALLBACK: &str = "https://neo.example.com/callback/servicenow?connection=itsm%2Facme&token=t1";
+const CALLBACK: &str = "https://neo.example.com/callback/servicenow?connection=itsm%2Facme";
 
 fn wanted() -> Desired {
     desired(
         CALLBACK,
+        &crate::servicenow::SecretString::new("t1"),
         &Owner {
             public_url: "https://neo.example.com".into(),
             connection: "itsm/acme".into(),
@@ -180,7 +181,7 @@ fn a_missing_property_is_created() {
 #[test]
 fn a_changed_property_value_is_updated_without_showing_it() {
     let mut changed = property("p1", "");
-    changed.fields.value = "https://neo.example.com/callback/servicenow?connection=itsm%2Facme&token=old".into();
+    changed.fields.value = "https://neo.example.com/callback/servicenow?connection=itsm%2Facme#key=b2xk".into();
     let plan = plan(&[rule("r1", "")], &[changed], &wanted());
     assert_eq!(steps(&plan), [Step::UpdateProperty { sys_id: id("p1") }]);
     assert_eq!(plan.property_drift(), ["value"]);

@@ -360,7 +360,7 @@ fn steps(
     let records = layer(&gathered.records, "webhook records")?
         .as_ref()
         .map_err(|error| failure(plan, ConditionType::WebhookProvisioned, error))?;
-    let callback = paths::callback_url(public_url, &namespace, &name, token.expose());
+    let callback = paths::callback_url(public_url, &namespace, &name);
     let owner = provision::Owner {
         public_url: public_url.to_string(),
         connection: format!("{namespace}/{name}"),
@@ -377,7 +377,7 @@ fn steps(
             ),
         ));
     }
-    provisioned(plan, records, provision::desired(&callback, &owner));
+    provisioned(plan, records, provision::desired(&callback, token, &owner));
     Ok(())
 }
 

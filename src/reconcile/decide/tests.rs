@@ -120,7 +120,11 @@ fn in_place() -> InstanceRecords {
         public_url: public().to_string(),
         connection: "itsm/acme".into(),
     };
-    let desired = provision::desired(&paths::callback_url(&public(), "itsm", "acme", "webhook-token"), &owner);
+    let desired = provision::desired(
+        &paths::callback_url(&public(), "itsm", "acme"),
+        &SecretString::new("webhook-token"),
+        &owner,
+    );
     InstanceRecords {
         rules: vec![BusinessRule {
             sys_id: "rule-1".into(),
@@ -273,11 +277,9 @@ fn cases() -> Vec<Case> {
     });
     let mut claimed = in_place();
     claimed.properties[0].fields = SystemPropertyFields {
-        value: paths::callback_url(
-            &url::Url::parse("https://other.example.com").unwrap(),
-            "x",
-            "y",
-            "other-token",
+        value: provision::signed_callback(
+            &paths::callback_url(&url::Url::parse("https://other.example.com").unwrap(), "x", "y"),
+            &SecretString::new("other-token"),
         ),
         ..claimed.properties[0].fields.clone()
     };

@@ -85,6 +85,8 @@ fn install(env: &Env<'_>, context: &mut Context) -> JsResult<()> {
         .function(NativeFunction::from_fn_ptr(execute), js_string!("execute"), 1)
         .function(NativeFunction::from_fn_ptr(queue), js_string!("queue"), 1)
         .function(NativeFunction::from_fn_ptr(basic_auth), js_string!("basicAuth"), 2)
+        .function(NativeFunction::from_fn_ptr(mac), js_string!("mac"), 3)
+        .function(NativeFunction::from_fn_ptr(guid), js_string!("guid"), 0)
         .build();
     let data = serde_json::json!({
         "table": env.table,
@@ -168,6 +170,43 @@ fn basic_auth(_: &JsValue, args: &[JsValue], context: &mut Context) -> JsResult<
         "Basic {}",
         STANDARD.encode(format!("{user}:{password}"))
     )))
+}
+
+/// `host.mac(key, algorithm, data)`: `GlideCertificateEncryption.generateMac` (servicenow-api.md
+/// §3.6): the key is Base64 and is decoded first, the MAC is over the UTF-8 bytes of `data`, the
+/// result is standard Base64. A key that is not Base64 or an algorithm other than `HmacSHA256`,
+/// `HmacSHA384` and `HmacSHA512` throws (the instance knows more Java MAC names, e.g. `HmacSHA1`;
+/// snowsim models only these).
+fn mac(_: &JsValue, args: &[JsValue], context: &mut Context) -> JsResult<JsValue> {
+    let key = string_arg(args, 0, context)?;
+    let algorithm = string_arg(args, 1, context)?;
+    let data = string_arg(args, 2, context)?;
+    let key = STANDARD
+        .decode(key.trim())
+        .map_err(|_| JsNativeError::error().with_message("generateMac: the key is not Base64"))?;
+    let tag = match algorithm.as_str() {
+        "HmacSHA256" => hmac_of::<sha2::Sha256>(&key, &data),
+        "HmacSHA384" => hmac_of::<sha2::Sha384>(&key, &data),
+        "HmacSHA512" => hmac_of::<sha2::Sha512>(&key, &data),
+        other => {
+            return Err(JsNativeError::error()
+                .with_message(format!("generateMac: {other} Mac not available"))
+                .into());
+        }
+    };
+    Ok(js_value(&STANDARD.encode(tag)))
+}
+
+fn hmac_of<D: sha2::Digest + sha2::digest::core_api::BlockSizeUser>(key: &[u8], data: &str) -> Vec<u8> {
+    use hmac::Mac as _;
+    let mut mac = hmac::SimpleHmac::<D>::new_from_slice(key).expect("HMAC takes a key of any length");
+    mac.update(data.as_bytes());
+    mac.finalize().into_bytes().to_vec()
+}
+
+/// `host.guid()`: `gs.generateGUID()`, 32 lower-case hexadecimal digits.
+fn guid(_: &JsValue, _: &[JsValue], _: &mut Context) -> JsResult<JsValue> {
+    Ok(js_value(&crate::store::new_sys_id()))
 }
 
 fn string_arg(args: &[JsValue], index: usize, context: &mut Context) -> JsResult<String> {

@@ -10,9 +10,12 @@
 //!   `previous` is `null` when the host gives no before-image.
 //! - `gs` — `getProperty(name, default)`, `info`/`warn`/`error`/`debug` with `{0}`…`{n}`
 //!   substitution, `log`/`print` (info, second argument is the source and is not logged),
-//!   `getUserID`, `getUserName`, `nowDateTime`, `nil`, and a no-op `eventQueue`.
+//!   `getUserID`, `getUserName`, `nowDateTime`, `nil`, `generateGUID`, and a no-op `eventQueue`.
 //! - `sn_ws.RESTMessageV2` (also global `RESTMessageV2`) and its RESTResponseV2, `GlideDateTime`
-//!   (a value holder defaulting to "now"), `JSUtil.nil` / `JSUtil.notNil`.
+//!   (a value holder defaulting to "now"; `getNumericValue` gives milliseconds since the epoch),
+//!   `GlideCertificateEncryption` (scoped: `CertificateEncryption`) with `generateMac(key,
+//!   algorithm, data)` as servicenow-api.md §3.6 describes it (Base64 key, Base64 MAC; HmacSHA256,
+//!   HmacSHA384 and HmacSHA512), `JSUtil.nil` / `JSUtil.notNil`.
 //!
 //! Not modelled: writes to the record (`setValue`, assignments, `current.update()`, aborting the
 //! action), `GlideRecord` queries, named REST messages (`new RESTMessageV2(name, method)` starts

@@ -2,10 +2,11 @@
 // runner (`engine.rs`). This source evaluates to a setup function that `engine.rs` calls with
 //   host: native functions — property(name) → string | undefined, log(level, message),
 //         execute(requestJson) → {status, body, error}, queue(requestJson),
-//         basicAuth(user, password) → 'Basic …';
+//         basicAuth(user, password) → 'Basic …', mac(base64Key, algorithm, data) → base64 MAC,
+//         guid() → 32 hex digits;
 //   env:  {table, operation, current, previous /* object | null */, userId, userName, now}.
-// It defines the globals `current`, `previous`, `gs`, `sn_ws`, `RESTMessageV2`, `GlideDateTime`
-// and `JSUtil`.
+// It defines the globals `current`, `previous`, `gs`, `sn_ws`, `RESTMessageV2`, `GlideDateTime`,
+// `GlideCertificateEncryption` (and its scoped name `CertificateEncryption`) and `JSUtil`.
 (function (host, env) {
   'use strict';
 
@@ -199,6 +200,10 @@
       return env.now;
     },
     nil: nil,
+    /** A new GUID: 32 lower-case hexadecimal digits, like a sys_id. */
+    generateGUID: function () {
+      return host.guid();
+    },
     eventQueue: function () {}
   };
 
@@ -353,8 +358,24 @@
     setValue: function (value) {
       this._value = text(value);
     },
+    /** Milliseconds since 1970-01-01 00:00:00 UTC (the value is `YYYY-MM-DD HH:MM:SS` UTC). */
+    getNumericValue: function () {
+      return Date.parse(this._value.replace(' ', 'T') + 'Z');
+    },
     toString: function () {
       return this._value;
+    }
+  });
+
+  // ---- GlideCertificateEncryption (servicenow-api.md §3.6) ---------------------------------------
+
+  /** `new GlideCertificateEncryption()`; scoped scripts call it `CertificateEncryption`. */
+  function GlideCertificateEncryption() {}
+
+  methods(GlideCertificateEncryption.prototype, {
+    /** The MAC of `data` under the Base64 `key` with the Java MAC `algorithm`, in Base64. */
+    generateMac: function (key, algorithm, data) {
+      return host.mac(text(key), text(algorithm), text(data));
     }
   });
 
@@ -374,5 +395,7 @@
   globalThis.sn_ws = { RESTMessageV2: RESTMessageV2 };
   globalThis.RESTMessageV2 = RESTMessageV2;
   globalThis.GlideDateTime = GlideDateTime;
+  globalThis.GlideCertificateEncryption = GlideCertificateEncryption;
+  globalThis.CertificateEncryption = GlideCertificateEncryption;
   globalThis.JSUtil = JSUtil;
 })

@@ -4,6 +4,10 @@ use std::time::{Duration, Instant};
 use super::*;
 
 const CALLBACK: &str = "https://hooks.example.test/servicenow/acme";
+/// The signing key the callback property carries after `#key=`: Base64 of `key-bytes`.
+const SIGNING_KEY: &str = "a2V5LWJ5dGVz";
+/// The instance's own URL (`glide.servlet.uri`).
+const SERVLET_URI: &str = "https://acme.service-now.com/";
 
 /// The webhook rule the operator provisions, from the operator's source (one copy: a rule that
 /// changes there is tested here as it is).
@@ -31,7 +35,11 @@ fn incident() -> BTreeMap<String, String> {
 }
 
 fn callback_property(name: &str) -> Option<String> {
-    (name == "x_neoagent.callback_url").then(|| CALLBACK.to_string())
+    match name {
+        "x_neoagent.callback_url" => Some(format!("{CALLBACK}#key={SIGNING_KEY}")),
+        "glide.servlet.uri" => Some(SERVLET_URI.to_string()),
+        _ => None,
+    }
 }
 
 fn no_property(_: &str) -> Option<String> {
@@ -118,21 +126,43 @@ fn info(message: &str) -> LogLine {
 }
 
 #[test]
-fn the_standard_webhook_rule_queues_exactly_one_json_post_to_the_callback_property() {
+fn the_standard_webhook_rule_queues_exactly_one_signed_json_post_to_the_callback_property() {
+    use base64::Engine as _;
+    use hmac::Mac as _;
     let outcome = run_webhook_rule("update", &callback_property);
     assert_eq!(outcome.asynchronous.len(), 1, "{outcome:?}");
     let request = &outcome.asynchronous[0];
     assert_eq!(request.method, "POST");
-    assert_eq!(request.endpoint, CALLBACK);
-    assert_eq!(
-        request.headers,
-        vec![("Content-Type".to_string(), "application/json".to_string())]
-    );
+    assert_eq!(request.endpoint, CALLBACK, "the key after '#' is never sent");
+    let header = |name: &str| {
+        request
+            .headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_else(|| panic!("no header {name} in {:?}", request.headers))
+    };
+    assert_eq!(request.headers.len(), 3, "{:?}", request.headers);
+    assert_eq!(header("Content-Type"), "application/json");
+    // `now` of the run, 2025-01-02 03:04:05 UTC, in milliseconds.
+    assert_eq!(header("X-Neoagent-Timestamp"), "1735787045000");
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(b"key-bytes").unwrap();
+    mac.update(format!("1735787045000.{}", request.body).as_bytes());
+    let expected = base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
+    assert_eq!(header("X-Neoagent-Signature"), format!("v1={expected}"));
     assert_eq!(request.timeout_ms, None);
-    let body: serde_json::Value = serde_json::from_str(&request.body).expect("the body is JSON");
+    let mut body: serde_json::Value = serde_json::from_str(&request.body).expect("the body is JSON");
+    let id = body["id"].take();
+    assert!(
+        id.as_str()
+            .is_some_and(|id| id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit())),
+        "the event id is a GUID: {id}"
+    );
     assert_eq!(
         body,
         serde_json::json!({
+            "id": null,
+            "instance": SERVLET_URI,
             "table": "incident",
             "sys_id": "9d385017c611228701d22104cc95c371",
             "number": "INC0010001",
@@ -142,6 +172,40 @@ fn the_standard_webhook_rule_queues_exactly_one_json_post_to_the_callback_proper
         })
     );
     assert!(outcome.log.is_empty(), "{:?}", outcome.log);
+}
+
+#[test]
+fn the_webhook_rule_sends_nothing_without_a_signing_key() {
+    let unsigned = |name: &str| (name == "x_neoagent.callback_url").then(|| CALLBACK.to_string());
+    let outcome = run_webhook_rule("insert", &unsigned);
+    assert!(outcome.asynchronous.is_empty());
+    assert_eq!(outcome.log.len(), 1, "{:?}", outcome.log);
+    assert_eq!(outcome.log[0].level, LogLevel::Warn);
+}
+
+#[test]
+fn generate_mac_is_hmac_under_the_base64_key_in_base64() {
+    // RFC 4231 test case 2: key "Jefe", data "what do ya want for nothing?".
+    let script = r#"
+        var mac = new GlideCertificateEncryption();
+        gs.info(mac.generateMac('SmVmZQ==', 'HmacSHA256', 'what do ya want for nothing?'));
+        gs.info(new CertificateEncryption().generateMac('SmVmZQ==', 'HmacSHA512', 'what do ya want for nothing?'));
+        try { mac.generateMac('not base64!', 'HmacSHA256', 'x'); } catch (e) { gs.info('key: ' + e.message); }
+        try { mac.generateMac('SmVmZQ==', 'HmacMD7', 'x'); } catch (e) { gs.info('algorithm: ' + e.message); }
+        gs.info(new GlideDateTime('1970-01-01 00:00:01').getNumericValue());
+        gs.info(gs.generateGUID().length + ' ' + (gs.generateGUID() != gs.generateGUID()));
+    "#;
+    assert_eq!(
+        messages(script),
+        vec![
+            "W9zBRr9gdU5qBCQmCJV1x1oAPwidJzmDnexYuWTsOEM=",
+            "Fkt6e/z4GeLjlfvnO1bgo4e9ZCIugx/WECcM1+olBVSXWL91wFqZSm0DT2X48Ob9yuqxo01Ka0tjbgcKOLznNw==",
+            "key: generateMac: the key is not Base64",
+            "algorithm: generateMac: HmacMD7 Mac not available",
+            "1000",
+            "32 true",
+        ]
+    );
 }
 
 #[test]
@@ -395,7 +459,14 @@ fn an_absent_property_yields_the_default_or_undefined() {
         gs.info('{0}', gs.getProperty('x_neoagent.missing') === undefined);
         gs.info('{0}', gs.getProperty('x_neoagent.callback_url', 'fallback'));
     "#;
-    assert_eq!(messages(script), vec!["fallback", "true", CALLBACK]);
+    assert_eq!(
+        messages(script),
+        vec![
+            "fallback".to_string(),
+            "true".to_string(),
+            format!("{CALLBACK}#key={SIGNING_KEY}")
+        ]
+    );
 }
 
 #[test]
