@@ -23,6 +23,11 @@ use snowsim::{
 const HOST: &str = "acme.service-now.com";
 const CALLBACK: &str = "https://neo.example.com/callback/servicenow?connection=itsm%2Facme";
 
+/// The default task classes of a connection.
+fn task_types() -> Vec<String> {
+    servicenow_operator::api::WebhookSpec::default().task_types
+}
+
 /// Every call the client reported, as (action, status).
 #[derive(Default)]
 struct Calls(Mutex<Vec<(&'static str, u16)>>);
@@ -326,7 +331,7 @@ async fn the_current_user_and_its_active_roles_are_read() {
 async fn a_business_rule_is_created_found_repaired_and_deleted() {
     let fixture = Fixture::start().await;
     let token = fixture.access_token_of("neo.agent").await;
-    let desired = provision::desired(CALLBACK, &SecretString::new("webhook-key"), &owner());
+    let desired = provision::desired(CALLBACK, &SecretString::new("webhook-key"), &task_types(), &owner());
     let names = [provision::RULE_NAME, provision::LEGACY_RULE_NAME];
     let legacy_id = fixture
         .server
@@ -439,7 +444,7 @@ async fn the_provisioned_rule_posts_each_task_event_to_the_callback_property() {
     let token = fixture.access_token_of("neo.agent").await;
     // Nothing listens on port 9: the call fails, but the outbound log keeps what the script sent.
     let callback = "http://127.0.0.1:9/callback/servicenow?connection=itsm%2Facme";
-    let desired = provision::desired(callback, &SecretString::new("webhook-key"), &owner());
+    let desired = provision::desired(callback, &SecretString::new("webhook-key"), &task_types(), &owner());
     fixture
         .client
         .create_property(&fixture.instance, &token, &desired.property)
@@ -500,7 +505,7 @@ async fn the_provisioned_rule_posts_each_task_event_to_the_callback_property() {
 async fn the_callback_property_is_created_read_updated_and_deleted() {
     let fixture = Fixture::start().await;
     let token = fixture.access_token_of("neo.agent").await;
-    let desired = provision::desired(CALLBACK, &SecretString::new("webhook-key"), &owner());
+    let desired = provision::desired(CALLBACK, &SecretString::new("webhook-key"), &task_types(), &owner());
 
     assert!(
         fixture
@@ -567,7 +572,7 @@ async fn an_itil_only_user_is_forbidden_to_write_business_rules() {
         })
         .unwrap();
     let token = fixture.access_token_of("itil.only").await;
-    let desired = provision::desired(CALLBACK, &SecretString::new("webhook-key"), &owner());
+    let desired = provision::desired(CALLBACK, &SecretString::new("webhook-key"), &task_types(), &owner());
 
     let error = fixture
         .client

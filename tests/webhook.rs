@@ -34,7 +34,7 @@ use support::{
     instance::{AGENT, HOST},
     operator::{Operator, free_port},
     poll_until,
-    scene::{CONNECTION, Ready, Scene, put_secret},
+    scene::{CONNECTION, RULE_QUERY, Ready, Scene, put_secret},
 };
 use tokio::net::TcpListener;
 
@@ -614,6 +614,101 @@ async fn a_rotated_key_replaces_the_property_and_the_old_key_works_during_its_gr
     let status = ready.reconcile_now("after-rotation").await;
     assert_eq!(webhook_token(&ready).await, new, "{status:?}");
     ready.assert_no_secret_leaked().await;
+}
+
+#[tokio::test]
+async fn only_the_task_types_of_the_spec_fire_and_changing_them_updates_the_rule_in_place() {
+    let sink_port = free_port();
+    let sink = Sink::start(sink_port, 0).await;
+    let ready = ready_with_sink(sink_port).await;
+    let admin = ready.simulator.admin();
+    let rules = admin.records("sys_script", RULE_QUERY);
+    assert_eq!(rules.len(), 1);
+    let rule_id = rules[0]["sys_id"].clone();
+    assert_eq!(
+        rules[0]["filter_condition"],
+        "sys_class_name=incident^ORsys_class_name=problem^ORsys_class_name=change_request\
+         ^ORsys_class_name=sc_request^ORsys_class_name=sc_req_item^ORsys_class_name=sc_task"
+    );
+
+    // An approval is a task too, and not one of the default types: the rule does not fire for it.
+    // (Were it to fire, its event would be queued before the incident's written after it.)
+    write_as_agent(
+        &ready,
+        "sysapproval_group",
+        None,
+        json!({"short_description": "approve"}),
+    )
+    .await;
+    let incident = write_as_agent(&ready, "incident", None, json!({"short_description": "typed"})).await;
+    let received = sink.wait_for(1).await;
+    assert_delivered(&received, "incident", "insert", &incident);
+    assert_eq!(received.len(), 1, "{received:#?}");
+
+    // Approvals too, now: the same rule is updated in place, without consent.
+    ready
+        .patch_spec(
+            json!({"webhook": {"sinkUrl": Sink::url(sink_port), "taskTypes": ["incident", "sysapproval_group"]}}),
+        )
+        .await;
+    poll_until(Duration::from_secs(30), "the rule's filter to change", || async {
+        let rules = admin.records("sys_script", RULE_QUERY);
+        match rules.as_slice() {
+            [rule] if rule["filter_condition"] == "sys_class_name=incident^ORsys_class_name=sysapproval_group" => {
+                Observed::Done(())
+            }
+            other => Observed::not_yet(format!("{other:?}")),
+        }
+    })
+    .await;
+    let rules = admin.records("sys_script", RULE_QUERY);
+    assert_eq!(rules[0]["sys_id"], rule_id, "the rule was replaced, not updated");
+    let approval = write_as_agent(&ready, "sysapproval_group", None, json!({"short_description": "again"})).await;
+    let received = sink.wait_for(2).await;
+    assert_eq!(received.len(), 2, "{received:#?}");
+    let event = &received[1];
+    assert_eq!(
+        event.header("ce-subject"),
+        format!("sysapproval_group/{}", approval["sys_id"].as_str().expect("sys_id")),
+        "the event names the record's class, not the rule's table"
+    );
+    // A change request is no longer posted.
+    write_as_agent(&ready, "change_request", None, json!({"short_description": "untyped"})).await;
+    let incident = write_as_agent(&ready, "incident", None, json!({"short_description": "typed again"})).await;
+    let received = sink.wait_for(3).await;
+    assert_delivered(&received, "incident", "insert", &incident);
+    assert_eq!(received.len(), 3, "{received:#?}");
+}
+
+#[tokio::test]
+async fn events_of_a_clone_that_kept_the_callback_property_are_refused() {
+    let sink_port = free_port();
+    let sink = Sink::start(sink_port, 0).await;
+    let ready = ready_with_sink(sink_port).await;
+    let admin = ready.simulator.admin();
+    // A clone copies sys_properties and sys_script, the callback property and its key included;
+    // when it keeps its own glide.servlet.uri (servicenow-api.md §3.6), its events say so.
+    admin.set_property("glide.servlet.uri", "https://acme-dev.service-now.com/");
+    write_as_agent(&ready, "incident", None, json!({"short_description": "on the clone"})).await;
+    let series = "servicenow_operator_webhook_requests_rejected_total{reason=\"instance_mismatch\"}";
+    poll_until(Duration::from_secs(30), "the clone's event to be refused", || async {
+        let refused = ready.operator.metric(series).await;
+        if refused >= 1.0 {
+            Observed::Done(())
+        } else {
+            Observed::not_yet(refused)
+        }
+    })
+    .await;
+    assert_eq!(ready.operator.metric(RECEIVED).await, 0.0);
+    // When the clone's glide.servlet.uri is the production one, its events cannot be told apart:
+    // they are taken, as this one is.
+    admin.set_property("glide.servlet.uri", &format!("https://{HOST}/"));
+    let incident = write_as_agent(&ready, "incident", None, json!({"short_description": "on production"})).await;
+    let received = sink.wait_for(1).await;
+    assert_eq!(received.len(), 1, "the clone's event was forwarded: {received:#?}");
+    assert_delivered(&received, "incident", "insert", &incident);
+    assert_eq!(ready.operator.metric(series).await, 1.0);
 }
 
 /// A ready connection whose sink (on `sink_port`) is down, and an incident written on the instance

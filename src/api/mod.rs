@@ -187,7 +187,7 @@ pub struct LocalSecretReference {
 }
 
 /// Settings of the webhook that carries task events from the instance to the operator.
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct WebhookSpec {
     /// Where the operator forwards accepted events, as CloudEvents in HTTP binary mode. Without
@@ -202,6 +202,42 @@ pub struct WebhookSpec {
     /// owner is gone for good.
     #[serde(default)]
     pub take_over: bool,
+
+    /// The task classes (tables under `task`) whose inserts and updates are posted. The rule runs
+    /// on `task`, which fires for every class an instance has (approvals, interactions, chat queue
+    /// entries, planned tasks…); this list becomes its filter condition
+    /// (`sys_class_name=incident^ORsys_class_name=problem…`). Changing it updates the rule in
+    /// place; no new consent is needed. Default: incident, problem, change_request, sc_request,
+    /// sc_req_item, sc_task.
+    #[serde(default = "default_task_types")]
+    #[x_kube(validation = Rule::new("self.all(t, t.matches('^[a-z][a-z0-9_]*$'))").message("webhook.taskTypes must be table names: lower-case letters, digits and underscores, starting with a letter (e.g. incident, sc_task)"))]
+    #[schemars(length(min = 1, max = 64), inner(length(min = 1, max = 80)))]
+    #[schemars(extend("x-kubernetes-list-type" = "set"))]
+    pub task_types: Vec<String>,
+}
+
+impl Default for WebhookSpec {
+    fn default() -> Self {
+        WebhookSpec {
+            sink_url: None,
+            take_over: false,
+            task_types: default_task_types(),
+        }
+    }
+}
+
+/// The ticket types the agent works on.
+pub const DEFAULT_TASK_TYPES: [&str; 6] = [
+    "incident",
+    "problem",
+    "change_request",
+    "sc_request",
+    "sc_req_item",
+    "sc_task",
+];
+
+fn default_task_types() -> Vec<String> {
+    DEFAULT_TASK_TYPES.map(str::to_owned).to_vec()
 }
 
 /// Optional features that need extra roles on the instance.

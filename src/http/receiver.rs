@@ -125,6 +125,14 @@ async fn handle(receiver: &Receiver, query: &str, request: Request) -> Result<()
         ));
     }
     let event = event::parse(&body)?;
+    if !event.is_from(&target.instance_url) {
+        return Err(Refusal::new(
+            StatusCode::FORBIDDEN,
+            "instance_mismatch",
+            "the event comes from another instance than the connection's spec.instanceUrl (a clone that kept \
+             the callback property?)",
+        ));
+    }
     receiver.accept(&target, &event, body);
     Ok(())
 }

@@ -41,9 +41,19 @@ pub struct Desired {
     pub property: SystemPropertyFields,
 }
 
-/// The desired state for the connection `owner`, whose events go to `callback_url` signed with
-/// `key`.
-pub fn desired(callback_url: &str, key: &SecretString, owner: &Owner) -> Desired {
+/// The rule's filter condition: the record's class is one of `task_types`
+/// (`sys_class_name=a^ORsys_class_name=b`, servicenow-api.md §7 "Business Rules on task").
+pub fn task_filter(task_types: &[String]) -> String {
+    task_types
+        .iter()
+        .map(|class| format!("sys_class_name={class}"))
+        .collect::<Vec<_>>()
+        .join("^OR")
+}
+
+/// The desired state for the connection `owner`, whose events of the classes `task_types` go to
+/// `callback_url` signed with `key`.
+pub fn desired(callback_url: &str, key: &SecretString, task_types: &[String], owner: &Owner) -> Desired {
     Desired {
         rule: BusinessRuleFields {
             name: RULE_NAME.to_owned(),
@@ -56,9 +66,9 @@ pub fn desired(callback_url: &str, key: &SecretString, owner: &Owner) -> Desired
             action_update: true,
             action_delete: false,
             action_query: false,
-            filter_condition: String::new(),
+            filter_condition: task_filter(task_types),
             description: format!(
-                "Posts every insert and update of a task-family record, signed, to the URL in the system property {PROPERTY_NAME}. \
+                "Posts every insert and update of a task record of the classes in its filter, signed, to the URL in the system property {PROPERTY_NAME}. \
                  Managed by servicenow-operator for {owner}: do not edit by hand, changes are reverted at the next drift \
                  check; delete the ServiceNowConnection to remove it."
             ),
@@ -86,6 +96,7 @@ mod tests {
         let desired = desired(
             "https://neo.example.com/callback/servicenow?connection=itsm%2Facme",
             &SecretString::new("t"),
+            &crate::api::WebhookSpec::default().task_types,
             &owner(),
         );
         let rule = &desired.rule;
@@ -97,6 +108,11 @@ mod tests {
         assert!(!rule.action_delete && !rule.action_query);
         assert!(rule.description.contains("servicenow-operator") && rule.description.contains("itsm/acme"));
         assert!(rule.script.starts_with("(function executeRule(current, previous"));
+        assert_eq!(
+            rule.filter_condition,
+            "sys_class_name=incident^ORsys_class_name=problem^ORsys_class_name=change_request\
+             ^ORsys_class_name=sc_request^ORsys_class_name=sc_req_item^ORsys_class_name=sc_task"
+        );
         assert!(rule.script.trim_end().ends_with("})(current, previous);"));
         assert_eq!(desired.property.name, PROPERTY_NAME);
         assert_eq!(desired.property.property_type, "string");
@@ -116,7 +132,7 @@ mod tests {
             "gs.warn(",
             "gs.generateGUID()",
             "gs.getProperty('glide.servlet.uri'",
-            "current.getTableName()",
+            "current.getRecordClassName()",
             "current.getUniqueValue()",
             "current.getValue('number')",
             "current.operation()",
@@ -144,8 +160,10 @@ mod tests {
         let desired = desired(
             "https://neo.example.com/callback/servicenow?connection=itsm%2Facme",
             &key,
+            &["incident".to_owned()],
             &owner(),
         );
+        assert_eq!(desired.rule.filter_condition, "sys_class_name=incident");
         assert!(desired.property.value.ends_with("#key=czNjcmV0"));
         assert!(!format!("{desired:?}").contains("czNjcmV0"));
     }

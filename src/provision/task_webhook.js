@@ -15,7 +15,7 @@
     var event = {
         id: gs.generateGUID(),
         instance: gs.getProperty('glide.servlet.uri', ''),
-        table: current.getTableName(),
+        table: current.getRecordClassName(),
         sys_id: current.getUniqueValue(),
         number: current.getValue('number'),
         operation: current.operation(),

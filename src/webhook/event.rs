@@ -55,6 +55,8 @@ impl Operation {
 pub struct TaskEvent {
     /// The event's id (`gs.generateGUID()` in the rule), when it carries one.
     pub id: Option<String>,
+    /// The URL of the instance that sent it (`glide.servlet.uri` in the rule), when it says.
+    pub instance: Option<String>,
     /// The record's table (its class), e.g. `incident`.
     pub table: String,
     /// The record's `sys_id`.
@@ -102,8 +104,8 @@ pub enum InvalidEvent {
 }
 
 /// Checks `body`: a JSON object with the string fields `table`, `sys_id` (32 hex digits) and
-/// `operation` (insert, update or delete), and optionally `id` (32 hex digits), `number`,
-/// `sys_updated_on` and `sys_updated_by` (null or empty means absent, as `current.getValue()` gives for an empty
+/// `operation` (insert, update or delete), and optionally `id` (32 hex digits), `instance`,
+/// `number`, `sys_updated_on` and `sys_updated_by` (null or empty means absent, as `current.getValue()` gives for an empty
 /// field). Other fields are allowed and ignored.
 pub fn parse(body: &[u8]) -> Result<TaskEvent, InvalidEvent> {
     let value: Value = serde_json::from_slice(body).map_err(|error| {
@@ -137,6 +139,7 @@ pub fn parse(body: &[u8]) -> Result<TaskEvent, InvalidEvent> {
         .transpose()?;
     Ok(TaskEvent {
         id: id.map(str::to_owned),
+        instance: optional(&fields, "instance")?.map(str::to_owned),
         table: table.to_owned(),
         sys_id: sys_id.to_owned(),
         operation,
@@ -180,6 +183,23 @@ fn check(holds: bool, field: &'static str, rule: &'static str) -> Result<(), Inv
 /// 32 hexadecimal digits, as a `sys_id` or `gs.generateGUID()`.
 fn is_guid(text: &str) -> bool {
     text.len() == 32 && text.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+impl TaskEvent {
+    /// `false` when the event names its sending instance and that is not `instance_url` (the
+    /// connection's): a clone that kept the production instance's callback property sends it.
+    /// Compared by host, case and a trailing dot aside; an event that does not say is taken.
+    pub fn is_from(&self, instance_url: &str) -> bool {
+        let host = |url: &str| {
+            url::Url::parse(url).ok().and_then(|url| {
+                url.host_str()
+                    .map(|host| host.trim_end_matches('.').to_ascii_lowercase())
+            })
+        };
+        self.instance
+            .as_deref()
+            .is_none_or(|sent| host(sent).is_some_and(|sent| Some(sent) == host(instance_url)))
+    }
 }
 
 fn is_table_name(table: &str) -> bool {
@@ -296,6 +316,7 @@ mod tests {
             parsed,
             TaskEvent {
                 id: None,
+                instance: None,
                 table: "incident".into(),
                 sys_id: SYS_ID.into(),
                 operation: Operation::Insert,
@@ -304,6 +325,27 @@ mod tests {
                 updated_by: Some("neo.agent".into()),
             }
         );
+    }
+
+    #[test]
+    fn an_event_naming_another_instance_is_not_from_the_connections() {
+        let from = |instance: Value| event(with("instance", instance)).unwrap();
+        let connection = "https://acme.service-now.com";
+        for same in [
+            "https://acme.service-now.com/",
+            "https://ACME.service-now.com.",
+            "https://acme.service-now.com/x",
+        ] {
+            assert!(from(same.into()).is_from(connection), "{same}");
+        }
+        for other in ["https://acme-dev.service-now.com/", "not a url", "https://"] {
+            assert!(!from(other.into()).is_from(connection), "{other}");
+        }
+        assert!(
+            from(Value::Null).is_from(connection),
+            "an event that does not say is taken"
+        );
+        assert!(!from("https://acme.service-now.com/".into()).is_from("not a url"));
     }
 
     #[test]

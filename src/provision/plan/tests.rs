@@ -9,6 +9,7 @@ fn wanted() -> Desired {
     desired(
         CALLBACK,
         &crate::servicenow::SecretString::new("t1"),
+        &crate::api::WebhookSpec::default().task_types,
         &Owner {
             public_url: "https://neo.example.com".into(),
             connection: "itsm/acme".into(),
@@ -112,7 +113,7 @@ fn a_rule_moved_to_another_table_with_other_triggers_is_repaired_field_by_field(
 fn line_endings_trailing_space_and_an_empty_condition_terminator_are_not_drift() {
     let mut saved = rule("r1", "2025-01-01 00:00:00");
     saved.fields.script = format!("{}\r\n\r\n", saved.fields.script.replace('\n', "\r\n"));
-    saved.fields.filter_condition = "^EQ".into();
+    saved.fields.filter_condition = format!("{}^EQ", saved.fields.filter_condition);
     let plan = plan(&[saved], &[property("p1", "")], &wanted());
     assert!(plan.is_empty(), "{plan:?}");
 }

@@ -377,7 +377,11 @@ fn steps(
             ),
         ));
     }
-    provisioned(plan, records, provision::desired(&callback, token, &owner));
+    provisioned(
+        plan,
+        records,
+        provision::desired(&callback, token, &spec.webhook.task_types, &owner),
+    );
     Ok(())
 }
 

@@ -123,6 +123,7 @@ fn in_place() -> InstanceRecords {
     let desired = provision::desired(
         &paths::callback_url(&public(), "itsm", "acme"),
         &SecretString::new("webhook-token"),
+        &crate::api::WebhookSpec::default().task_types,
         &owner,
     );
     InstanceRecords {

@@ -61,12 +61,15 @@ pub struct RuleRun {
     name: String,
     when: When,
     script: String,
+    /// The rule's table (`collection`): what `current.getTableName()` answers, e.g. `task` for an
+    /// incident written under a rule on `task` (servicenow-api.md §3.5; the record's own class is
+    /// `current.getRecordClassName()`).
+    table: String,
 }
 
 /// What the scripts of one write see.
 #[derive(Debug)]
 pub struct Event {
-    table: String,
     operation: &'static str,
     current: BTreeMap<String, String>,
     previous: Option<BTreeMap<String, String>>,
@@ -85,7 +88,6 @@ impl Event {
         now: &str,
     ) -> Arc<Event> {
         Arc::new(Event {
-            table: current.class.to_string(),
             operation: trigger.operation(),
             current: current.values.clone(),
             previous: previous.map(|p| p.values.clone()),
@@ -135,6 +137,7 @@ pub fn matching(state: &State, record: &Record, trigger: Trigger, caller: &Calle
                     name: rule.get("name").to_string(),
                     when,
                     script,
+                    table: rule.get("collection").to_string(),
                 },
             ))
         })
@@ -201,7 +204,7 @@ async fn run_one(instance: Arc<Instance>, rule: RuleRun, event: Arc<Event>, with
         let property = |name: &str| runner.state.lock().property(name);
         let input = ScriptInput {
             script: &rule.script,
-            table: &event.table,
+            table: &rule.table,
             operation: event.operation,
             current: &event.current,
             previous: if with_previous { event.previous.as_ref() } else { None },

@@ -495,6 +495,24 @@ const TABLES: &[TableSpec] = &[
         number_prefix: Some("SCTASK"),
         fields: &[r("request_item", "sc_req_item"), r("request", "sc_request")],
     },
+    TableSpec {
+        name: "change_task",
+        label: "Change Task",
+        super_class: Some("task"),
+        display: "number",
+        number_prefix: Some("CTASK"),
+        fields: &[r("change_request", "change_request")],
+    },
+    // One of the task classes a real instance has beyond the ticket types (approvals, chat queue
+    // entries, interactions, planned tasks…): a rule on `task` fires for it too.
+    TableSpec {
+        name: "sysapproval_group",
+        label: "Group approval",
+        super_class: Some("task"),
+        display: "number",
+        number_prefix: Some("GAPV"),
+        fields: &[s("approval").init(Initial::Text("not requested"))],
+    },
 ];
 
 /// A table with inheritance applied.
