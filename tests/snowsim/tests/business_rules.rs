@@ -29,6 +29,10 @@ async fn listener() -> (String, Arc<Mutex<Vec<String>>>) {
     (format!("http://{addr}/callback"), received)
 }
 
+/// What the callback property carries after the URL: the signing key (Base64 of `key`), which the
+/// rule signs with and never sends.
+const SIGNING_KEY: &str = "#key=a2V5";
+
 /// The operator's rule posting to `{callback}?marker` instead of the callback property.
 fn marker_script(callback: &str) -> String {
     const PROPERTY: &str = "gs.getProperty('x_neoagent.callback_url', '')";
@@ -36,7 +40,7 @@ fn marker_script(callback: &str) -> String {
         OPERATOR_RULE_SCRIPT.contains(PROPERTY),
         "the operator's rule no longer reads the property as {PROPERTY}"
     );
-    OPERATOR_RULE_SCRIPT.replace(PROPERTY, &format!("'{callback}?marker'"))
+    OPERATOR_RULE_SCRIPT.replace(PROPERTY, &format!("'{callback}?marker{SIGNING_KEY}'"))
 }
 
 async fn install(client: &reqwest::Client, callback: &str, active: bool) -> String {
@@ -44,7 +48,7 @@ async fn install(client: &reqwest::Client, callback: &str, active: bool) -> Stri
         client,
         "neo.agent",
         "/api/now/table/sys_properties",
-        json!({"name": "x_neoagent.callback_url", "value": callback}),
+        json!({"name": "x_neoagent.callback_url", "value": format!("{callback}{SIGNING_KEY}")}),
     )
     .await;
     assert_eq!(status, 201);
