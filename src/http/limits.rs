@@ -264,7 +264,7 @@ impl PublicLimits {
     }
 
     /// [`Self::serve`] on a bound listener.
-    pub async fn serve_on(
+    async fn serve_on(
         &self,
         listener: TcpListener,
         router: Router,
