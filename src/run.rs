@@ -175,6 +175,7 @@ async fn setup(args: RunArgs, stop: &Stop) -> Result<Operator, StartError> {
 
     let mut registry = Registry::default();
     let metrics = Metrics::register(&mut registry);
+    let limits = PublicLimits::new(limits, &mut registry);
     let client_config = servicenow::ClientConfig {
         ca_bundle,
         resolve,
@@ -226,7 +227,6 @@ async fn setup(args: RunArgs, stop: &Stop) -> Result<Operator, StartError> {
             })
             .await;
     });
-    let limits = PublicLimits::new(limits);
     let public = http::with_security_headers(limits.router(consent, http::receiver::router(receiver.clone())));
     let stopped = stop.stopped();
     let public_server = tokio::spawn(async move { limits.serve(listen, public, stopped).await });

@@ -272,6 +272,20 @@ async fn a_burst_of_anonymous_requests_writes_nothing_calls_no_instance_and_a_re
     assert!(answered_during > 0, "the burst did not run during the consent");
     assert!(during.total() >= HALF);
     assert_refused(&during, "the burst during the consent");
+    // Every 429 is counted, each by the per-IP limit: the burst never reached the global ones.
+    let limited = |routes: &str, limit: &str| {
+        let series =
+            format!("servicenow_operator_public_requests_limited_total{{routes=\"{routes}\",limit=\"{limit}\"}}");
+        let operator = &operator;
+        async move { operator.metric(&series).await }
+    };
+    let per_ip = limited("consent", "per_ip").await + limited("webhook", "per_ip").await;
+    let global = limited("consent", "global").await + limited("webhook", "global").await;
+    assert_eq!(
+        (per_ip, global),
+        ((alone.limited() + during.limited()) as f64, 0.0),
+        "the refusals counted (per IP, global)"
+    );
     scene.assert_no_secret_leaked().await;
     drop(operator);
 }

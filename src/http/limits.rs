@@ -35,6 +35,11 @@ use hyper_util::{
     server::graceful::GracefulShutdown,
     service::TowerToHyperService,
 };
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{counter::Counter, family::Family},
+    registry::Registry,
+};
 use tokio::{net::TcpListener, sync::Semaphore};
 use tower::ServiceExt as _;
 use tower_governor::{
@@ -203,24 +208,50 @@ impl KeyExtractor for ClientIp {
     }
 }
 
-/// The limits of the public listener, from its flags.
+/// Labels of the requests a rate limit refused.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LimitedLabels {
+    /// `consent` or `webhook`.
+    pub routes: &'static str,
+    /// `per_ip` or `global`.
+    pub limit: &'static str,
+}
+
+/// The limits of the public listener, from its flags, and the count of what they refused.
 #[derive(Clone, Debug)]
 pub struct PublicLimits {
     args: PublicLimitsArgs,
+    limited: Family<LimitedLabels, Counter>,
 }
 
-/// How a refused request is answered: a page for a person (consent), plain text for a machine
-/// (webhook).
+/// A class of routes with limits of its own. A refused request is answered with a page for a
+/// person (consent), with plain text for a machine (webhook).
 #[derive(Clone, Copy)]
-enum Audience {
-    Person,
-    Machine,
+enum Routes {
+    Consent,
+    Webhook,
+}
+
+impl Routes {
+    fn label(self) -> &'static str {
+        match self {
+            Routes::Consent => "consent",
+            Routes::Webhook => "webhook",
+        }
+    }
 }
 
 impl PublicLimits {
-    /// The limits `args` set.
-    pub fn new(args: PublicLimitsArgs) -> Self {
-        PublicLimits { args }
+    /// The limits `args` set; registers `servicenow_operator_public_requests_limited_total`
+    /// (by `routes` and `limit`) in `registry`.
+    pub fn new(args: PublicLimitsArgs, registry: &mut Registry) -> Self {
+        let limited = Family::<LimitedLabels, Counter>::default();
+        registry.register(
+            "servicenow_operator_public_requests_limited",
+            "Requests to the public listener refused by a rate limit (429), by route class and limit",
+            limited.clone(),
+        );
+        PublicLimits { args, limited }
     }
 
     /// The public router: the consent routes and the webhook route, each class with its rate
@@ -228,19 +259,19 @@ impl PublicLimits {
     /// (`super::with_security_headers`), so the limits' answers carry them too.
     pub fn router(&self, consent: Router, webhook: Router) -> Router {
         let client_ip = ClientIp::new(self.args.client_ip_header.clone());
-        let consent = rate_limited(
+        let consent = self.rate_limited(
             consent,
+            Routes::Consent,
             self.args.consent_rate_limit_per_ip,
             self.args.consent_rate_limit,
             &client_ip,
-            Audience::Person,
         );
-        let webhook = rate_limited(
+        let webhook = self.rate_limited(
             webhook,
+            Routes::Webhook,
             self.args.webhook_rate_limit_per_ip,
             self.args.webhook_rate_limit,
             &client_ip,
-            Audience::Machine,
         );
         consent.merge(webhook).layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
@@ -327,17 +358,6 @@ async fn accept_failed(error: std::io::Error) {
     tokio::time::sleep(Duration::from_secs(1)).await;
 }
 
-/// `router` limited to `per_ip` per client IP and `global` in all, the per-IP limit checked
-/// first; the keyed limiter forgets idle clients every minute.
-fn rate_limited(router: Router, per_ip: Rate, global: Rate, client_ip: &ClientIp, audience: Audience) -> Router {
-    let per_ip = per_ip.config(client_ip.clone());
-    forget_idle_clients(Arc::downgrade(per_ip.limiter()));
-    let refuse = move |error| too_many_requests(error, audience);
-    router
-        .layer(GovernorLayer::new(global.config(GlobalKeyExtractor)).error_handler(refuse))
-        .layer(GovernorLayer::new(per_ip).error_handler(refuse))
-}
-
 /// The per-IP limiter.
 type KeyedLimiter = governor::RateLimiter<
     IpAddr,
@@ -345,6 +365,28 @@ type KeyedLimiter = governor::RateLimiter<
     governor::clock::DefaultClock,
     NoOpMiddleware,
 >;
+
+impl PublicLimits {
+    /// `router` (the routes of `routes`) limited to `per_ip` per client IP and `global` in all,
+    /// the per-IP limit checked first; the keyed limiter forgets idle clients every minute.
+    fn rate_limited(&self, router: Router, routes: Routes, per_ip: Rate, global: Rate, client_ip: &ClientIp) -> Router {
+        let per_ip = per_ip.config(client_ip.clone());
+        forget_idle_clients(Arc::downgrade(per_ip.limiter()));
+        let refuse = |limit: &'static str| {
+            let counted = self
+                .limited
+                .get_or_create(&LimitedLabels {
+                    routes: routes.label(),
+                    limit,
+                })
+                .clone();
+            move |error| too_many_requests(error, routes, &counted)
+        };
+        router
+            .layer(GovernorLayer::new(global.config(GlobalKeyExtractor)).error_handler(refuse("global")))
+            .layer(GovernorLayer::new(per_ip).error_handler(refuse("per_ip")))
+    }
+}
 
 /// Drops the state of clients that are back to a full quota, every minute, while the limiter
 /// lives (its memory stays bounded by the clients of the last minute).
@@ -361,21 +403,22 @@ fn forget_idle_clients(limiter: Weak<KeyedLimiter>) {
 }
 
 /// The answer to a refused request: 429 with `Retry-After` (whole seconds, at least 1) for a
-/// rate limit; 500 for anything else the limiter reports (it reports nothing else with
-/// [`ClientIp`]).
-fn too_many_requests(error: GovernorError, audience: Audience) -> Response<Body> {
+/// rate limit, counted in `counted`; 500 for anything else the limiter reports (it reports
+/// nothing else with [`ClientIp`]).
+fn too_many_requests(error: GovernorError, routes: Routes, counted: &Counter) -> Response<Body> {
     let GovernorError::TooManyRequests { wait_time, .. } = error else {
         tracing::error!(%error, "the rate limiter failed");
         return StatusCode::INTERNAL_SERVER_ERROR.into_response();
     };
+    counted.inc();
     let seconds = wait_time.max(1);
-    let mut response = match audience {
-        Audience::Person => page(
+    let mut response = match routes {
+        Routes::Consent => page(
             StatusCode::TOO_MANY_REQUESTS,
             "Too many requests",
             &format!("Too many requests came from your network. Try again in {seconds} seconds."),
         ),
-        Audience::Machine => (
+        Routes::Webhook => (
             StatusCode::TOO_MANY_REQUESTS,
             format!("too many requests; retry after {seconds} s\n"),
         )
@@ -404,7 +447,13 @@ mod tests {
     }
 
     fn limits(flags: &[&str]) -> PublicLimits {
-        PublicLimits::new(Flags::parse_from(std::iter::once("run").chain(flags.iter().copied())).limits)
+        let args = Flags::parse_from(std::iter::once("run").chain(flags.iter().copied())).limits;
+        PublicLimits::new(args, &mut Registry::default())
+    }
+
+    /// What `limits` refused on `routes` by `limit`.
+    fn limited(limits: &PublicLimits, routes: &'static str, limit: &'static str) -> u64 {
+        limits.limited.get_or_create(&LimitedLabels { routes, limit }).get()
     }
 
     /// The public router of `limits` over stand-in routes: `/start` and `/callback` (consent),
@@ -539,12 +588,8 @@ mod tests {
 
     #[tokio::test]
     async fn the_global_limit_counts_only_what_the_per_ip_limit_let_through() {
-        let app = app(&limits(&[
-            "--webhook-rate-limit-per-ip",
-            "2/1h",
-            "--webhook-rate-limit",
-            "3/1h",
-        ]));
+        let limits = limits(&["--webhook-rate-limit-per-ip", "2/1h", "--webhook-rate-limit", "3/1h"]);
+        let app = app(&limits);
         let (a, b, c) = ([192, 0, 2, 1], [192, 0, 2, 2], [192, 0, 2, 3]);
         let mut seen = Vec::new();
         for peer in [a, a, a, a, b, b, c] {
@@ -553,6 +598,14 @@ mod tests {
         // a's third and fourth are refused per IP without spending the global budget, so b's
         // first still passes; then the global budget (3) is spent for everyone.
         assert_eq!(seen, [200, 200, 429, 429, 200, 429, 429]);
+        assert_eq!(
+            [
+                limited(&limits, "webhook", "per_ip"),
+                limited(&limits, "webhook", "global"),
+                limited(&limits, "consent", "per_ip"),
+            ],
+            [2, 2, 0]
+        );
         assert_eq!(
             status(&app, "GET", "/start", c).await,
             StatusCode::OK,
