@@ -613,6 +613,60 @@ mod tests {
         );
     }
 
+    /// The answer to a `GET /start` on `stream` (read up to its body, `consent`, or the end).
+    async fn answer(stream: &mut tokio::net::TcpStream) -> String {
+        use tokio::io::AsyncReadExt as _;
+        let (mut seen, mut buffer) = (Vec::new(), [0; 1024]);
+        loop {
+            let read = stream.read(&mut buffer).await.expect("read the answer");
+            seen.extend_from_slice(&buffer[..read]);
+            if read == 0 || seen.ends_with(b"consent") {
+                return String::from_utf8_lossy(&seen).into_owned();
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_connection_past_the_cap_waits_until_one_closes_and_idle_ones_do_not_hold_shutdown() {
+        use tokio::io::AsyncWriteExt as _;
+        let limits = limits(&["--public-max-connections", "1"]);
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let address = listener.local_addr().expect("address");
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn({
+            let limits = limits.clone();
+            async move {
+                limits
+                    .serve_on(listener, app(&limits), async {
+                        let _ = stopped.await;
+                    })
+                    .await;
+            }
+        });
+        let get = b"GET /start HTTP/1.1\r\nHost: operator\r\n\r\n";
+        let mut first = tokio::net::TcpStream::connect(address).await.expect("connect");
+        first.write_all(get).await.expect("send");
+        assert!(answer(&mut first).await.starts_with("HTTP/1.1 200"));
+        // The first connection stays open (keep-alive): the second is accepted by the kernel but
+        // not served.
+        let mut second = tokio::net::TcpStream::connect(address).await.expect("connect");
+        second.write_all(get).await.expect("send");
+        let early = tokio::time::timeout(Duration::from_millis(300), answer(&mut second)).await;
+        assert!(early.is_err(), "served past the cap: {early:?}");
+        drop(first);
+        let late = tokio::time::timeout(Duration::from_secs(10), answer(&mut second))
+            .await
+            .expect("served once the first connection closed");
+        assert!(late.starts_with("HTTP/1.1 200"), "{late}");
+        // The second connection is idle, not in a request: shutdown closes it at once.
+        stop.send(()).expect("the server runs");
+        tokio::time::timeout(Duration::from_secs(10), server)
+            .await
+            .expect("the listener stopped within 10 s")
+            .expect("the server task");
+        assert!(answer(&mut second).await.is_empty(), "the idle connection is closed");
+    }
+
     #[tokio::test]
     async fn a_body_that_never_ends_gets_408() {
         let app = app(&limits(&["--public-request-timeout", "200ms"]));
