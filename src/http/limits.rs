@@ -52,6 +52,10 @@ use tower_http::timeout::TimeoutLayer;
 use super::pages::page;
 use crate::api::duration::parse as parse_duration;
 
+/// About the most a public connection buffers (hyper's limit, which one read may overshoot): a
+/// request head that does not fit is refused (431).
+pub const MAX_BUFFER_BYTES: usize = 64 * 1024;
+
 /// The limits on the public listener (flags of `run`).
 #[derive(Clone, Debug, clap::Args)]
 pub struct PublicLimitsArgs {
@@ -79,8 +83,12 @@ pub struct PublicLimitsArgs {
     #[arg(long, env = "CLIENT_IP_HEADER")]
     pub client_ip_header: Option<HeaderName>,
     /// How long a client may take to send a request's head (request line and headers) on the
-    /// public listener; the connection is closed after that (slowloris).
-    #[arg(long, env = "PUBLIC_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = parse_positive_duration)]
+    /// public listener; the connection is closed after that (slowloris). An idle keep-alive
+    /// connection counts as waiting for a head, so keep this above the idle timeout of the proxy
+    /// in front (60 s for ingress-nginx's upstream connections and AWS load balancers), or the
+    /// proxy may send a request on a connection the operator is closing (a 502). Exposed without
+    /// a proxy, 10s is enough.
+    #[arg(long, env = "PUBLIC_HEADER_READ_TIMEOUT", default_value = "75s", value_parser = parse_positive_duration)]
     pub public_header_read_timeout: Duration,
     /// How long one request to the public listener may take, its body included (then 408). Above
     /// the worst case of a consent callback: three calls to ServiceNow of up to
@@ -88,7 +96,8 @@ pub struct PublicLimitsArgs {
     #[arg(long, env = "PUBLIC_REQUEST_TIMEOUT", default_value = "2m", value_parser = parse_positive_duration)]
     pub public_request_timeout: Duration,
     /// Most connections the public listener keeps open at once; more wait in the kernel's
-    /// backlog.
+    /// backlog. Each buffers at most [`MAX_BUFFER_BYTES`], so 1024 of them hold about 64 MiB at
+    /// most.
     #[arg(long, env = "PUBLIC_MAX_CONNECTIONS", default_value_t = NonZeroU32::new(1024).expect("not zero"))]
     pub public_max_connections: NonZeroU32,
 }
@@ -279,6 +288,26 @@ impl PublicLimits {
         ))
     }
 
+    /// `router` (the routes of `routes`) limited to `per_ip` per client IP and `global` in all,
+    /// the per-IP limit checked first; the keyed limiter forgets idle clients every minute.
+    fn rate_limited(&self, router: Router, routes: Routes, per_ip: Rate, global: Rate, client_ip: &ClientIp) -> Router {
+        let per_ip = per_ip.config(client_ip.clone());
+        forget_idle_clients(Arc::downgrade(per_ip.limiter()));
+        let refuse = |limit: &'static str| {
+            let counted = self
+                .limited
+                .get_or_create(&LimitedLabels {
+                    routes: routes.label(),
+                    limit,
+                })
+                .clone();
+            move |error| too_many_requests(error, routes, &counted)
+        };
+        router
+            .layer(GovernorLayer::new(global.config(GlobalKeyExtractor)).error_handler(refuse("global")))
+            .layer(GovernorLayer::new(per_ip).error_handler(refuse("per_ip")))
+    }
+
     /// Serves `router` (the client's address in each request as `ConnectInfo<SocketAddr>`) over
     /// HTTP/1.1 on `address`, with the header-read timeout and the connection cap, until
     /// `shutdown` resolves; then the connections open get the whole-request timeout to finish.
@@ -304,7 +333,8 @@ impl PublicLimits {
         let permits = Arc::new(Semaphore::new(self.args.public_max_connections.get() as usize));
         let mut http = hyper::server::conn::http1::Builder::new();
         http.timer(TokioTimer::new())
-            .header_read_timeout(self.args.public_header_read_timeout);
+            .header_read_timeout(self.args.public_header_read_timeout)
+            .max_buf_size(MAX_BUFFER_BYTES);
         let graceful = GracefulShutdown::new();
         let mut shutdown = pin!(shutdown);
         loop {
@@ -365,28 +395,6 @@ type KeyedLimiter = governor::RateLimiter<
     governor::clock::DefaultClock,
     NoOpMiddleware,
 >;
-
-impl PublicLimits {
-    /// `router` (the routes of `routes`) limited to `per_ip` per client IP and `global` in all,
-    /// the per-IP limit checked first; the keyed limiter forgets idle clients every minute.
-    fn rate_limited(&self, router: Router, routes: Routes, per_ip: Rate, global: Rate, client_ip: &ClientIp) -> Router {
-        let per_ip = per_ip.config(client_ip.clone());
-        forget_idle_clients(Arc::downgrade(per_ip.limiter()));
-        let refuse = |limit: &'static str| {
-            let counted = self
-                .limited
-                .get_or_create(&LimitedLabels {
-                    routes: routes.label(),
-                    limit,
-                })
-                .clone();
-            move |error| too_many_requests(error, routes, &counted)
-        };
-        router
-            .layer(GovernorLayer::new(global.config(GlobalKeyExtractor)).error_handler(refuse("global")))
-            .layer(GovernorLayer::new(per_ip).error_handler(refuse("per_ip")))
-    }
-}
 
 /// Drops the state of clients that are back to a full quota, every minute, while the limiter
 /// lives (its memory stays bounded by the clients of the last minute).
@@ -505,7 +513,7 @@ mod tests {
         let defaults = Flags::parse_from(["run"]).limits;
         assert_eq!(defaults.consent_rate_limit_per_ip, "30/1m".parse().unwrap());
         assert_eq!(defaults.client_ip_header, None);
-        assert_eq!(defaults.public_header_read_timeout, Duration::from_secs(10));
+        assert_eq!(defaults.public_header_read_timeout, Duration::from_secs(75));
         assert!(Flags::try_parse_from(["run", "--public-header-read-timeout", "0s"]).is_err());
         assert!(Flags::try_parse_from(["run", "--public-max-connections", "0"]).is_err());
     }
@@ -665,6 +673,35 @@ mod tests {
             .expect("the listener stopped within 10 s")
             .expect("the server task");
         assert!(answer(&mut second).await.is_empty(), "the idle connection is closed");
+    }
+
+    #[tokio::test]
+    async fn a_request_head_that_does_not_fit_the_buffer_is_refused() {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let limits = limits(&[]);
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let address = listener.local_addr().expect("address");
+        tokio::spawn({
+            let limits = limits.clone();
+            async move { limits.serve_on(listener, app(&limits), std::future::pending()).await }
+        });
+        let mut answers = Vec::new();
+        for size in [MAX_BUFFER_BYTES / 2, 2 * MAX_BUFFER_BYTES] {
+            let mut stream = tokio::net::TcpStream::connect(address).await.expect("connect");
+            let head = format!(
+                "GET /start HTTP/1.1\r\nHost: operator\r\nX-Big: {}\r\nConnection: close\r\n\r\n",
+                "a".repeat(size)
+            );
+            // The server may answer and close before it has read all of a head too large.
+            let _ = stream.write_all(head.as_bytes()).await;
+            let mut answer = String::new();
+            let _ = stream.read_to_string(&mut answer).await;
+            answers.push(answer.lines().next().unwrap_or_default().to_owned());
+        }
+        assert_eq!(
+            answers,
+            ["HTTP/1.1 200 OK", "HTTP/1.1 431 Request Header Fields Too Large"]
+        );
     }
 
     #[tokio::test]
