@@ -7,7 +7,9 @@
 //!   request gets 429 with `Retry-After` and costs no read, no write and no call to ServiceNow;
 //! * a timeout on reading a request's head (hyper's, which needs a timer: `axum::serve` sets
 //!   none) and on the whole request, a slow body included (408);
-//! * a cap on open connections.
+//! * a cap on open connections, and on what each buffers.
+//!
+//! Paths with no route (404) cost nothing and are not limited.
 //!
 //! The client IP is the TCP peer's, unless `--client-ip-header` names a header a trusted proxy
 //! sets (off by default: any client can send that header itself).
