@@ -62,8 +62,9 @@ pub const MAX_BUFFER_BYTES: usize = 64 * 1024;
 #[derive(Clone, Debug, clap::Args)]
 pub struct PublicLimitsArgs {
     /// Requests one client IP may make to the consent endpoints (`/oauth/servicenow/start` and
-    /// `/callback`), as `COUNT/PERIOD` (all at once, then evenly spread: `30/1m` is a burst of
-    /// 30, then one every 2 s). A consent takes two requests; people behind one NAT share it.
+    /// `/oauth/servicenow/callback`), as `COUNT/PERIOD` (all at once, then evenly spread: `30/1m`
+    /// is a burst of 30, then one every 2 s). A consent takes two requests; people behind one NAT
+    /// share it.
     #[arg(long, env = "CONSENT_RATE_LIMIT_PER_IP", default_value = "30/1m")]
     pub consent_rate_limit_per_ip: Rate,
     /// Requests all clients together may make to the consent endpoints, as `COUNT/PERIOD`.
@@ -98,8 +99,8 @@ pub struct PublicLimitsArgs {
     #[arg(long, env = "PUBLIC_REQUEST_TIMEOUT", default_value = "2m", value_parser = parse_positive_duration)]
     pub public_request_timeout: Duration,
     /// Most connections the public listener keeps open at once; more wait in the kernel's
-    /// backlog. Each buffers at most [`MAX_BUFFER_BYTES`], so 1024 of them hold about 64 MiB at
-    /// most.
+    /// backlog. Each buffers about 64 KiB at most (a bigger request head gets 431), so 1024 of
+    /// them hold about 64 MiB.
     #[arg(long, env = "PUBLIC_MAX_CONNECTIONS", default_value_t = NonZeroU32::new(1024).expect("not zero"))]
     pub public_max_connections: NonZeroU32,
 }
