@@ -7,7 +7,7 @@ use crate::api::duration::parse as parse_duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::telemetry::TelemetryArgs;
+use crate::{http::limits::PublicLimitsArgs, telemetry::TelemetryArgs};
 
 /// The servicenow-operator binary.
 #[derive(Debug, Parser)]
@@ -39,6 +39,9 @@ pub struct RunArgs {
     /// The HTTP listeners.
     #[command(flatten)]
     pub http: HttpArgs,
+    /// Limits on the public listener.
+    #[command(flatten)]
+    pub limits: PublicLimitsArgs,
     /// How the operator reaches ServiceNow.
     #[command(flatten)]
     pub servicenow: ServiceNowArgs,

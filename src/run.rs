@@ -17,7 +17,7 @@ use tokio::{sync::watch, task::JoinHandle};
 use crate::{
     cli::{ControllerArgs, HttpArgs, RunArgs, ServiceNowArgs},
     controller,
-    http::{self, admin::AdminState, consent::ConsentContext},
+    http::{self, admin::AdminState, consent::ConsentContext, limits::PublicLimits},
     reconcile::Context,
     secrets, servicenow,
     telemetry::{self, Metrics},
@@ -147,6 +147,7 @@ struct Listeners {
 async fn setup(args: RunArgs, stop: &Stop) -> Result<Operator, StartError> {
     let RunArgs {
         http: http_args,
+        limits,
         servicenow: servicenow_args,
         controller: controller_args,
         telemetry: _,
@@ -174,6 +175,7 @@ async fn setup(args: RunArgs, stop: &Stop) -> Result<Operator, StartError> {
 
     let mut registry = Registry::default();
     let metrics = Metrics::register(&mut registry);
+    let limits = PublicLimits::new(limits, &mut registry);
     let client_config = servicenow::ClientConfig {
         ca_bundle,
         resolve,
@@ -225,8 +227,9 @@ async fn setup(args: RunArgs, stop: &Stop) -> Result<Operator, StartError> {
             })
             .await;
     });
-    let public = http::with_security_headers(consent.merge(http::receiver::router(receiver.clone())));
-    let public_server = tokio::spawn(http::serve(listen, public, stop.stopped()));
+    let public = http::with_security_headers(limits.router(consent, http::receiver::router(receiver.clone())));
+    let stopped = stop.stopped();
+    let public_server = tokio::spawn(async move { limits.serve(listen, public, stopped).await });
 
     Ok(Operator {
         context: Arc::new(Context::new(client.clone(), servicenow, public_url, metrics, state_key)),

@@ -207,7 +207,7 @@ const MAY_IMPORT: &[(&str, &[&str])] = &[
         &["api", "reconcile", "secrets", "servicenow", "telemetry"],
     ),
     ("crd", &["api"]),
-    ("cli", &["api", "servicenow", "telemetry"]),
+    ("cli", &["api", "http", "servicenow", "telemetry"]),
     (
         "run",
         &[

@@ -87,6 +87,11 @@ async fn a_mistyped_value_fails_rendering_with_the_schemas_message() {
         ("logFormat=yaml", "logFormat"),
         ("replicaCount=0", "replicaCount"),
         ("publicUrl=neo.example.com", "publicUrl"),
+        (
+            "publicListener.consentRateLimitPerIp=30 a minute",
+            "consentRateLimitPerIp",
+        ),
+        ("publicListener.headerReadTimeout=10", "headerReadTimeout"),
     ] {
         let error = template(plane, &["--set", typo]).expect_err(&format!("--set {typo} must not render"));
         assert!(
@@ -294,6 +299,57 @@ async fn the_operator_keeps_its_lease_and_key_in_its_own_namespace_with_a_lease_
         Some("metadata.name")
     );
     assert_eq!(var("LEASE_NAME")["value"].as_str(), Some("t-servicenow-operator"));
+}
+
+/// The environment of the operator's container in `rendered` (`helm template`'s output), by name.
+fn container_env(rendered: &str) -> std::collections::BTreeMap<String, String> {
+    let documents = documents(rendered);
+    let deployment = of_kind(&documents, "Deployment");
+    deployment["spec"]["template"]["spec"]["containers"][0]["env"]
+        .as_sequence()
+        .expect("env")
+        .iter()
+        .filter_map(|var| Some((var["name"].as_str()?.to_owned(), var["value"].as_str()?.to_owned())))
+        .collect()
+}
+
+#[tokio::test]
+async fn the_public_listeners_limits_render_as_the_binarys_defaults_and_the_client_ip_header_only_when_set() {
+    use clap::CommandFactory as _;
+    let plane = control_plane().await;
+    let env = container_env(&template(plane, &[]).expect("the defaults render"));
+    let cli = servicenow_operator::cli::Cli::command();
+    let run = cli.find_subcommand("run").expect("the run subcommand");
+    let limits = [
+        "CONSENT_RATE_LIMIT_PER_IP",
+        "CONSENT_RATE_LIMIT",
+        "WEBHOOK_RATE_LIMIT_PER_IP",
+        "WEBHOOK_RATE_LIMIT",
+        "PUBLIC_HEADER_READ_TIMEOUT",
+        "PUBLIC_REQUEST_TIMEOUT",
+        "PUBLIC_MAX_CONNECTIONS",
+    ];
+    for name in limits {
+        let flag = run
+            .get_arguments()
+            .find(|arg| arg.get_env().is_some_and(|env| env == name))
+            .unwrap_or_else(|| panic!("no flag of `run` reads {name}"));
+        let default = flag.get_default_values().first().and_then(|value| value.to_str());
+        assert_eq!(
+            env.get(name).map(String::as_str),
+            default,
+            "{name}: the chart and the binary disagree"
+        );
+    }
+    assert!(
+        !env.contains_key("CLIENT_IP_HEADER"),
+        "the forwarded header is off by default"
+    );
+    let set = template(plane, &["--set", "publicListener.clientIpHeader=X-Forwarded-For"]).expect("render");
+    assert_eq!(
+        container_env(&set).get("CLIENT_IP_HEADER").map(String::as_str),
+        Some("X-Forwarded-For")
+    );
 }
 
 /// The operator metrics the rendered PrometheusRule's expressions name.

@@ -9,8 +9,6 @@
 
 mod support;
 
-use std::path::Path;
-
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::{Api, ResourceExt};
 use reqwest::{StatusCode, redirect::Policy};
@@ -22,15 +20,13 @@ use servicenow_operator::{
 };
 use support::{
     audit::AuditLog,
-    browser::{Browser, BrowserOptions},
     conditions::assert_condition,
+    consent::{CALLBACK, browser, consent_as, consent_url},
     instance::{AGENT, HOST},
     operator::{Operator, free_port},
     scene::{CONNECTION, RULE_QUERY, Scene, TOKEN_SECRET, ready_connection},
 };
 
-/// The operator's redirect (callback) path.
-const CALLBACK: &str = "/oauth/servicenow/callback";
 /// The consent start path.
 const START: &str = "/oauth/servicenow/start";
 /// The title of the one page `/start` shows for anything but a valid, unused ticket.
@@ -41,47 +37,7 @@ const COOKIE: &str = "snc-consent";
 /// A scene awaiting consent, with the operator listening on a port whose callback URL is the
 /// OAuth application's registered Redirect URL.
 async fn awaiting_consent(extra_spec: serde_json::Value) -> (Scene, Operator) {
-    let scene = Scene::awaiting_consent(extra_spec).await;
-    let port = free_port();
-    scene.register_redirect_url(&format!("http://127.0.0.1:{port}{CALLBACK}"));
-    let operator = Operator::start_with(scene.ns.name(), &scene.simulator, port, &[]).await;
-    (scene, operator)
-}
-
-/// Waits until the connection asks for consent and returns its `status.consentUrl`.
-async fn consent_url(scene: &Scene) -> String {
-    let status = scene
-        .wait_for("AWAITING_CONSENT with a consentUrl", |s| {
-            s.sync_state == Some(SyncState::AwaitingConsent) && s.consent_url.is_some()
-        })
-        .await;
-    status.consent_url.expect("a consentUrl")
-}
-
-/// A headless Chromium that reaches the scene's instance under its real host name.
-async fn browser(scene: &Scene) -> Browser {
-    Browser::start(
-        BrowserOptions::new()
-            .map_host(HOST, scene.simulator.addr())
-            .trust_certificates_pem(scene.simulator.ca_pem()),
-    )
-    .await
-}
-
-/// Opens `url`, signs in to the instance as `user`, answers the consent page with `button`
-/// (`#allow` or `#deny`) and waits for the operator's page; returns its title. Screenshots each
-/// page under `shots/`.
-async fn consent_as(browser: &Browser, url: &str, user: &str, password: &str, button: &str, shots: &str) -> String {
-    browser
-        .answer_consent(url, HOST, user, password, button, Path::new(shots))
-        .await
-        .unwrap_or_else(|error| panic!("not sent to the instance: {error}"));
-    browser
-        .wait_for_url("the operator's callback", |url| url.path() == CALLBACK)
-        .await;
-    let title = browser.find("#title").await.text().await.expect("the page's title");
-    browser.screenshot(format!("{shots}/3-result.png")).await;
-    title
+    support::consent::awaiting_consent(extra_spec, &[]).await
 }
 
 /// A client that does not follow redirects.

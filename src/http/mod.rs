@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod consent;
 pub mod consent_state;
+pub mod limits;
 pub mod pages;
 pub mod receiver;
 

@@ -12,6 +12,7 @@
 //!   operator running, and the checks on them (no secret leaked).
 //! * [`conditions`]: reading and asserting the connection's conditions.
 //! * [`browser`]: headless Chromium, and the instance's consent pages answered in it.
+//! * [`consent`]: a connection awaiting consent, and a person consenting in the browser.
 //! * [`proxy`]: an HTTP `CONNECT` proxy.
 //! * [`poll`]: [`poll_until`], the only way to wait: a deadline, a description, and the last
 //!   thing observed.
@@ -20,6 +21,7 @@
 pub mod audit;
 pub mod browser;
 pub mod conditions;
+pub mod consent;
 pub mod control_plane;
 pub mod instance;
 pub mod namespace;
