@@ -21,7 +21,7 @@ use std::{
 
 use futures::StreamExt as _;
 use reqwest::{StatusCode, redirect::Policy};
-use servicenow_operator::{api::SyncState, http::SECURITY_HEADERS};
+use servicenow_operator::{api::SyncState, http::SECURITY_HEADERS, servicenow::SecretString, webhook::signature};
 use support::{
     TestNamespace,
     audit::AuditLog,
@@ -45,7 +45,7 @@ const IN_FLIGHT: usize = 32;
 /// default (30/1m), the one a person meets.
 const WEBHOOK_PER_IP: &str = "100/10s";
 /// The statuses an anonymous junk request may get: refused by a limit (429), the generic consent
-/// page (404), a state the browser did not start (400), an unknown webhook connection or token
+/// page (404), a state the browser did not start (400), an unknown webhook connection or signing key
 /// (401).
 const EXPECTED: [u16; 4] = [400, 401, 404, 429];
 
@@ -127,15 +127,22 @@ impl Burst {
     }
 
     /// The `n`th request, in turn: a `/start` with a junk ticket, a `/callback` with a junk state,
-    /// a webhook event for a connection that does not exist, and one for the real connection with
-    /// a junk token.
+    /// a webhook event for a connection that does not exist, and one for the real connection,
+    /// both signed now with a junk key (so they pass the cheap checks and reach the lookup).
     fn request(&self, n: usize) -> reqwest::RequestBuilder {
         let (base, namespace) = (&self.base, &self.namespace);
-        let event = |connection: String, token: String| {
+        let event = |connection: String, key: String| {
+            let body = serde_json::json!({"table": "incident", "sys_id": format!("{n:032x}"), "operation": "insert"})
+                .to_string();
+            let timestamp = k8s_openapi::jiff::Timestamp::now().as_millisecond().to_string();
+            let signature = signature::sign(&SecretString::new(key), &timestamp, body.as_bytes());
             self.client
                 .post(format!("{base}/callback/servicenow"))
-                .query(&[("connection", connection), ("token", token)])
-                .json(&serde_json::json!({"table": "incident", "sys_id": format!("{n:032x}"), "operation": "insert"}))
+                .query(&[("connection", connection)])
+                .header(signature::TIMESTAMP_HEADER, timestamp)
+                .header(signature::SIGNATURE_HEADER, signature)
+                .header("content-type", "application/json")
+                .body(body)
         };
         match n % 4 {
             0 => self
