@@ -17,7 +17,7 @@ use snowsim::{Fault, FaultAction, RateLimitRule, RateLimitTarget, RequestLogEntr
 use support::{
     Observed,
     conditions::{assert_condition, condition, has_condition},
-    instance::AGENT,
+    instance::{self, AGENT, HOST},
     operator::Operator,
     poll_until,
     scene::{CREDENTIALS_SECRET, PROPERTY_QUERY, RULE_QUERY, Ready, Scene, put_secret, ready_connection},
@@ -248,6 +248,89 @@ async fn an_account_without_itil_is_insufficient_privileges_until_the_role_is_gr
     scene.simulator.admin().grant_role(AGENT, "itil").expect("grant itil");
     let status = scene.reconcile_now("itil-granted").await;
     assert_eq!(status.sync_state, Some(SyncState::ReadyToSync), "{status:#?}");
+    scene.assert_no_secret_leaked().await;
+}
+
+#[tokio::test]
+async fn an_itil_only_account_stalls_with_missing_provisioning_privileges_before_any_write() {
+    // A fresh account: itil only, no ACL for the integration's role.
+    let config = snowsim::Config {
+        instances: vec![snowsim::InstanceConfig::new(HOST)],
+        ..snowsim::Config::default()
+    };
+    let scene = Scene::with_simulator(instance::simulator_of(config).await, serde_json::json!({})).await;
+    let _operator = scene.start_operator(&[]).await;
+    let status = scene
+        .wait_for_condition("IdentityResolved", "False", Reason::MissingProvisioningPrivileges)
+        .await;
+    let message = assert_condition(
+        &status,
+        "IdentityResolved",
+        "False",
+        Reason::MissingProvisioningPrivileges,
+    );
+    for named in [AGENT, "business_rule_admin", "x_neoagent_integration"] {
+        assert!(message.contains(named), "{named:?} not in {message:?}");
+    }
+    assert_condition(&status, "Stalled", "True", Reason::MissingProvisioningPrivileges);
+    assert_eq!(status.sync_state, Some(SyncState::Error));
+    assert_warning_event(&scene, "IdentityResolved", Reason::MissingProvisioningPrivileges).await;
+    let admin = scene.simulator.admin();
+    let log = admin.request_log();
+    assert!(writes(&log).is_empty(), "wrote before checking its privileges: {log:#?}");
+    assert!(
+        !log.iter().any(|call| call.path.contains("sys_script") || call.path.contains("sys_properties")),
+        "read the webhook records although it may not write them: {log:#?}"
+    );
+    // The remedy, as the README's least-privilege option says: roles, then the property ACLs.
+    for role in [
+        "business_rule_admin",
+        snowsim::SCRIPT_WRITER_ROLE,
+        snowsim::INTEGRATION_ROLE,
+    ] {
+        admin.grant_role(AGENT, role).expect("grant the role");
+    }
+    for operation in [
+        snowsim::Operation::Read,
+        snowsim::Operation::Create,
+        snowsim::Operation::Write,
+        snowsim::Operation::Delete,
+    ] {
+        admin.set_acl(
+            snowsim::AclRule::new("sys_properties", operation, &[snowsim::INTEGRATION_ROLE])
+                .on_rows(snowsim::INTEGRATION_PROPERTIES),
+        );
+    }
+    let status = scene.reconcile_now("privileges-granted").await;
+    assert_eq!(status.sync_state, Some(SyncState::ReadyToSync), "{status:#?}");
+    assert_eq!(admin.records("sys_script", RULE_QUERY).len(), 1);
+    assert_eq!(admin.records("sys_properties", PROPERTY_QUERY).len(), 1);
+    scene.assert_no_secret_leaked().await;
+}
+
+#[tokio::test]
+async fn an_administrator_without_the_script_writer_role_is_refused_creating_the_rule() {
+    // Zurich and later: admin lacks snc_required_script_writer_permission by default.
+    let config = snowsim::Config {
+        instances: vec![snowsim::InstanceConfig::new(HOST).admin_account(AGENT)],
+        ..snowsim::Config::default()
+    };
+    let scene = Scene::with_simulator(instance::simulator_of(config).await, serde_json::json!({})).await;
+    scene
+        .simulator
+        .admin()
+        .remove_role(AGENT, snowsim::SCRIPT_WRITER_ROLE)
+        .expect("remove the role");
+    let _operator = scene.start_operator(&[]).await;
+    let status = scene
+        .wait_for_condition("WebhookProvisioned", "False", Reason::InsufficientPrivileges)
+        .await;
+    let message = assert_condition(&status, "WebhookProvisioned", "False", Reason::InsufficientPrivileges);
+    assert!(
+        message.contains("sys_script") && message.contains("snc_required_script_writer_permission"),
+        "{message:?}"
+    );
+    assert_condition(&status, "IdentityResolved", "True", Reason::IdentityResolved);
     scene.assert_no_secret_leaked().await;
 }
 

@@ -438,7 +438,7 @@ async fn simulator_on_port_443() -> snowsim::Server {
         let mut rng = rand::rng();
         let ip = Ipv4Addr::new(127, rng.random_range(1..=254), rng.random(), rng.random_range(1..=254));
         let addr = SocketAddr::new(IpAddr::V4(ip), 443);
-        match snowsim::Server::start(snowsim::Config::default(), addr).await {
+        match snowsim::Server::start(support::instance::least_privilege(), addr).await {
             Ok(server) => return server,
             Err(error) => last = error.to_string(),
         }

@@ -65,7 +65,11 @@ struct Consented {
 
 impl Fixture {
     async fn start() -> Fixture {
-        let server = snowsim::Server::start(snowsim::Config::default(), "127.0.0.1:0".parse().unwrap())
+        let config = snowsim::Config {
+            instances: vec![snowsim::InstanceConfig::new(HOST).least_privilege("neo.agent")],
+            ..snowsim::Config::default()
+        };
+        let server = snowsim::Server::start(config, "127.0.0.1:0".parse().unwrap())
             .await
             .unwrap();
         let calls = Arc::new(Calls::default());

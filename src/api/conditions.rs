@@ -117,6 +117,9 @@ reasons! {
         IdentityResolved,
         /// The OAuth user lacks a role or a right the operator needs.
         InsufficientPrivileges,
+        /// The OAuth user lacks the roles that writing the Business Rule or the callback property
+        /// needs; found before any write.
+        MissingProvisioningPrivileges,
         /// Consent was given by another user than `spec.expectedUserName`.
         IdentityMismatch,
         /// The rule and the property are as desired.
@@ -186,6 +189,9 @@ impl Reason {
             }
             Reason::InsufficientPrivileges => {
                 "Grant the missing role or rights to the service account on the instance (User Administration > Users > the account > Roles), then annotate the connection with neoagent.io/reconcile-requested-at=<now> or wait for the next resync."
+            }
+            Reason::MissingProvisioningPrivileges => {
+                "Grant the service account what provisioning needs (README, Service account privileges): least privilege is business_rule_admin, snc_required_script_writer_permission (group Conditional Script Writer, Zurich and later) and x_neoagent_integration with ACLs opening sys_properties named x_neoagent.* to it (examples/servicenow-privileges.md); or admin plus snc_required_script_writer_permission. Then annotate the connection with neoagent.io/reconcile-requested-at=<now> or wait for the next resync."
             }
             Reason::IdentityMismatch => {
                 "Consent must be given signed in as the service account named in spec.expectedUserName. Sign out of the instance, annotate the connection with neoagent.io/reconsent=true and consent again as that account."

@@ -89,7 +89,7 @@ pub async fn gather<S: ServiceNow>(
     };
     gathered.user = Some(Ok(user.clone()));
     let roles = servicenow
-        .user_roles(instance, token, &user.sys_id, &[decide::ITIL, decide::EMAIL_API_SEND])
+        .user_roles(instance, token, &user.sys_id, &decide::CHECKED_ROLES)
         .await;
     let acceptable = roles
         .as_ref()

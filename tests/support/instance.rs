@@ -8,11 +8,34 @@ pub const APP: &str = "Neo Agent";
 /// The service account's password in snowsim's seed (`neo.agent` / `neo.agent`).
 pub const AGENT: &str = "neo.agent";
 
-/// A snowsim server with the default instance `acme.service-now.com`.
-pub async fn simulator() -> snowsim::Server {
-    snowsim::Server::start(snowsim::Config::default(), "127.0.0.1:0".parse().expect("address"))
+/// snowsim's instance `acme.service-now.com` with `neo.agent` set up as the README's
+/// least-privilege option says (`itil`, `business_rule_admin`, the script-writer role and
+/// `x_neoagent_integration` with its property ACLs).
+pub fn least_privilege() -> snowsim::Config {
+    snowsim::Config {
+        instances: vec![snowsim::InstanceConfig::new(HOST).least_privilege(AGENT)],
+        ..snowsim::Config::default()
+    }
+}
+
+/// The same instance with `neo.agent` as an administrator (`admin` and the script-writer role).
+pub fn admin_account() -> snowsim::Config {
+    snowsim::Config {
+        instances: vec![snowsim::InstanceConfig::new(HOST).admin_account(AGENT)],
+        ..snowsim::Config::default()
+    }
+}
+
+/// A snowsim server serving `config`.
+pub async fn simulator_of(config: snowsim::Config) -> snowsim::Server {
+    snowsim::Server::start(config, "127.0.0.1:0".parse().expect("address"))
         .await
         .expect("start snowsim")
+}
+
+/// A snowsim server with the instance `acme.service-now.com` set up with least privilege.
+pub async fn simulator() -> snowsim::Server {
+    simulator_of(least_privilege()).await
 }
 
 /// The credentials and a refresh token for `neo.agent`, as a platform team would have them

@@ -42,6 +42,15 @@ pub const EXPIRY_WARNING: Duration = Duration::from_secs(14 * 24 * 3600);
 pub const ITIL: &str = "itil";
 /// The role the Email API needs.
 pub const EMAIL_API_SEND: &str = "email_api_send";
+/// The role that may write everything (and contains `business_rule_admin`).
+pub const ADMIN: &str = "admin";
+/// The granular role that may write Business Rules (`sys_script`).
+pub const BUSINESS_RULE_ADMIN: &str = "business_rule_admin";
+/// The custom role the least-privilege setup opens the `x_neoagent.*` System Properties to (no
+/// base role but `admin` may write a property, servicenow-api.md §7).
+pub const INTEGRATION_ROLE: &str = "x_neoagent_integration";
+/// Every role the identity check asks the instance about (by name, in one query).
+pub const CHECKED_ROLES: [&str; 5] = [ITIL, EMAIL_API_SEND, ADMIN, BUSINESS_RULE_ADMIN, INTEGRATION_ROLE];
 /// The resync period when `spec.resyncInterval` cannot be read (the reconcile stops on it anyway).
 const DEFAULT_RESYNC: Duration = Duration::from_secs(600);
 
@@ -221,7 +230,8 @@ fn identity_problem(spec: &ServiceNowConnectionSpec, user: &User, roles: &[Strin
             ),
         ));
     }
-    if !roles.iter().any(|role| role == ITIL) {
+    let holds = |role: &str| roles.iter().any(|held| held == role);
+    if !holds(ITIL) {
         return Some(Stop::terminal(
             ConditionType::IdentityResolved,
             Reason::InsufficientPrivileges,
@@ -231,7 +241,28 @@ fn identity_problem(spec: &ServiceNowConnectionSpec, user: &User, roles: &[Strin
             ),
         ));
     }
-    None
+    let missing: Vec<&str> = [
+        (BUSINESS_RULE_ADMIN, "business_rule_admin (or admin), to write the Business Rule"),
+        (
+            INTEGRATION_ROLE,
+            "x_neoagent_integration with ACLs on the x_neoagent.* System Properties (or admin), to write the callback property",
+        ),
+    ]
+    .into_iter()
+    .filter(|(role, _)| !holds(ADMIN) && !holds(role))
+    .map(|(_, what)| what)
+    .collect();
+    (!missing.is_empty()).then(|| {
+        Stop::terminal(
+            ConditionType::IdentityResolved,
+            Reason::MissingProvisioningPrivileges,
+            format!(
+                "The service account {:?} lacks {}; nothing was written to the instance.",
+                user.user_name,
+                missing.join(" and ")
+            ),
+        )
+    })
 }
 
 fn email_problem(spec: &ServiceNowConnectionSpec, user: &User, roles: &[String]) -> Option<Stop> {

@@ -78,7 +78,7 @@ pub fn classify(condition: ConditionType, failure: Reason, error: &servicenow::E
             condition,
             Reason::InsufficientPrivileges,
             format!(
-                "{error}. The service account needs {} rights on {table}: the itil role covers task tables; writing sys_script and sys_properties needs the admin role or ACLs granting create, read, write and delete on them.",
+                "{error}. The service account needs {} rights on {table}: the itil role covers task tables; writing sys_script needs business_rule_admin (or admin) and, on Zurich and later, snc_required_script_writer_permission (group Conditional Script Writer), which admin lacks by default; writing sys_properties needs admin or ACLs for x_neoagent_integration on x_neoagent.* properties.",
                 operation
             ),
         ),

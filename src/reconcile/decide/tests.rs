@@ -92,7 +92,7 @@ fn ready() -> Gathered {
             refreshed: None,
         })),
         user: Some(Ok(user("neo.agent"))),
-        roles: Some(Ok(vec!["itil".into()])),
+        roles: Some(Ok(vec!["business_rule_admin".into(), "itil".into(), "x_neoagent_integration".into()])),
         webhook_token: Some(SecretString::new("webhook-token")),
         records: Some(Ok(InstanceRecords {
             rules: Vec::new(),
@@ -520,6 +520,21 @@ fn cases() -> Vec<Case> {
             next: TERMINAL,
         },
         Case {
+            name: "an itil-only account, before any write",
+            connection: connection(spec()),
+            gathered: Gathered {
+                roles: Some(Ok(vec!["itil".into(), "business_rule_admin".into()])),
+                records: None,
+                ..ready()
+            },
+            failed: None,
+            condition: ConditionType::IdentityResolved,
+            truth: "False",
+            reason: Reason::MissingProvisioningPrivileges,
+            state: "ERROR",
+            next: TERMINAL,
+        },
+        Case {
             name: "a 403 creating the rule",
             connection: connection(spec()),
             gathered: ready(),
@@ -594,7 +609,7 @@ fn cases() -> Vec<Case> {
             name: "email asked for and granted",
             connection: with_spec(|s| s.notifications.email_via_psa = true),
             gathered: Gathered {
-                roles: Some(Ok(vec!["email_api_send".into(), "itil".into()])),
+                roles: Some(Ok(vec!["admin".into(), "email_api_send".into(), "itil".into()])),
                 ..ready()
             },
             failed: None,
@@ -998,13 +1013,31 @@ fn the_expiry_warning_and_the_refresh_are_due_before_the_resync() {
 #[test]
 fn identity_checks_gate_provisioning() {
     let spec = spec();
-    assert!(identity(&spec, &user("neo.agent"), &["itil".into()]).is_ok());
+    let roles = |names: &[&str]| -> Vec<String> { names.iter().map(|name| (*name).to_owned()).collect() };
+    let least = roles(&["itil", "business_rule_admin", "x_neoagent_integration"]);
+    assert!(identity(&spec, &user("neo.agent"), &least).is_ok());
+    assert!(identity(&spec, &user("neo.agent"), &roles(&["itil", "admin"])).is_ok());
     assert!(identity(&spec, &user("neo.agent"), &[]).is_err());
+    let reason = |held: &[&str]| identity(&spec, &user("neo.agent"), &roles(held)).unwrap_err().verdict;
+    let itil_only = reason(&["itil"]);
+    assert_eq!(itil_only.reason, Reason::MissingProvisioningPrivileges);
+    assert!(
+        itil_only.message.contains("business_rule_admin") && itil_only.message.contains("x_neoagent_integration"),
+        "{}",
+        itil_only.message
+    );
+    let no_property_role = reason(&["itil", "business_rule_admin"]);
+    assert!(!no_property_role.message.contains("business_rule_admin (or admin)"), "{}", no_property_role.message);
+    assert!(no_property_role.message.contains("x_neoagent_integration"));
+    let no_rule_role = reason(&["itil", "x_neoagent_integration"]);
+    assert!(no_rule_role.message.contains("business_rule_admin") && !no_rule_role.message.contains("x_neoagent_integration with"));
+    assert_eq!(reason(&["admin"]).reason, Reason::InsufficientPrivileges, "itil comes first");
     let mut email = spec.clone();
     email.notifications.email_via_psa = true;
-    assert!(identity(&email, &user("neo.agent"), &["itil".into()]).is_err());
-    assert!(identity(&email, &user("neo.agent"), &["itil".into(), "email_api_send".into()]).is_ok());
-    let mut expected = spec;
+    assert!(identity(&email, &user("neo.agent"), &least).is_err());
+    let with_email = [least.clone(), roles(&["email_api_send"])].concat();
+    assert!(identity(&email, &user("neo.agent"), &with_email).is_ok());
+    let mut expected = spec.clone();
     expected.expected_user_name = Some("neo.agent".into());
-    assert!(identity(&expected, &user("admin"), &["itil".into()]).is_err());
+    assert!(identity(&expected, &user("admin"), &least).is_err());
 }

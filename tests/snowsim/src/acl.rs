@@ -1,7 +1,15 @@
-//! Role-based access rules per table and operation (servicenow-api.md §3.2, §3.4, §6 item 9).
+//! Role-based access rules per table and operation (servicenow-api.md §3.2, §3.4, §6 item 9, §7).
 //! A rule on a parent table covers its children (a rule on `task` covers `incident`); a table
 //! without a rule for an operation is open to `admin` only, like the instance's `*` ACLs. The
-//! `admin` role passes every rule.
+//! `admin` role passes every rule. Several rules on one table and operation are alternatives
+//! (the instance grants access when one of them passes); a rule may hold only for the rows that
+//! match a condition (an encoded query, e.g. `nameSTARTSWITHx_neoagent.` — how a `security_admin`
+//! opens a few System Properties to a custom role).
+//!
+//! The seeded rules are the "Security jump-start" ACLs of a new instance
+//! (`platform-security/access-control/r_SecurityJumpStartACLRules.md`): `sys_script` is written
+//! by `admin` or `business_rule_admin` (`r_SpecialAdministrativeRoles.md`,
+//! `c_DefaultDenyProperty.md`); `sys_properties` has no role but `admin`.
 
 use std::collections::HashSet;
 
@@ -50,6 +58,10 @@ pub struct AclRule {
     /// allowed (e.g. `user` on `sys_user_has_role`: everybody reads their own grants).
     #[serde(default)]
     pub own_rows_field: Option<String>,
+    /// When set, the rule holds only for rows matching this encoded query (for a create: the
+    /// record as it would be inserted).
+    #[serde(default)]
+    pub condition: Option<String>,
 }
 
 impl AclRule {
@@ -60,6 +72,15 @@ impl AclRule {
             operation,
             roles: roles.iter().map(|r| r.to_string()).collect(),
             own_rows_field: None,
+            condition: None,
+        }
+    }
+
+    /// The same rule, holding only for rows that match `condition`.
+    pub fn on_rows(self, condition: &str) -> Self {
+        AclRule {
+            condition: Some(condition.to_string()),
+            ..self
         }
     }
 }
@@ -71,6 +92,8 @@ pub enum Access {
     All,
     /// Only rows whose named field holds the user's sys_id.
     OwnRows(String),
+    /// Only rows matching one of these encoded queries.
+    Matching(Vec<String>),
     /// Nothing.
     Denied,
 }
@@ -92,10 +115,11 @@ impl Acl {
         acl
     }
 
-    /// Adds a rule, replacing an existing one for the same table and operation.
+    /// Adds a rule, replacing an existing one for the same table, operation and condition.
     pub fn set(&mut self, rule: AclRule) {
-        self.rules
-            .retain(|r| !(r.table == rule.table && r.operation == rule.operation));
+        self.rules.retain(|r| {
+            !(r.table == rule.table && r.operation == rule.operation && r.condition == rule.condition)
+        });
         self.rules.push(rule);
     }
 
@@ -104,17 +128,28 @@ impl Acl {
         if roles.contains("admin") {
             return Access::All;
         }
-        let rule = table
-            .lineage
-            .iter()
-            .find_map(|name| self.rules.iter().find(|r| r.table == *name && r.operation == operation));
-        match rule {
-            Some(rule) if rule.roles.is_empty() || rule.roles.iter().any(|r| roles.contains(r)) => Access::All,
-            Some(AclRule {
-                own_rows_field: Some(field),
-                ..
-            }) => Access::OwnRows(field.clone()),
-            _ => Access::Denied,
+        let held = |rule: &&AclRule| rule.roles.is_empty() || rule.roles.iter().any(|r| roles.contains(r));
+        // The nearest table with rules for this operation decides.
+        let Some(rules) = table.lineage.iter().find_map(|name| {
+            let rules: Vec<&AclRule> = self
+                .rules
+                .iter()
+                .filter(|r| r.table == *name && r.operation == operation)
+                .collect();
+            (!rules.is_empty()).then_some(rules)
+        }) else {
+            return Access::Denied;
+        };
+        if rules.iter().filter(held).any(|rule| rule.condition.is_none()) {
+            return Access::All;
+        }
+        let conditions: Vec<String> = rules.iter().filter(held).filter_map(|rule| rule.condition.clone()).collect();
+        if !conditions.is_empty() {
+            return Access::Matching(conditions);
+        }
+        match rules.iter().find_map(|rule| rule.own_rows_field.clone()) {
+            Some(field) => Access::OwnRows(field),
+            None => Access::Denied,
         }
     }
 }
@@ -141,11 +176,7 @@ fn seeded_rules() -> Vec<AclRule> {
     grant("sys_journal_field", &[Read], &["itil"]);
     grant("task_time_worked", &[Read, Create, Write], &["itil"]);
     grant("sys_script", &[Read, Create, Write, Delete], &["business_rule_admin"]);
-    grant(
-        "sys_properties",
-        &[Read, Create, Write, Delete],
-        &["sys_properties_admin"],
-    );
+    // sys_properties: no rule, so admin only.
     grant("sys_email", &[Create, Read], &["email_api_send"]);
     rules.push(AclRule {
         own_rows_field: Some("user".into()),
@@ -183,6 +214,44 @@ mod tests {
             Access::OwnRows("user".into())
         );
         assert_eq!(acl.access(grants, Operation::Read, &roles(&["admin"])), Access::All);
+    }
+
+    #[test]
+    fn rules_run_on_the_jump_start_acls() {
+        let acl = Acl::with_overrides(&[]);
+        let schema = Schema::get();
+        let (rules, properties) = (
+            schema.table("sys_script").unwrap(),
+            schema.table("sys_properties").unwrap(),
+        );
+        let rule_admin = roles(&["business_rule_admin"]);
+        for operation in [Operation::Read, Operation::Create, Operation::Write, Operation::Delete] {
+            assert_eq!(acl.access(rules, operation, &rule_admin), Access::All);
+            assert_eq!(acl.access(properties, operation, &rule_admin), Access::Denied);
+            assert_eq!(acl.access(properties, operation, &roles(&["admin"])), Access::All);
+        }
+    }
+
+    #[test]
+    fn a_conditional_rule_opens_only_matching_rows_and_adds_to_the_others() {
+        let neo = || AclRule::new("sys_properties", Operation::Write, &["x_neoagent_integration"]);
+        let mut acl = Acl::with_overrides(&[neo().on_rows("nameSTARTSWITHx_neoagent.")]);
+        let properties = Schema::get().table("sys_properties").unwrap();
+        let integration = roles(&["x_neoagent_integration"]);
+        assert_eq!(
+            acl.access(properties, Operation::Write, &integration),
+            Access::Matching(vec!["nameSTARTSWITHx_neoagent.".into()])
+        );
+        assert_eq!(acl.access(properties, Operation::Read, &integration), Access::Denied);
+        assert_eq!(acl.access(properties, Operation::Write, &roles(&["itil"])), Access::Denied);
+        // Another condition is another rule; an unconditional one opens every row.
+        acl.set(neo().on_rows("name=glide.servlet.uri"));
+        assert_eq!(
+            acl.access(properties, Operation::Write, &integration),
+            Access::Matching(vec!["nameSTARTSWITHx_neoagent.".into(), "name=glide.servlet.uri".into()])
+        );
+        acl.set(neo());
+        assert_eq!(acl.access(properties, Operation::Write, &integration), Access::All);
     }
 
     #[test]

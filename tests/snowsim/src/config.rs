@@ -61,8 +61,9 @@ pub const DEFAULT_REDIRECT_URL: &str = "http://127.0.0.1:8080/oauth/servicenow/c
 impl InstanceConfig {
     /// An instance with the `admin` user (password `admin`, out-of-box sys_id
     /// `6816f79cc0a8016401c5a33be04be441`), the service account `neo.agent` (password `neo.agent`,
-    /// roles `itil`, `business_rule_admin`, `sys_properties_admin`) and one OAuth application,
-    /// "Neo Agent", redirecting to [`DEFAULT_REDIRECT_URL`] with generated credentials.
+    /// role `itil` only: what a fresh account gets; granting it what provisioning needs is the
+    /// setup's job, see [`InstanceConfig::least_privilege`]) and one OAuth application, "Neo Agent",
+    /// redirecting to [`DEFAULT_REDIRECT_URL`] with generated credentials.
     pub fn new(host: &str) -> Self {
         InstanceConfig {
             host: host.to_string(),
@@ -82,11 +83,7 @@ impl InstanceConfig {
                     first_name: "Neo".into(),
                     last_name: "Agent".into(),
                     email: "neo.agent@example.com".into(),
-                    roles: vec![
-                        "itil".into(),
-                        "business_rule_admin".into(),
-                        "sys_properties_admin".into(),
-                    ],
+                    roles: vec!["itil".into()],
                     sys_id: None,
                 },
             ],
@@ -95,6 +92,58 @@ impl InstanceConfig {
             rate_limits: Vec::new(),
             acl: Vec::new(),
             behaviour: Behaviour::default(),
+        }
+    }
+}
+
+/// The role that writing script fields needs on Zurich and later (servicenow-api.md §7).
+pub const SCRIPT_WRITER_ROLE: &str = "snc_required_script_writer_permission";
+
+/// The custom role an instance's `security_admin` creates for the integration, which the
+/// property ACLs of [`InstanceConfig::least_privilege`] name (the README's privileges table).
+pub const INTEGRATION_ROLE: &str = "x_neoagent_integration";
+
+/// The System Properties the integration's role may read and write.
+pub const INTEGRATION_PROPERTIES: &str = "nameSTARTSWITHx_neoagent.";
+
+impl InstanceConfig {
+    /// The documented least-privilege setup for `user`: `itil`, `business_rule_admin` (Business
+    /// Rules), `snc_required_script_writer_permission` (their script field) and
+    /// [`INTEGRATION_ROLE`], which ACLs on `sys_properties` rows named `x_neoagent.*` let read,
+    /// create, write and delete (no base role may write a property but `admin`,
+    /// servicenow-api.md §7).
+    pub fn least_privilege(mut self, user: &str) -> Self {
+        use crate::acl::{AclRule, Operation};
+        self.grant(
+            user,
+            &[
+                "itil",
+                "business_rule_admin",
+                SCRIPT_WRITER_ROLE,
+                INTEGRATION_ROLE,
+            ],
+        );
+        for operation in [Operation::Read, Operation::Create, Operation::Write, Operation::Delete] {
+            self.acl
+                .push(AclRule::new("sys_properties", operation, &[INTEGRATION_ROLE]).on_rows(INTEGRATION_PROPERTIES));
+        }
+        self
+    }
+
+    /// The administrator setup for `user`: `admin` (which contains `itil`) and
+    /// `snc_required_script_writer_permission`, which `admin` lacks (servicenow-api.md §7).
+    pub fn admin_account(mut self, user: &str) -> Self {
+        self.grant(user, &["admin", SCRIPT_WRITER_ROLE]);
+        self
+    }
+
+    fn grant(&mut self, user: &str, roles: &[&str]) {
+        if let Some(spec) = self.users.iter_mut().find(|spec| spec.user_name == user) {
+            for role in roles {
+                if !spec.roles.iter().any(|held| held == role) {
+                    spec.roles.push((*role).to_string());
+                }
+            }
         }
     }
 }
@@ -204,6 +253,10 @@ pub struct Behaviour {
     pub email_send_status: u16,
     /// A Business Rule's `script` runs only when `advanced` is true (documented, default: yes).
     pub script_requires_advanced: bool,
+    /// Writing a script field of `sys_script` needs the role
+    /// `snc_required_script_writer_permission`, which `admin` lacks unless granted (Zurich and
+    /// later, servicenow-api.md §7; default: yes — set `false` for an older release).
+    pub script_writer_role: bool,
     /// The instance hibernates (an idle developer instance): every request but the management
     /// interface's answers HTTP 200 with the "instance hibernating" HTML page (servicenow-api.md
     /// §7, default: awake).
@@ -227,6 +280,7 @@ impl Default for Behaviour {
             no_count_omits_total: true,
             email_send_status: 200,
             script_requires_advanced: true,
+            script_writer_role: true,
             hibernating: false,
         }
     }

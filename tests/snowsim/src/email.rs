@@ -81,6 +81,9 @@ async fn send(
                 match state.acl.access(class, Operation::Read, &caller.roles) {
                     Access::All => true,
                     Access::OwnRows(field) => record.get(&field) == caller.sys_id,
+                    Access::Matching(conditions) => conditions.iter().any(|condition| {
+                        crate::query::Query::parse(condition).matches(&|field| state.db.lookup(record, field), true)
+                    }),
                     Access::Denied => false,
                 }
             });

@@ -204,7 +204,8 @@ impl Admin {
         Ok(())
     }
 
-    /// Removes a role grant (every `sys_user_has_role` row of that user and role).
+    /// Removes a role grant (every `sys_user_has_role` row of that user and role, and the rows
+    /// it brought in as inherited).
     pub fn remove_role(&self, user_name: &str, role: &str) -> Result<(), AdminError> {
         let user = self.require_user(user_name)?;
         let schema = Schema::get();
@@ -214,7 +215,7 @@ impl Admin {
         let ids: Vec<String> = state
             .db
             .rows(grants)
-            .filter(|g| g.get("user") == user && g.get("role") == role_id)
+            .filter(|g| g.get("user") == user && (g.get("role") == role_id || g.get("included_in_role") == role_id))
             .map(|g| g.sys_id().to_string())
             .collect();
         for id in ids {

@@ -26,10 +26,31 @@ const ROLES: &[(&str, &str)] = &[
     ("user_admin", "Manages users, groups and role grants"),
     ("business_rule_admin", "May read and write Business Rules (sys_script)"),
     (
-        "sys_properties_admin",
-        "May read and write System Properties (sys_properties)",
+        "snc_required_script_writer_permission",
+        "May write script fields (granted through the group Conditional Script Writer)",
     ),
+    ("security_admin", "Elevated role: may write ACLs"),
     ("snc_internal", "Internal user"),
+];
+
+/// Roles that contain others: a user granted the container holds the contained roles too, each
+/// with an inherited `sys_user_has_role` row (Role Management V2: one row per user and role,
+/// servicenow-api.md §7). `admin` does not contain `snc_required_script_writer_permission` nor
+/// `security_admin`.
+const CONTAINS: &[(&str, &[&str])] = &[
+    (
+        "admin",
+        &[
+            "itil",
+            "itil_admin",
+            "user_admin",
+            "business_rule_admin",
+            "email_api_send",
+            "snc_internal",
+        ],
+    ),
+    ("itil_admin", &["itil"]),
+    ("itil", &["snc_internal"]),
 ];
 
 /// System properties seeded on every instance (name, value, type).
@@ -111,18 +132,54 @@ pub fn add_user(state: &mut State, host: &str, spec: &UserSpec, now: &str) -> Op
     Some(sys_id)
 }
 
-/// Grants a role (creating it when unknown) unless the user already holds it.
+/// Grants a role (creating it when unknown) unless the user already holds it directly, and the
+/// roles it contains as inherited grants (one row per user and role: a role the user already
+/// holds gets no second row).
 pub fn grant_role(db: &mut Db, user_sys_id: &str, role: &str, now: &str) {
-    if db.role_names(user_sys_id).iter().any(|r| r == role) {
+    let role_id = ensure_role(db, role, now);
+    if db.grant_rows(user_sys_id, &role_id).any(|grant| grant.get("inherited") != "true") {
         return;
     }
-    let role_id = ensure_role(db, role, now);
+    let inherited: Vec<String> = db.grant_rows(user_sys_id, &role_id).map(|g| g.sys_id().to_string()).collect();
+    let grants = Schema::get().table("sys_user_has_role").expect("sys_user_has_role");
+    for id in inherited {
+        db.remove(grants, &id);
+    }
     put(
         db,
         "sys_user_has_role",
         &[("user", user_sys_id), ("role", &role_id), ("state", "active")],
         now,
     );
+    let mut contained: Vec<&str> = contained_roles(role);
+    while let Some(inner) = contained.pop() {
+        let inner_id = ensure_role(db, inner, now);
+        if db.grant_rows(user_sys_id, &inner_id).next().is_none() {
+            put(
+                db,
+                "sys_user_has_role",
+                &[
+                    ("user", user_sys_id),
+                    ("role", &inner_id),
+                    ("state", "active"),
+                    ("inherited", "true"),
+                    ("included_in_role", &role_id),
+                    ("inh_count", "1"),
+                ],
+                now,
+            );
+            contained.extend(contained_roles(inner));
+        }
+    }
+}
+
+/// The roles `role` contains directly.
+pub fn contained_roles(role: &str) -> Vec<&'static str> {
+    CONTAINS
+        .iter()
+        .find(|(container, _)| *container == role)
+        .map(|(_, inner)| inner.to_vec())
+        .unwrap_or_default()
 }
 
 /// Seeds a fresh instance from its configuration.

@@ -315,6 +315,15 @@ impl Db {
         }
     }
 
+    /// The `sys_user_has_role` rows of `user_sys_id` for the role `role_sys_id`.
+    pub fn grant_rows<'a>(&'a self, user_sys_id: &'a str, role_sys_id: &'a str) -> impl Iterator<Item = &'a Record> + 'a {
+        Schema::get()
+            .table("sys_user_has_role")
+            .into_iter()
+            .flat_map(move |grants| self.rows(grants))
+            .filter(move |g| g.get("user") == user_sys_id && g.get("role") == role_sys_id)
+    }
+
     /// Names of the roles granted to a user (active `sys_user_has_role` rows).
     pub fn role_names(&self, user_sys_id: &str) -> Vec<String> {
         let schema = Schema::get();

@@ -18,10 +18,13 @@ use crate::acl::{Access, Operation};
 use crate::auth::Caller;
 use crate::envelope::{ApiError, json_response, result};
 use crate::instance::{Instance, State};
-use crate::query::{self, Query};
+use crate::query::{self, FieldValue, Query};
 use crate::render::{self, DisplayMode, RenderOptions};
 use crate::schema::{FieldKind, Schema, Table};
 use crate::store::Record;
+use crate::config::SCRIPT_WRITER_ROLE;
+/// The script-type fields of `sys_script`.
+const SCRIPT_FIELDS: [&str; 2] = ["script", "condition"];
 
 /// The host a request addressed (`Host` header or HTTP/2 authority), set by the gateway.
 #[derive(Clone, Debug)]
@@ -167,19 +170,52 @@ impl Request {
 
     fn may_read(&self, state: &State, record: &Record) -> bool {
         let table = Schema::get().table(record.class).unwrap_or(self.table);
-        match state.acl.access(table, Operation::Read, &self.caller.roles) {
+        self.may(state, table, Operation::Read, record)
+    }
+
+    fn may(&self, state: &State, table: &Table, operation: Operation, record: &Record) -> bool {
+        let lookup = |field: &str| state.db.lookup(record, field);
+        self.allowed(state, table, operation, &lookup)
+    }
+
+    /// Whether the caller may `operation` on `table` a row whose fields `lookup` gives.
+    fn allowed(&self, state: &State, table: &Table, operation: Operation, lookup: &dyn Fn(&str) -> FieldValue) -> bool {
+        match state.acl.access(table, operation, &self.caller.roles) {
             Access::All => true,
-            Access::OwnRows(field) => record.get(&field) == self.caller.sys_id,
+            Access::OwnRows(field) => lookup(&field).value == self.caller.sys_id,
+            Access::Matching(conditions) => conditions
+                .iter()
+                .any(|condition| Query::parse(condition).matches(lookup, true)),
             Access::Denied => false,
         }
     }
 
-    fn may(&self, state: &State, table: &Table, operation: Operation, record: Option<&Record>) -> bool {
-        match state.acl.access(table, operation, &self.caller.roles) {
-            Access::All => true,
-            Access::OwnRows(field) => record.is_some_and(|r| r.get(&field) == self.caller.sys_id),
-            Access::Denied => false,
+    /// Whether the caller may insert `input` into this table: the table's create rules, and for
+    /// script fields the script-writer role (servicenow-api.md §7).
+    fn may_create(&self, state: &State, input: &BTreeMap<String, String>) -> Result<(), ApiError> {
+        let lookup = |field: &str| FieldValue::from(input.get(field).cloned().unwrap_or_default());
+        if !self.allowed(state, self.table, Operation::Create, &lookup) {
+            return Err(ApiError::AclDenied(Operation::Create));
         }
+        self.may_write_scripts(state, self.table, Operation::Create, input)
+    }
+
+    /// On Zurich and later, writing a script field (`script`, `condition` of `sys_script`) needs
+    /// the role `snc_required_script_writer_permission`, which `admin` does not hold by default
+    /// (`platform-security/access-control/explore-sgt.md`); [`Behaviour::script_writer_role`].
+    fn may_write_scripts(
+        &self,
+        state: &State,
+        table: &Table,
+        operation: Operation,
+        input: &BTreeMap<String, String>,
+    ) -> Result<(), ApiError> {
+        let writes_script = table.lineage.contains(&"sys_script")
+            && SCRIPT_FIELDS.iter().any(|field| input.get(*field).is_some_and(|v| !v.is_empty()));
+        if writes_script && state.behaviour.script_writer_role && !self.caller.roles.contains(SCRIPT_WRITER_ROLE) {
+            return Err(ApiError::AclDenied(operation));
+        }
+        Ok(())
     }
 
     /// The class of the record `sys_id` when the caller may read it and may `operation` it;
@@ -194,7 +230,7 @@ impl Request {
             return Err(ApiError::NoRecord);
         };
         let class = Schema::get().table(record.class).unwrap_or(self.table);
-        if !self.may(state, class, operation, Some(record)) {
+        if !self.may(state, class, operation, record) {
             return Err(ApiError::AclDenied(operation));
         }
         Ok(class)
@@ -367,13 +403,14 @@ async fn create(
     let request = request!(instance, caller, host, path, query, uri);
     let input = {
         let state = request.instance.state.lock();
-        if !request.may(&state, request.table, Operation::Create, None) {
-            return ApiError::AclDenied(Operation::Create).into_response();
-        }
-        match parse_body(&body) {
+        let input = match parse_body(&body) {
             Ok(input) => display_inputs(&state, request.table, input, request.params.input_display_value),
             Err(error) => return error.into_response(),
+        };
+        if let Err(denied) = request.may_create(&state, &input) {
+            return denied.into_response();
         }
+        input
     };
     let record = match request.instance.insert(request.table, &input, &request.caller).await {
         Ok(record) => record,
@@ -402,10 +439,14 @@ async fn update(
             Ok(class) => class,
             Err(error) => return error.into_response(),
         };
-        match parse_body(&body) {
+        let input = match parse_body(&body) {
             Ok(input) => display_inputs(&state, class, input, request.params.input_display_value),
             Err(error) => return error.into_response(),
+        };
+        if let Err(denied) = request.may_write_scripts(&state, class, Operation::Write, &input) {
+            return denied.into_response();
         }
+        input
     };
     match request
         .instance

@@ -68,7 +68,7 @@ async fn install(client: &reqwest::Client, callback: &str, active: bool) -> Stri
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s3_5_a_rule_on_task_posts_for_incident_sc_task_and_change_request_inserts() {
-    let (server, client) = start().await;
+    let (server, client) = start_least_privilege().await;
     let (callback, received) = listener().await;
     install(&client, &callback, true).await;
     for table in ["incident", "sc_task", "change_request"] {
@@ -118,7 +118,7 @@ async fn s3_5_a_rule_on_task_posts_for_incident_sc_task_and_change_request_inser
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s3_5_an_inactive_rule_posts_nothing() {
-    let (server, client) = start().await;
+    let (server, client) = start_least_privilege().await;
     let (callback, received) = listener().await;
     install(&client, &callback, false).await;
     post_json(
@@ -161,7 +161,7 @@ async fn s3_5_an_inactive_rule_posts_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s3_5_a_broken_script_is_logged_and_never_breaks_the_write() {
-    let (server, client) = start().await;
+    let (server, client) = start_least_privilege().await;
     let (status, _) = post_json(
         &client,
         "admin",

@@ -23,6 +23,16 @@ pub async fn start() -> (Server, reqwest::Client) {
     start_with(Config::default()).await
 }
 
+/// A server whose `neo.agent` has the operator's least-privilege setup (it may write Business
+/// Rules and the `x_neoagent.*` properties), and a client.
+pub async fn start_least_privilege() -> (Server, reqwest::Client) {
+    start_with(Config {
+        instances: vec![snowsim::InstanceConfig::new(HOST).least_privilege("neo.agent")],
+        ..Config::default()
+    })
+    .await
+}
+
 /// A server with `config` and a client.
 pub async fn start_with(config: Config) -> (Server, reqwest::Client) {
     let server = Server::start(config, "127.0.0.1:0".parse().unwrap())
