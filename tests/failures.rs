@@ -277,9 +277,13 @@ async fn an_itil_only_account_stalls_with_missing_provisioning_privileges_before
     assert_warning_event(&scene, "IdentityResolved", Reason::MissingProvisioningPrivileges).await;
     let admin = scene.simulator.admin();
     let log = admin.request_log();
-    assert!(writes(&log).is_empty(), "wrote before checking its privileges: {log:#?}");
     assert!(
-        !log.iter().any(|call| call.path.contains("sys_script") || call.path.contains("sys_properties")),
+        writes(&log).is_empty(),
+        "wrote before checking its privileges: {log:#?}"
+    );
+    assert!(
+        !log.iter()
+            .any(|call| call.path.contains("sys_script") || call.path.contains("sys_properties")),
         "read the webhook records although it may not write them: {log:#?}"
     );
     // The remedy, as the README's least-privilege option says: roles, then the property ACLs.

@@ -17,7 +17,7 @@ use support::{
     Observed,
     audit::AuditLog,
     conditions::condition,
-    instance::{self, AGENT, HOST},
+    instance::{self, AGENT},
     poll_until,
     proxy::ConnectProxy,
     scene::{LEGACY_QUERY, PROPERTY_QUERY, RULE_QUERY, Ready, Scene, ready_connection, wait_for_status},
@@ -36,7 +36,10 @@ async fn with_an_administrator_account_too() {
 /// The happy path on an instance set up as `config` says.
 async fn reaches_ready_to_sync_with_one_rule_and_one_property(config: snowsim::Config) {
     let simulator = instance::simulator_of(config).await;
-    let ready = Scene::with_simulator(simulator, serde_json::json!({})).await.ready(&[]).await;
+    let ready = Scene::with_simulator(simulator, serde_json::json!({}))
+        .await
+        .ready(&[])
+        .await;
     let admin = ready.simulator.admin();
     let connection = ready.api().get("acme").await.unwrap();
     let status = connection.status.clone().unwrap();

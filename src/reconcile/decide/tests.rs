@@ -92,7 +92,11 @@ fn ready() -> Gathered {
             refreshed: None,
         })),
         user: Some(Ok(user("neo.agent"))),
-        roles: Some(Ok(vec!["business_rule_admin".into(), "itil".into(), "x_neoagent_integration".into()])),
+        roles: Some(Ok(vec![
+            "business_rule_admin".into(),
+            "itil".into(),
+            "x_neoagent_integration".into(),
+        ])),
         webhook_token: Some(SecretString::new("webhook-token")),
         records: Some(Ok(InstanceRecords {
             rules: Vec::new(),
@@ -1027,11 +1031,22 @@ fn identity_checks_gate_provisioning() {
         itil_only.message
     );
     let no_property_role = reason(&["itil", "business_rule_admin"]);
-    assert!(!no_property_role.message.contains("business_rule_admin (or admin)"), "{}", no_property_role.message);
+    assert!(
+        !no_property_role.message.contains("business_rule_admin (or admin)"),
+        "{}",
+        no_property_role.message
+    );
     assert!(no_property_role.message.contains("x_neoagent_integration"));
     let no_rule_role = reason(&["itil", "x_neoagent_integration"]);
-    assert!(no_rule_role.message.contains("business_rule_admin") && !no_rule_role.message.contains("x_neoagent_integration with"));
-    assert_eq!(reason(&["admin"]).reason, Reason::InsufficientPrivileges, "itil comes first");
+    assert!(
+        no_rule_role.message.contains("business_rule_admin")
+            && !no_rule_role.message.contains("x_neoagent_integration with")
+    );
+    assert_eq!(
+        reason(&["admin"]).reason,
+        Reason::InsufficientPrivileges,
+        "itil comes first"
+    );
     let mut email = spec.clone();
     email.notifications.email_via_psa = true;
     assert!(identity(&email, &user("neo.agent"), &least).is_err());

@@ -117,9 +117,8 @@ impl Acl {
 
     /// Adds a rule, replacing an existing one for the same table, operation and condition.
     pub fn set(&mut self, rule: AclRule) {
-        self.rules.retain(|r| {
-            !(r.table == rule.table && r.operation == rule.operation && r.condition == rule.condition)
-        });
+        self.rules
+            .retain(|r| !(r.table == rule.table && r.operation == rule.operation && r.condition == rule.condition));
         self.rules.push(rule);
     }
 
@@ -128,7 +127,7 @@ impl Acl {
         if roles.contains("admin") {
             return Access::All;
         }
-        let held = |rule: &&AclRule| rule.roles.is_empty() || rule.roles.iter().any(|r| roles.contains(r));
+        let held = |rule: &AclRule| rule.roles.is_empty() || rule.roles.iter().any(|r| roles.contains(r));
         // The nearest table with rules for this operation decides.
         let Some(rules) = table.lineage.iter().find_map(|name| {
             let rules: Vec<&AclRule> = self
@@ -140,10 +139,14 @@ impl Acl {
         }) else {
             return Access::Denied;
         };
-        if rules.iter().filter(held).any(|rule| rule.condition.is_none()) {
+        if rules.iter().any(|rule| held(rule) && rule.condition.is_none()) {
             return Access::All;
         }
-        let conditions: Vec<String> = rules.iter().filter(held).filter_map(|rule| rule.condition.clone()).collect();
+        let conditions: Vec<String> = rules
+            .iter()
+            .filter(|rule| held(rule))
+            .filter_map(|rule| rule.condition.clone())
+            .collect();
         if !conditions.is_empty() {
             return Access::Matching(conditions);
         }
@@ -243,12 +246,18 @@ mod tests {
             Access::Matching(vec!["nameSTARTSWITHx_neoagent.".into()])
         );
         assert_eq!(acl.access(properties, Operation::Read, &integration), Access::Denied);
-        assert_eq!(acl.access(properties, Operation::Write, &roles(&["itil"])), Access::Denied);
+        assert_eq!(
+            acl.access(properties, Operation::Write, &roles(&["itil"])),
+            Access::Denied
+        );
         // Another condition is another rule; an unconditional one opens every row.
         acl.set(neo().on_rows("name=glide.servlet.uri"));
         assert_eq!(
             acl.access(properties, Operation::Write, &integration),
-            Access::Matching(vec!["nameSTARTSWITHx_neoagent.".into(), "name=glide.servlet.uri".into()])
+            Access::Matching(vec![
+                "nameSTARTSWITHx_neoagent.".into(),
+                "name=glide.servlet.uri".into()
+            ])
         );
         acl.set(neo());
         assert_eq!(acl.access(properties, Operation::Write, &integration), Access::All);

@@ -116,12 +116,7 @@ impl InstanceConfig {
         use crate::acl::{AclRule, Operation};
         self.grant(
             user,
-            &[
-                "itil",
-                "business_rule_admin",
-                SCRIPT_WRITER_ROLE,
-                INTEGRATION_ROLE,
-            ],
+            &["itil", "business_rule_admin", SCRIPT_WRITER_ROLE, INTEGRATION_ROLE],
         );
         for operation in [Operation::Read, Operation::Create, Operation::Write, Operation::Delete] {
             self.acl

@@ -57,7 +57,8 @@ use tokio_rustls::TlsAcceptor;
 
 pub use acl::{AclRule, Operation};
 pub use config::{
-    Behaviour, Config, INTEGRATION_PROPERTIES, INTEGRATION_ROLE, InstanceConfig, OAuthAppSpec, SCRIPT_WRITER_ROLE, UserSpec,
+    Behaviour, Config, INTEGRATION_PROPERTIES, INTEGRATION_ROLE, InstanceConfig, OAuthAppSpec, SCRIPT_WRITER_ROLE,
+    UserSpec,
 };
 pub use faults::{Fault, FaultAction, RateLimitRule, RateLimitTarget};
 pub use logs::{OutboundLogEntry, RequestLogEntry, SystemLogEntry};

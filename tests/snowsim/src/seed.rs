@@ -46,11 +46,9 @@ const CONTAINS: &[(&str, &[&str])] = &[
             "user_admin",
             "business_rule_admin",
             "email_api_send",
-            "snc_internal",
         ],
     ),
     ("itil_admin", &["itil"]),
-    ("itil", &["snc_internal"]),
 ];
 
 /// System properties seeded on every instance (name, value, type).
@@ -137,10 +135,16 @@ pub fn add_user(state: &mut State, host: &str, spec: &UserSpec, now: &str) -> Op
 /// holds gets no second row).
 pub fn grant_role(db: &mut Db, user_sys_id: &str, role: &str, now: &str) {
     let role_id = ensure_role(db, role, now);
-    if db.grant_rows(user_sys_id, &role_id).any(|grant| grant.get("inherited") != "true") {
+    if db
+        .grant_rows(user_sys_id, &role_id)
+        .any(|grant| grant.get("inherited") != "true")
+    {
         return;
     }
-    let inherited: Vec<String> = db.grant_rows(user_sys_id, &role_id).map(|g| g.sys_id().to_string()).collect();
+    let inherited: Vec<String> = db
+        .grant_rows(user_sys_id, &role_id)
+        .map(|g| g.sys_id().to_string())
+        .collect();
     let grants = Schema::get().table("sys_user_has_role").expect("sys_user_has_role");
     for id in inherited {
         db.remove(grants, &id);

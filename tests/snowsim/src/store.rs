@@ -316,7 +316,11 @@ impl Db {
     }
 
     /// The `sys_user_has_role` rows of `user_sys_id` for the role `role_sys_id`.
-    pub fn grant_rows<'a>(&'a self, user_sys_id: &'a str, role_sys_id: &'a str) -> impl Iterator<Item = &'a Record> + 'a {
+    pub fn grant_rows<'a>(
+        &'a self,
+        user_sys_id: &'a str,
+        role_sys_id: &'a str,
+    ) -> impl Iterator<Item = &'a Record> + 'a {
         Schema::get()
             .table("sys_user_has_role")
             .into_iter()

@@ -16,13 +16,13 @@ use serde_json::{Value, json};
 
 use crate::acl::{Access, Operation};
 use crate::auth::Caller;
+use crate::config::SCRIPT_WRITER_ROLE;
 use crate::envelope::{ApiError, json_response, result};
 use crate::instance::{Instance, State};
 use crate::query::{self, FieldValue, Query};
 use crate::render::{self, DisplayMode, RenderOptions};
 use crate::schema::{FieldKind, Schema, Table};
 use crate::store::Record;
-use crate::config::SCRIPT_WRITER_ROLE;
 /// The script-type fields of `sys_script`.
 const SCRIPT_FIELDS: [&str; 2] = ["script", "condition"];
 
@@ -211,7 +211,9 @@ impl Request {
         input: &BTreeMap<String, String>,
     ) -> Result<(), ApiError> {
         let writes_script = table.lineage.contains(&"sys_script")
-            && SCRIPT_FIELDS.iter().any(|field| input.get(*field).is_some_and(|v| !v.is_empty()));
+            && SCRIPT_FIELDS
+                .iter()
+                .any(|field| input.get(*field).is_some_and(|v| !v.is_empty()));
         if writes_script && state.behaviour.script_writer_role && !self.caller.roles.contains(SCRIPT_WRITER_ROLE) {
             return Err(ApiError::AclDenied(operation));
         }

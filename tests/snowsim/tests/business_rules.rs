@@ -134,7 +134,7 @@ async fn s3_5_an_inactive_rule_posts_nothing() {
         "name": "marker", "collection": "incident", "when": "async", "active": true, "advanced": true,
         "action_insert": true, "script": marker_script(&callback),
     });
-    let (status, _) = post_json(&client, "admin", "/api/now/table/sys_script", marker).await;
+    let (status, _) = post_json(&client, "neo.agent", "/api/now/table/sys_script", marker).await;
     assert_eq!(status, 201);
     post_json(
         &client,
@@ -164,7 +164,7 @@ async fn s3_5_a_broken_script_is_logged_and_never_breaks_the_write() {
     let (server, client) = start_least_privilege().await;
     let (status, _) = post_json(
         &client,
-        "admin",
+        "neo.agent",
         "/api/now/table/sys_script",
         json!({
             "name": "Broken", "collection": "task", "when": "after", "active": true, "advanced": true,

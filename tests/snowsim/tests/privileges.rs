@@ -37,11 +37,16 @@ async fn a_fresh_agent_has_itil_only_and_may_write_neither_rules_nor_properties(
     let (status, body) = post_json(&client, "neo.agent", RULE, rule()).await;
     assert_eq!(status, 403, "{body}");
     assert_eq!(
-        body["error"]["message"],
-        "Operation Failed",
+        body["error"]["message"], "Operation Failed",
         "the documented ACL refusal: {body}"
     );
-    let (status, _) = post_json(&client, "neo.agent", PROPERTIES, json!({"name": "x_neoagent.a", "value": "v"})).await;
+    let (status, _) = post_json(
+        &client,
+        "neo.agent",
+        PROPERTIES,
+        json!({"name": "x_neoagent.a", "value": "v"}),
+    )
+    .await;
     assert_eq!(status, 403);
     let (status, _) = post_json(&client, "neo.agent", "/api/now/table/incident", json!({})).await;
     assert_eq!(status, 201, "itil writes tasks");
@@ -52,7 +57,13 @@ async fn business_rule_admin_writes_rules_but_not_properties() {
     let (_server, client) = with_worker(&["business_rule_admin", snowsim::SCRIPT_WRITER_ROLE]).await;
     let (status, body) = post_json(&client, "worker", RULE, rule()).await;
     assert_eq!(status, 201, "{body}");
-    let (status, _) = post_json(&client, "worker", PROPERTIES, json!({"name": "x_neoagent.a", "value": "v"})).await;
+    let (status, _) = post_json(
+        &client,
+        "worker",
+        PROPERTIES,
+        json!({"name": "x_neoagent.a", "value": "v"}),
+    )
+    .await;
     assert_eq!(status, 403, "no granular role writes a property");
 }
 
@@ -61,16 +72,28 @@ async fn writing_a_script_needs_the_script_writer_role_even_for_admin() {
     let (server, client) = with_worker(&["admin"]).await;
     let (status, body) = post_json(&client, "worker", RULE, rule()).await;
     assert_eq!(status, 403, "{body}");
-    let (status, _) = post_json(&client, "worker", RULE, json!({"name": "no script", "collection": "task"})).await;
+    let (status, _) = post_json(
+        &client,
+        "worker",
+        RULE,
+        json!({"name": "no script", "collection": "task"}),
+    )
+    .await;
     assert_eq!(status, 201, "a rule without a script needs no script-writer role");
-    server.admin().grant_role("worker", snowsim::SCRIPT_WRITER_ROLE).unwrap();
+    server
+        .admin()
+        .grant_role("worker", snowsim::SCRIPT_WRITER_ROLE)
+        .unwrap();
     let (status, body) = post_json(&client, "worker", RULE, rule()).await;
     assert_eq!(status, 201, "{body}");
     // On a release before Zurich, no such check.
     let mut behaviour = server.admin().behaviour();
     behaviour.script_writer_role = false;
     server.admin().set_behaviour(behaviour);
-    server.admin().remove_role("worker", snowsim::SCRIPT_WRITER_ROLE).unwrap();
+    server
+        .admin()
+        .remove_role("worker", snowsim::SCRIPT_WRITER_ROLE)
+        .unwrap();
     let (status, body) = post_json(&client, "worker", RULE, rule()).await;
     assert_eq!(status, 201, "{body}");
 }
@@ -90,16 +113,44 @@ async fn a_conditional_acl_opens_only_the_matching_properties_to_the_custom_role
     )
     .await;
     assert_eq!(status, 201, "{body}");
-    let (status, _) = post_json(&client, "neo.agent", PROPERTIES, json!({"name": "glide.x", "value": "v"})).await;
+    let (status, _) = post_json(
+        &client,
+        "neo.agent",
+        PROPERTIES,
+        json!({"name": "glide.x", "value": "v"}),
+    )
+    .await;
     assert_eq!(status, 403, "outside the condition");
-    let (status, body) = get_json(&client, "neo.agent", &format!("{PROPERTIES}?sysparm_query=nameSTARTSWITHglide")).await;
+    let (status, body) = get_json(
+        &client,
+        "neo.agent",
+        &format!("{PROPERTIES}?sysparm_query=nameSTARTSWITHglide"),
+    )
+    .await;
     assert_eq!(status, 200);
-    assert_eq!(body["result"], json!([]), "rows outside the condition are not read: {body}");
-    let (_, body) = get_json(&client, "neo.agent", &format!("{PROPERTIES}?sysparm_query=name=x_neoagent.callback_url")).await;
+    assert_eq!(
+        body["result"],
+        json!([]),
+        "rows outside the condition are not read: {body}"
+    );
+    let (_, body) = get_json(
+        &client,
+        "neo.agent",
+        &format!("{PROPERTIES}?sysparm_query=name=x_neoagent.callback_url"),
+    )
+    .await;
     assert_eq!(body["result"].as_array().map(Vec::len), Some(1), "{body}");
     // Without the role, nothing.
-    server.admin().remove_role("neo.agent", snowsim::INTEGRATION_ROLE).unwrap();
-    let (_, body) = get_json(&client, "neo.agent", &format!("{PROPERTIES}?sysparm_query=name=x_neoagent.callback_url")).await;
+    server
+        .admin()
+        .remove_role("neo.agent", snowsim::INTEGRATION_ROLE)
+        .unwrap();
+    let (_, body) = get_json(
+        &client,
+        "neo.agent",
+        &format!("{PROPERTIES}?sysparm_query=name=x_neoagent.callback_url"),
+    )
+    .await;
     assert_eq!(body["result"], json!([]));
 }
 
@@ -118,7 +169,10 @@ async fn admin_contains_itil_and_a_query_by_role_name_finds_the_inherited_grant(
     for role in ["admin", "itil", "business_rule_admin", "email_api_send"] {
         assert!(roles.iter().any(|r| r == role), "{role} not in {roles:?}");
     }
-    assert!(!roles.iter().any(|r| r == snowsim::SCRIPT_WRITER_ROLE), "admin lacks the script-writer role");
+    assert!(
+        !roles.iter().any(|r| r == snowsim::SCRIPT_WRITER_ROLE),
+        "admin lacks the script-writer role"
+    );
     // Removing admin removes what it brought.
     server.admin().remove_role("worker", "admin").unwrap();
     assert_eq!(server.admin().roles("worker").unwrap(), Vec::<String>::new());
