@@ -217,13 +217,12 @@ async fn a_refresh_token_near_its_end_warns_and_one_past_it_is_refresh_token_exp
     ready.assert_no_secret_leaked().await;
 }
 
-/// Sets a scene whose service account lacks `role`, starts the operator and waits until condition
-/// `type_` is False for `InsufficientPrivileges`, with `named` in the message; checks the summary
-/// and the Warning Event.
-async fn refused_for_lack_of(role: &str, type_: &str, named: &str) -> (Scene, Operator) {
+/// Sets a scene, lets `restrict` take a right from its service account, starts the operator and
+/// waits until condition `type_` is False for `InsufficientPrivileges`, with `named` in the
+/// message; checks the summary and the Warning Event.
+async fn refused_after(restrict: impl FnOnce(&snowsim::Admin), type_: &str, named: &str) -> (Scene, Operator) {
     let scene = Scene::new(serde_json::json!({})).await;
-    let admin = scene.simulator.admin();
-    admin.remove_role(AGENT, role).expect("remove the role");
+    restrict(&scene.simulator.admin());
     let operator = scene.start_operator(&[]).await;
     let status = scene
         .wait_for_condition(type_, "False", Reason::InsufficientPrivileges)
@@ -239,7 +238,12 @@ async fn refused_for_lack_of(role: &str, type_: &str, named: &str) -> (Scene, Op
 
 #[tokio::test]
 async fn an_account_without_itil_is_insufficient_privileges_until_the_role_is_granted() {
-    let (scene, _operator) = refused_for_lack_of("itil", "IdentityResolved", "itil").await;
+    let (scene, _operator) = refused_after(
+        |admin| admin.remove_role(AGENT, "itil").expect("remove the role"),
+        "IdentityResolved",
+        "itil",
+    )
+    .await;
     assert!(
         writes(&scene.simulator.admin().request_log()).is_empty(),
         "provisioned without itil"
@@ -400,7 +404,20 @@ async fn an_identity_other_than_the_expected_one_is_a_mismatch_and_provisions_no
 
 #[tokio::test]
 async fn a_403_on_sys_script_is_insufficient_privileges_naming_the_table() {
-    let (scene, _operator) = refused_for_lack_of("business_rule_admin", "WebhookProvisioned", "sys_script").await;
+    // The account holds the roles the operator checks, but the instance's ACL on sys_script asks
+    // for another (a customised instance): only the write tells.
+    let (scene, _operator) = refused_after(
+        |admin| {
+            admin.set_acl(snowsim::AclRule::new(
+                "sys_script",
+                snowsim::Operation::Create,
+                &["nobody"],
+            ))
+        },
+        "WebhookProvisioned",
+        "sys_script",
+    )
+    .await;
     let admin = scene.simulator.admin();
     let log = admin.request_log();
     assert!(
