@@ -17,7 +17,7 @@ use snowsim::{Fault, FaultAction, RateLimitRule, RateLimitTarget, RequestLogEntr
 use support::{
     Observed,
     conditions::{assert_condition, condition, has_condition},
-    instance::{self, AGENT, HOST},
+    instance::{self, AGENT, APP, HOST},
     operator::Operator,
     poll_until,
     scene::{CREDENTIALS_SECRET, PROPERTY_QUERY, RULE_QUERY, Ready, Scene, put_secret, ready_connection},
@@ -313,6 +313,37 @@ async fn an_itil_only_account_stalls_with_missing_provisioning_privileges_before
     assert_eq!(status.sync_state, Some(SyncState::ReadyToSync), "{status:#?}");
     assert_eq!(admin.records("sys_script", RULE_QUERY).len(), 1);
     assert_eq!(admin.records("sys_properties", PROPERTY_QUERY).len(), 1);
+    scene.assert_no_secret_leaked().await;
+}
+
+#[tokio::test]
+async fn a_token_restricted_to_other_apis_is_token_scope_restricted_and_the_token_is_kept() {
+    let scene = Scene::new(serde_json::json!({})).await;
+    let admin = scene.simulator.admin();
+    // REST API Auth Scope: the UI API needs the scope ui_api; the application has table_api only.
+    admin.bind_api_scope("/api/now/ui/", Some("ui_api"));
+    admin
+        .edit_oauth_app(APP, |app| app.auth_scopes = vec!["table_api".into()])
+        .expect("edit the application");
+    let _operator = scene.start_operator(&[]).await;
+    let status = scene
+        .wait_for_condition("IdentityResolved", "False", Reason::TokenScopeRestricted)
+        .await;
+    let message = assert_condition(&status, "IdentityResolved", "False", Reason::TokenScopeRestricted);
+    assert!(
+        message.contains("current_user") && message.contains("useraccount"),
+        "{message:?}"
+    );
+    assert_condition(&status, "Stalled", "True", Reason::TokenScopeRestricted);
+    assert_warning_event(&scene, "IdentityResolved", Reason::TokenScopeRestricted).await;
+    assert!(scene.token_secret().await.is_some(), "a good token was forgotten");
+    assert!(writes(&admin.request_log()).is_empty());
+    // The remedy: the scope on the application; read at call time, so no new consent.
+    admin
+        .edit_oauth_app(APP, |app| app.auth_scopes.push("useraccount".into()))
+        .expect("edit the application");
+    let status = scene.reconcile_now("scope-granted").await;
+    assert_eq!(status.sync_state, Some(SyncState::ReadyToSync), "{status:#?}");
     scene.assert_no_secret_leaked().await;
 }
 

@@ -120,6 +120,9 @@ reasons! {
         /// The OAuth user lacks the roles that writing the Business Rule or the callback property
         /// needs; found before any write.
         MissingProvisioningPrivileges,
+        /// The OAuth application's tokens are restricted (REST API Auth Scope) to APIs that do not
+        /// include one the operator calls.
+        TokenScopeRestricted,
         /// Consent was given by another user than `spec.expectedUserName`.
         IdentityMismatch,
         /// The rule and the property are as desired.
@@ -192,6 +195,9 @@ impl Reason {
             }
             Reason::MissingProvisioningPrivileges => {
                 "Grant the service account what provisioning needs (README, Service account privileges): least privilege is business_rule_admin, snc_required_script_writer_permission (group Conditional Script Writer, Zurich and later) and x_neoagent_integration with ACLs opening sys_properties named x_neoagent.* to it (examples/servicenow-privileges.md); or admin plus snc_required_script_writer_permission. Then annotate the connection with neoagent.io/reconcile-requested-at=<now> or wait for the next resync."
+            }
+            Reason::TokenScopeRestricted => {
+                "The OAuth application's Auth Scopes do not cover an API the operator calls (the Table API and /api/now/ui/user/current_user). In System OAuth > Application Registry, open the entry and add the auth scope useraccount (or the scopes those APIs require) to it; scopes are read when a token is used, so no new consent is needed: annotate the connection with neoagent.io/reconcile-requested-at=<now>."
             }
             Reason::IdentityMismatch => {
                 "Consent must be given signed in as the service account named in spec.expectedUserName. Sign out of the instance, annotate the connection with neoagent.io/reconsent=true and consent again as that account."

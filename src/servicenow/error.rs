@@ -38,6 +38,17 @@ pub enum ErrorKind {
         /// The instance's message, e.g. `ACL Exception Insert Failed due to security constraints`.
         message: String,
     },
+    /// HTTP 403 "Missing required api access scope": the OAuth application's Auth Scopes do not
+    /// cover this API (REST API Auth Scope, servicenow-api.md §7). The token itself is good.
+    #[error(
+        "the instance refused the token for {api}: its OAuth application lacks the API's auth scope (403: {message})"
+    )]
+    ScopeRestricted {
+        /// The API path called.
+        api: String,
+        /// The instance's message.
+        message: String,
+    },
     /// HTTP 404 on a single record or an unknown path.
     #[error("not found (404: {message})")]
     NotFound {

@@ -109,6 +109,14 @@ pub(crate) struct Answer {
     pub body: Vec<u8>,
 }
 
+/// `true` for the message of a REST API Auth Scope refusal (servicenow-api.md §7,
+/// `rest-api-scope-troubleshooting.md`).
+fn is_scope_refusal(message: &str) -> bool {
+    message
+        .to_ascii_lowercase()
+        .contains("missing required api access scope")
+}
+
 impl Answer {
     /// The body as JSON of type `T`. The error never quotes the body.
     pub fn json<T: serde::de::DeserializeOwned>(&self, call: &Call<'_>) -> Result<T, Error> {
@@ -134,6 +142,10 @@ impl Answer {
         let kind = match status {
             401 => ErrorKind::Unauthorized {
                 detail: message.unwrap_or_else(|| "no detail".to_owned()),
+            },
+            403 if message.as_deref().is_some_and(is_scope_refusal) => ErrorKind::ScopeRestricted {
+                api: call.resource.to_owned(),
+                message: message.unwrap_or_default(),
             },
             403 => ErrorKind::Forbidden {
                 table: call.resource.to_owned(),
@@ -450,6 +462,20 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn a_403_for_a_missing_auth_scope_is_scope_restricted_not_an_acl_refusal() {
+        let body = r#"{"error":{"message":"Missing required api access scope","detail":null},"status":"failure"}"#;
+        match kind_of(&answer(403, body, None)) {
+            ErrorKind::ScopeRestricted { api, message } => {
+                assert_eq!(api, "sys_script");
+                assert_eq!(message, "Missing required api access scope");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(is_scope_refusal("MISSING REQUIRED API ACCESS SCOPE: x"));
+        assert!(!is_scope_refusal("Operation Failed"));
     }
 
     #[test]

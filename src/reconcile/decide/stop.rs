@@ -74,6 +74,7 @@ pub fn classify(condition: ConditionType, failure: Reason, error: &servicenow::E
             progress: Progress::Working,
             retry: Retry::Backoff,
         },
+        ErrorKind::ScopeRestricted { .. } => Stop::terminal(condition, Reason::TokenScopeRestricted, message),
         ErrorKind::Forbidden { table, operation, .. } => Stop::terminal(
             condition,
             Reason::InsufficientPrivileges,

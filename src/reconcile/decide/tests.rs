@@ -524,6 +524,26 @@ fn cases() -> Vec<Case> {
             next: TERMINAL,
         },
         Case {
+            name: "a token whose application's auth scopes leave out the UI API",
+            connection: connection(spec()),
+            gathered: Gathered {
+                user: Some(Err(error(ErrorKind::ScopeRestricted {
+                    api: "/api/now/ui/user/current_user".into(),
+                    message: "Missing required api access scope".into(),
+                }))),
+                roles: None,
+                webhook_token: None,
+                records: None,
+                ..ready()
+            },
+            failed: None,
+            condition: ConditionType::IdentityResolved,
+            truth: "False",
+            reason: Reason::TokenScopeRestricted,
+            state: "ERROR",
+            next: TERMINAL,
+        },
+        Case {
             name: "an itil-only account, before any write",
             connection: connection(spec()),
             gathered: Gathered {

@@ -56,6 +56,41 @@ pub fn authenticate(state: &State, headers: &HeaderMap, query: Option<&str>, now
     caller(state, &sys_id)
 }
 
+/// The access token a request carries (Bearer header or `access_token` query parameter).
+pub fn access_token<'a>(headers: &'a HeaderMap, query: Option<&'a str>) -> Option<String> {
+    if let Some(value) = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) {
+        let (scheme, credentials) = value.split_once(' ')?;
+        return scheme
+            .eq_ignore_ascii_case("bearer")
+            .then(|| credentials.trim().to_string());
+    }
+    url::form_urlencoded::parse(query?.as_bytes())
+        .find(|(k, _)| k == "access_token")
+        .map(|(_, v)| v.into_owned())
+}
+
+/// `true` when the request carries an OAuth token whose entity lacks the auth scope a REST API
+/// Auth Scope policy binds `resource` to (and `useraccount`): the instance then answers 403
+/// "Missing required api access scope" (servicenow-api.md §7, `rest-api-auth-scope.md`). Basic
+/// authentication is not scoped.
+pub fn missing_scope(state: &State, headers: &HeaderMap, query: Option<&str>, resource: &str, now_ms: i64) -> bool {
+    let Some(required) = state
+        .api_auth_scopes
+        .iter()
+        .find(|(prefix, _)| resource.starts_with(prefix.as_str()))
+        .map(|(_, scope)| scope)
+    else {
+        return false;
+    };
+    access_token(headers, query)
+        .and_then(|token| state.oauth.access_token_app(&token, now_ms).cloned())
+        .is_some_and(|app| {
+            !app.auth_scopes
+                .iter()
+                .any(|scope| scope == crate::config::USERACCOUNT_SCOPE || scope == required)
+        })
+}
+
 /// The sys_id of an active, unlocked user whose password matches.
 pub fn check_password(state: &State, user_name: &str, password: &str) -> Option<String> {
     let user = state.user_by_name(user_name)?;

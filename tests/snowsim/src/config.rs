@@ -41,6 +41,9 @@ pub struct InstanceConfig {
     pub oauth_apps: Vec<OAuthAppSpec>,
     /// System properties set on top of the seeded ones.
     pub properties: BTreeMap<String, String>,
+    /// REST API Auth Scope policies: a resource path prefix (e.g. `/api/now/ui/`) → the auth
+    /// scope an OAuth token's entity needs to call it (or `useraccount`); none by default.
+    pub api_auth_scopes: BTreeMap<String, String>,
     /// Rate-limit rules.
     pub rate_limits: Vec<RateLimitRule>,
     /// Access rules replacing the seeded ones for the same (table, operation).
@@ -89,6 +92,7 @@ impl InstanceConfig {
             ],
             oauth_apps: vec![OAuthAppSpec::new("Neo Agent", DEFAULT_REDIRECT_URL)],
             properties: BTreeMap::new(),
+            api_auth_scopes: BTreeMap::new(),
             rate_limits: Vec::new(),
             acl: Vec::new(),
             behaviour: Behaviour::default(),
@@ -185,6 +189,9 @@ pub struct OAuthAppSpec {
     pub public_client: bool,
     /// For the client-credentials grant: the user the tokens act as.
     pub client_credentials_user: Option<String>,
+    /// The entity's Auth Scopes (REST API Auth Scope, servicenow-api.md §7); the default
+    /// `useraccount` lets its tokens call every API.
+    pub auth_scopes: Vec<String>,
 }
 
 impl Default for OAuthAppSpec {
@@ -206,9 +213,13 @@ impl OAuthAppSpec {
             refresh_token_lifespan: 8_640_000,
             public_client: false,
             client_credentials_user: None,
+            auth_scopes: vec![USERACCOUNT_SCOPE.to_string()],
         }
     }
 }
+
+/// The auth scope that lets a token call every API (servicenow-api.md §7).
+pub const USERACCOUNT_SCOPE: &str = "useraccount";
 
 /// Behaviours servicenow-api.md marks UNCERTAIN, each a switch whose default is the documented or
 /// observed behaviour. Behaviours the real instance governs with a system property (state

@@ -38,6 +38,10 @@ pub enum ApiError {
     /// 400: a request parameter is wrong.
     #[error("{0}")]
     BadRequest(String),
+    /// 403: the OAuth token's entity lacks the auth scope a REST API Auth Scope policy requires
+    /// (servicenow-api.md §7).
+    #[error("Missing required api access scope")]
+    ScopeMissing,
     /// 405: the method is not supported on this resource.
     #[error("Method not Supported")]
     MethodNotSupported(String),
@@ -65,7 +69,7 @@ impl ApiError {
                 StatusCode::BAD_REQUEST
             }
             ApiError::NoRecord => StatusCode::NOT_FOUND,
-            ApiError::AclDenied(_) | ApiError::OperationFailed(_) => StatusCode::FORBIDDEN,
+            ApiError::AclDenied(_) | ApiError::OperationFailed(_) | ApiError::ScopeMissing => StatusCode::FORBIDDEN,
             ApiError::MethodNotSupported(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Injected(code) => StatusCode::from_u16(*code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
@@ -75,7 +79,9 @@ impl ApiError {
     fn detail(&self) -> Value {
         match self {
             ApiError::NotAuthenticated => json!("Required to provide Auth information"),
-            ApiError::InvalidTable(_) | ApiError::NoResource | ApiError::Injected(_) => Value::Null,
+            ApiError::InvalidTable(_) | ApiError::NoResource | ApiError::Injected(_) | ApiError::ScopeMissing => {
+                Value::Null
+            }
             ApiError::NoRecord => {
                 json!("Record doesn't exist or ACL restricts the record retrieval")
             }

@@ -37,6 +37,8 @@ pub struct State {
     pub rate: RateLimiter,
     /// Switches for UNCERTAIN behaviours.
     pub behaviour: Behaviour,
+    /// REST API Auth Scope policies: resource path prefix → required auth scope.
+    pub api_auth_scopes: std::collections::BTreeMap<String, String>,
 }
 
 impl State {
@@ -100,6 +102,7 @@ impl Instance {
         let mut state = State {
             acl: Acl::with_overrides(&config.acl),
             behaviour: config.behaviour.clone(),
+            api_auth_scopes: config.api_auth_scopes.clone(),
             ..State::default()
         };
         crate::seed::seed(&mut state, config, &clock.glide_now());

@@ -364,6 +364,18 @@ impl Admin {
         self.instance.state.lock().behaviour.clone()
     }
 
+    /// Binds the APIs under `resource_prefix` (e.g. `/api/now/ui/`) to `scope` (REST API Auth
+    /// Scope); `None` removes the policy.
+    pub fn bind_api_scope(&self, resource_prefix: &str, scope: Option<&str>) {
+        let mut state = self.instance.state.lock();
+        match scope {
+            Some(scope) => state
+                .api_auth_scopes
+                .insert(resource_prefix.to_string(), scope.to_string()),
+            None => state.api_auth_scopes.remove(resource_prefix),
+        };
+    }
+
     /// Replaces the switches.
     pub fn set_behaviour(&self, behaviour: Behaviour) {
         self.instance.state.lock().behaviour = behaviour;

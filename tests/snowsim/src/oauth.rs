@@ -45,6 +45,8 @@ pub struct OAuthApp {
     pub public_client: bool,
     /// User the client-credentials grant acts as.
     pub client_credentials_user: Option<String>,
+    /// The entity's Auth Scopes; read when a token is used, not when it is issued (§7).
+    pub auth_scopes: Vec<String>,
 }
 
 /// A code issued by the consent page.
@@ -115,6 +117,7 @@ impl OAuthState {
             refresh_token_lifespan: spec.refresh_token_lifespan,
             public_client: spec.public_client,
             client_credentials_user: spec.client_credentials_user.clone(),
+            auth_scopes: spec.auth_scopes.clone(),
         };
         self.apps.retain(|a| a.client_id != app.client_id);
         self.apps.push(app.clone());
@@ -145,11 +148,19 @@ impl OAuthState {
 
     /// The user a valid access token acts as.
     pub fn access_token_user(&self, token: &str, now_ms: i64) -> Option<String> {
+        self.access_token(token, now_ms).map(|t| t.user_sys_id.clone())
+    }
+
+    /// The application of a usable access token.
+    pub fn access_token_app(&self, token: &str, now_ms: i64) -> Option<&OAuthApp> {
+        self.access_token(token, now_ms).and_then(|t| self.app(&t.client_id))
+    }
+
+    fn access_token(&self, token: &str, now_ms: i64) -> Option<&TokenInfo> {
         self.tokens
             .get(token)
             .filter(|t| t.kind == TokenKind::Access && !t.revoked && t.expires_ms > now_ms)
             .filter(|t| self.app(&t.client_id).is_some_and(|a| a.active))
-            .map(|t| t.user_sys_id.clone())
     }
 
     /// Every issued token.

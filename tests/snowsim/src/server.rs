@@ -199,8 +199,16 @@ async fn gateway(State(shared): State<Arc<Shared>>, mut request: Request, next: 
                 let state = instance.state.lock();
                 auth::authenticate(&state, request.headers(), request.uri().query(), now)
             };
+            let missing_scope = || {
+                let state = instance.state.lock();
+                auth::missing_scope(&state, request.headers(), request.uri().query(), &resource(&path), now)
+            };
             match caller {
                 None => ApiError::NotAuthenticated.into_response(),
+                Some(caller) if missing_scope() => {
+                    user = Some(caller.user_name.clone());
+                    ApiError::ScopeMissing.into_response()
+                }
                 Some(caller) => {
                     user = Some(caller.user_name.clone());
                     let resource = resource(&path);
