@@ -228,24 +228,44 @@ pub async fn login_form(uri: Uri) -> Response {
     login_page(&goto, None)
 }
 
-/// `POST /login.do`: checks the password, starts a session, returns to `sysparm_goto`.
+/// `POST /login.do`: checks the password, then (with `require_mfa`) asks for the MFA code, starts
+/// a session and returns to `sysparm_goto`. A "Web service access only" user cannot log in to the
+/// UI (servicenow-api.md §7 "Who can consent", `c_NonInteractiveSessions.md`): the form answers as
+/// for a wrong password — the wording is the simulator's choice, the one a real login form shows
+/// for every refused login.
 pub async fn login(Extension(instance): Extension<Arc<Instance>>, body: Bytes) -> Response {
     let params: HashMap<String, String> = url::form_urlencoded::parse(&body).into_owned().collect();
     let get = |name: &str| params.get(name).cloned().unwrap_or_default();
-    let goto = Some(get("sysparm_goto"))
-        .filter(|g| g.starts_with('/') && !g.starts_with("//"))
-        .unwrap_or_else(|| "/".to_string());
+    let goto = local_goto(&get("sysparm_goto"));
     let now_ms = instance.clock.now_ms();
     let mut state = instance.state.lock();
-    match crate::auth::check_password(&state, &get("user_name"), &get("user_password")) {
-        Some(user) => {
-            let id = state.sessions.create(&user, now_ms);
-            let cookie =
-                format!("{SESSION_COOKIE}={id}; Path=/; Max-Age={SESSION_SECONDS}; Secure; HttpOnly; SameSite=None");
-            redirect(&goto, Some(cookie))
-        }
-        None => login_page(&goto, Some("User name or password invalid")),
+    let user = crate::auth::check_password(&state, &get("user_name"), &get("user_password")).filter(|user| {
+        state
+            .user(user)
+            .is_some_and(|u| u.get("web_service_access_only") != "true")
+    });
+    let Some(user) = user else {
+        return login_page(&goto, Some("User name or password invalid"));
+    };
+    match crate::mfa::challenge(&mut state, &user, &goto, now_ms) {
+        Some(page) => page,
+        None => start_session(&mut state, &user, &goto, now_ms),
     }
+}
+
+/// `goto` when it is a path on this instance, else `/`.
+pub(crate) fn local_goto(goto: &str) -> String {
+    Some(goto)
+        .filter(|g| g.starts_with('/') && !g.starts_with("//"))
+        .unwrap_or("/")
+        .to_string()
+}
+
+/// Starts a browser session for `user` and sends it on to `goto` with its cookie.
+pub(crate) fn start_session(state: &mut State, user: &str, goto: &str, now_ms: i64) -> Response {
+    let id = state.sessions.create(user, now_ms);
+    let cookie = format!("{SESSION_COOKIE}={id}; Path=/; Max-Age={SESSION_SECONDS}; Secure; HttpOnly; SameSite=None");
+    redirect(goto, Some(cookie))
 }
 
 /// `GET /logout.do`: ends the session ("Not You?").
@@ -290,13 +310,13 @@ pub(crate) const HTML_ESCAPES: [(&str, &str); 5] = [
     ("'", "&#39;"),
 ];
 
-fn escape(text: &str) -> String {
+pub(crate) fn escape(text: &str) -> String {
     HTML_ESCAPES
         .iter()
         .fold(text.to_owned(), |text, (plain, escaped)| text.replace(plain, escaped))
 }
 
-fn page(title: &str, body: &str) -> String {
+pub(crate) fn page(title: &str, body: &str) -> String {
     format!(
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{}</title></head>\n<body>\n{body}\n</body></html>\n",
         escape(title)
@@ -308,7 +328,7 @@ fn error_page(message: &str) -> Response {
     (StatusCode::BAD_REQUEST, Html(page("OAuth error", &body))).into_response()
 }
 
-fn login_page(goto: &str, error: Option<&str>) -> Response {
+pub(crate) fn login_page(goto: &str, error: Option<&str>) -> Response {
     let error = error
         .map(|e| format!("<p id=\"login_error\">{}</p>\n", escape(e)))
         .unwrap_or_default();
