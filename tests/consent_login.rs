@@ -11,21 +11,10 @@ use std::path::Path;
 use servicenow_operator::api::SyncState;
 use support::{
     browser::LoginOutcome,
-    consent::{CALLBACK, awaiting_consent, browser, consent_url},
+    consent::{CALLBACK, awaiting_consent, browser, calls_to, consent_url},
     instance::{AGENT, HOST},
-    scene::{CONNECTION, Scene},
+    scene::CONNECTION,
 };
-
-/// The requests the instance answered on `path`.
-fn calls_to(scene: &Scene, path: &str) -> usize {
-    scene
-        .simulator
-        .admin()
-        .request_log()
-        .iter()
-        .filter(|entry| entry.path == path)
-        .count()
-}
 
 #[tokio::test]
 async fn consent_through_an_mfa_step_stores_the_token_and_reaches_ready_to_sync() {
@@ -105,13 +94,8 @@ async fn a_web_service_only_account_cannot_consent_and_nothing_is_stored() {
     browser.screenshot("consent_login/web-service-only/2-refused.png").await;
     browser.close().await;
 
-    let status = scene
-        .api()
-        .get_status(CONNECTION)
-        .await
-        .expect("the connection")
-        .status
-        .unwrap_or_default();
+    let status = scene.api().get_status(CONNECTION).await.expect("the connection").status;
+    let status = status.expect("a status");
     assert_eq!(status.sync_state, Some(SyncState::AwaitingConsent));
     assert!(status.consent_url.is_some(), "the consentUrl stays for another account");
     assert!(scene.token_secret().await.is_none(), "nothing was stored");

@@ -43,17 +43,12 @@ pub struct Sessions {
 
 impl Sessions {
     fn create(&mut self, user_sys_id: &str, now_ms: i64) -> String {
-        self.by_id.retain(|_, s| s.expires_ms > now_ms);
-        let id = random_text(32);
-        self.by_id.insert(
-            id.clone(),
-            Session {
-                user_sys_id: user_sys_id.to_string(),
-                ck: random_text(40),
-                expires_ms: now_ms + SESSION_SECONDS * 1000,
-            },
-        );
-        id
+        let session = Session {
+            user_sys_id: user_sys_id.to_string(),
+            ck: random_text(40),
+            expires_ms: now_ms + SESSION_SECONDS * 1000,
+        };
+        insert_fresh(&mut self.by_id, session, |s| s.expires_ms > now_ms)
     }
 
     fn get(&mut self, id: &str, now_ms: i64) -> Option<Session> {
@@ -61,6 +56,15 @@ impl Sessions {
         session.expires_ms = now_ms + SESSION_SECONDS * 1000;
         Some(session.clone())
     }
+}
+
+/// Keeps the entries of `map` that are still `live`, adds `value` under a new random id (32
+/// characters) and returns the id.
+pub(crate) fn insert_fresh<T>(map: &mut HashMap<String, T>, value: T, live: impl Fn(&T) -> bool) -> String {
+    map.retain(|_, entry| live(entry));
+    let id = random_text(32);
+    map.insert(id.clone(), value);
+    id
 }
 
 /// A validated authorization request.

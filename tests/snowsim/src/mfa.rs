@@ -19,9 +19,8 @@ use axum::body::Bytes;
 use axum::response::{Html, IntoResponse, Response};
 use rand::Rng;
 
-use crate::consent::{escape, login_page, page, start_session};
+use crate::consent::{escape, insert_fresh, login_page, page, start_session};
 use crate::instance::{Instance, State};
-use crate::oauth::random_text;
 
 /// Where the MFA form posts.
 pub const VALIDATE_PATH: &str = "/validate_multifactor_auth_code.do";
@@ -53,16 +52,11 @@ impl Mfa {
 
     /// Records a correct password for `user_sys_id`; the token the MFA form carries.
     fn begin(&mut self, user_sys_id: &str, now_ms: i64) -> String {
-        self.pending.retain(|_, p| p.expires_ms > now_ms);
-        let token = random_text(32);
-        self.pending.insert(
-            token.clone(),
-            Pending {
-                user_sys_id: user_sys_id.to_string(),
-                expires_ms: now_ms + PENDING_MS,
-            },
-        );
-        token
+        let pending = Pending {
+            user_sys_id: user_sys_id.to_string(),
+            expires_ms: now_ms + PENDING_MS,
+        };
+        insert_fresh(&mut self.pending, pending, |p| p.expires_ms > now_ms)
     }
 
     /// Checks `code` for the login `token`: the user when it is right (the token and the code

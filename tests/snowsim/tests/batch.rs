@@ -6,25 +6,12 @@ mod common;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
-use common::{HOST, start, url};
+use common::{HOST, add_itil_only, start, url};
 use serde_json::{Value, json};
-use snowsim::{Fault, FaultAction, UserSpec};
+use snowsim::{Fault, FaultAction};
 
 /// The batch path.
 const BATCH: &str = "/api/now/v1/batch";
-
-/// Adds `bob` (password `bob`) with only `itil`: may read and create incidents, not rules.
-fn itil_only(server: &snowsim::Server) {
-    server
-        .admin()
-        .add_user(&UserSpec {
-            user_name: "bob".into(),
-            password: "bob".into(),
-            roles: vec!["itil".into()],
-            ..UserSpec::default()
-        })
-        .unwrap();
-}
 
 /// A batch item.
 fn item(id: &str, method: &str, url: &str, body: Option<Value>) -> Value {
@@ -91,7 +78,7 @@ fn ids(answer: &Value, list: &str) -> Vec<String> {
 #[tokio::test]
 async fn a_get_and_a_post_in_one_batch_run_as_the_caller_and_an_acl_refusal_is_a_403_item() {
     let (server, client) = start().await;
-    itil_only(&server);
+    add_itil_only(&server, "bob");
     server.admin().clear_request_log();
     let (status, answer) = batch(
         &client,

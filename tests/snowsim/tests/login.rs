@@ -30,15 +30,31 @@ async fn log_in(client: &reqwest::Client, server: &snowsim::Server, user: &str, 
         .await
         .expect("the authorize page");
     let html = page.text().await.expect("the login page");
-    let mut form = snowsim::drive::hidden_fields(&html, "login_form");
-    form.push(("user_name".into(), user.into()));
-    form.push(("user_password".into(), password.into()));
+    submit(
+        client,
+        &html,
+        "login_form",
+        &[("user_name", user), ("user_password", password)],
+    )
+    .await
+}
+
+/// Submits the form `form_id` of `html` (its hidden fields and `fields`) to its action.
+async fn submit(client: &reqwest::Client, html: &str, form_id: &str, fields: &[(&str, &str)]) -> reqwest::Response {
+    let mut form = snowsim::drive::hidden_fields(html, form_id);
+    form.extend(fields.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    let start = html.find(&format!("id=\"{form_id}\"")).expect("the form");
+    let action = html[start..]
+        .split("action=\"")
+        .nth(1)
+        .and_then(|a| a.split('"').next())
+        .expect("its action");
     client
-        .post(url("/login.do"))
+        .post(url(action))
         .form(&form)
         .send()
         .await
-        .expect("login.do")
+        .unwrap_or_else(|error| panic!("{action}: {error}"))
 }
 
 /// The `JSESSIONID=…` pair `response` sets, if any.
@@ -55,14 +71,7 @@ fn session_of(response: &reqwest::Response) -> Option<String> {
 
 /// Submits the MFA page's form with `code`.
 async fn submit_code(client: &reqwest::Client, mfa_page: &str, code: &str) -> reqwest::Response {
-    let mut form = snowsim::drive::hidden_fields(mfa_page, "mfa_form");
-    form.push(("mfa_code".into(), code.into()));
-    client
-        .post(url("/validate_multifactor_auth_code.do"))
-        .form(&form)
-        .send()
-        .await
-        .expect("the MFA form is answered")
+    submit(client, mfa_page, "mfa_form", &[("mfa_code", code)]).await
 }
 
 #[tokio::test]
