@@ -158,7 +158,7 @@ pub async fn authorize(Extension(instance): Extension<Arc<Instance>>, headers: H
         Some(q) => format!("/oauth_auth.do?{q}"),
         None => "/oauth_auth.do".to_string(),
     };
-    let session = cookie(&headers, SESSION_COOKIE).and_then(|id| state.sessions.get(&id, now_ms));
+    let session = ui_session(&mut state, &headers, now_ms);
     match session {
         None => login_page(&goto, None),
         Some(session) => {
@@ -187,7 +187,7 @@ pub async fn decide(Extension(instance): Extension<Arc<Instance>>, headers: Head
         Ok(request) => request,
         Err(AuthPageError(message)) => return error_page(message),
     };
-    let session = cookie(&headers, SESSION_COOKIE).and_then(|id| state.sessions.get(&id, now_ms));
+    let session = ui_session(&mut state, &headers, now_ms);
     let Some(session) = session.filter(|s| s.ck == get("sysparm_ck")) else {
         let query = url::form_urlencoded::Serializer::new(String::new())
             .extend_pairs(&request.params)
@@ -243,11 +243,8 @@ pub async fn login(Extension(instance): Extension<Arc<Instance>>, body: Bytes) -
     let goto = local_goto(&get("sysparm_goto"));
     let now_ms = instance.clock.now_ms();
     let mut state = instance.state.lock();
-    let user = crate::auth::check_password(&state, &get("user_name"), &get("user_password")).filter(|user| {
-        state
-            .user(user)
-            .is_some_and(|u| u.get("web_service_access_only") != "true")
-    });
+    let user = crate::auth::check_password(&state, &get("user_name"), &get("user_password"))
+        .filter(|user| may_use_ui(&state, user));
     let Some(user) = user else {
         return login_page(&goto, Some("User name or password invalid"));
     };
@@ -255,6 +252,21 @@ pub async fn login(Extension(instance): Extension<Arc<Instance>>, body: Bytes) -
         Some(page) => page,
         None => start_session(&mut state, &user, &goto, now_ms),
     }
+}
+
+/// True when the user may use the UI: active, not locked out, not "Web service access only".
+fn may_use_ui(state: &State, user_sys_id: &str) -> bool {
+    crate::auth::caller(state, user_sys_id).is_some()
+        && state
+            .user(user_sys_id)
+            .is_some_and(|u| u.get("web_service_access_only") != "true")
+}
+
+/// The browser's session, while its user may still use the UI (a user made inactive or "Web
+/// service access only" since logging in is sent back to the login form).
+fn ui_session(state: &mut State, headers: &HeaderMap, now_ms: i64) -> Option<Session> {
+    let session = cookie(headers, SESSION_COOKIE).and_then(|id| state.sessions.get(&id, now_ms))?;
+    may_use_ui(state, &session.user_sys_id).then_some(session)
 }
 
 /// `goto` when it is a path on this instance, else `/`.

@@ -118,7 +118,24 @@ async fn a_web_service_access_only_user_cannot_log_in_but_keeps_the_rest_api() {
 
     let accepted = log_in(&client, &server, "neo.agent", "neo.agent").await;
     assert_eq!(accepted.status(), 302, "an interactive user still logs in");
-    assert!(session_of(&accepted).is_some());
+    let session = session_of(&accepted).expect("a session");
+    let back = accepted.headers()["location"].to_str().unwrap().to_string();
+    let consent_page = |session: String| {
+        let request = client.get(url(&back)).header("cookie", session);
+        async move { request.send().await.unwrap().text().await.unwrap() }
+    };
+    assert!(consent_page(session.clone()).await.contains("id=\"consent_form\""));
+    let agent = server.admin().user_sys_id("neo.agent").unwrap();
+    server
+        .admin()
+        .update("sys_user", &agent, [("web_service_access_only", "true")])
+        .await
+        .unwrap();
+    let page = consent_page(session).await;
+    assert!(
+        page.contains("id=\"login_form\"") && !page.contains("consent_form"),
+        "a session of a user made web-service-only no longer consents: {page}"
+    );
 }
 
 #[tokio::test]
