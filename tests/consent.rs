@@ -21,7 +21,7 @@ use servicenow_operator::{
 use support::{
     audit::AuditLog,
     conditions::assert_condition,
-    consent::{CALLBACK, browser, consent_as, consent_url},
+    consent::{CALLBACK, browser, calls_to, consent_as, consent_url},
     instance::{AGENT, HOST},
     operator::{Operator, free_port},
     scene::{CONNECTION, RULE_QUERY, Scene, TOKEN_SECRET, ready_connection},
@@ -46,17 +46,6 @@ fn http() -> reqwest::Client {
         .redirect(Policy::none())
         .build()
         .expect("an HTTP client")
-}
-
-/// The requests the instance answered on `path`.
-fn calls_to(scene: &Scene, path: &str) -> usize {
-    scene
-        .simulator
-        .admin()
-        .request_log()
-        .iter()
-        .filter(|entry| entry.path == path)
-        .count()
 }
 
 /// The ticket in a consent URL.

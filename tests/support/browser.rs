@@ -118,11 +118,43 @@ impl BrowserOptions {
 pub struct ConsentPages {
     /// The screenshot of the login page.
     pub login_shot: PathBuf,
+    /// The screenshot of the MFA page, when the instance asked for a code.
+    pub mfa_shot: Option<PathBuf>,
     /// The screenshot of the consent page.
     pub consent_shot: PathBuf,
     /// The visible text of the consent page.
     pub consent_text: String,
 }
+
+/// Where signing in to the instance led.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LoginOutcome {
+    /// The consent page (`#consent_form`).
+    Consent,
+    /// A page that refused the login: the text of its error (`#login_error`, `#mfa_error`).
+    Refused(String),
+}
+
+/// What [`Browser::sign_in`] saw.
+#[derive(Clone, Debug)]
+pub struct SignIn {
+    /// The screenshot of the login page.
+    pub login_shot: PathBuf,
+    /// The screenshot of the MFA page, when the instance asked for a code.
+    pub mfa_shot: Option<PathBuf>,
+    /// Where it led.
+    pub outcome: LoginOutcome,
+}
+
+/// What the page after the password may be: the consent page, the MFA step or a refusal.
+const AFTER_PASSWORD: &str = "#consent_form, #mfa_form, #login_error";
+/// What the page after the MFA code may be.
+const AFTER_MFA_CODE: &str = "#consent_form, #mfa_error, #login_error";
+/// Asks snowsim's management interface, from the instance's own page (same origin, trusted TLS),
+/// for the user's current MFA code (`GET /snowsim/mfa/{user}`, servicenow-api.md §7): what a
+/// person would read off an authenticator app. WebDriver waits for the promise.
+const FETCH_MFA_CODE: &str = "return fetch('/snowsim/mfa/' + encodeURIComponent(arguments[0])) \
+     .then(r => r.ok ? r.json() : Promise.reject(new Error('HTTP ' + r.status))).then(j => j.code);";
 
 /// A headless Chromium with its chromedriver. Dropping it kills both (see the module docs).
 pub struct Browser {
@@ -274,10 +306,11 @@ impl Browser {
     }
 
     /// Answers the instance's consent pages as a person does: opens `url` (which leads to the
-    /// login page of the instance `host`), signs in as `user` with `password`, waits for the
-    /// consent page and clicks `button` (`#allow` or `#deny`). Screenshots `1-login.png` and
-    /// `2-consent.png` under `shots`. Fails, before signing in, when the login page is not
-    /// served under `host`; the rest panics like every action.
+    /// login page of the instance `host`), signs in as `user` with `password` (and, when the
+    /// instance asks, the MFA code: [`Self::sign_in`]), waits for the consent page and clicks
+    /// `button` (`#allow` or `#deny`). Screenshots `1-login.png`, `1-mfa.png` (with MFA) and
+    /// `2-consent.png` under `shots`. Fails, before signing in, when the login page is not served
+    /// under `host`; a refused login and the rest panic like every action.
     pub async fn answer_consent(
         &self,
         url: &str,
@@ -287,6 +320,39 @@ impl Browser {
         button: &str,
         shots: &Path,
     ) -> Result<ConsentPages, String> {
+        let SignIn {
+            login_shot,
+            mfa_shot,
+            outcome,
+        } = self.sign_in(url, host, user, password, shots).await?;
+        if let LoginOutcome::Refused(message) = outcome {
+            self.fail("reach the consent page", format!("the login was refused: {message}"))
+                .await;
+        }
+        let consent_text = self.page_text().await;
+        let consent_shot = self.screenshot(shots.join("2-consent.png")).await;
+        self.click(button).await;
+        Ok(ConsentPages {
+            login_shot,
+            mfa_shot,
+            consent_shot,
+            consent_text,
+        })
+    }
+
+    /// Signs in to the instance as a person does: opens `url` (which leads to the login page of
+    /// the instance `host`), submits `user` and `password`, and when the instance asks for an MFA
+    /// code, submits the user's current one (from snowsim's management interface). Returns where
+    /// that led — the consent page or a refusal — with screenshots `1-login.png` and `1-mfa.png`
+    /// under `shots`. Fails when the login page is not served under `host`.
+    pub async fn sign_in(
+        &self,
+        url: &str,
+        host: &str,
+        user: &str,
+        password: &str,
+        shots: &Path,
+    ) -> Result<SignIn, String> {
         self.goto(url).await;
         self.find("#login_form").await;
         let login = self.current_url().await;
@@ -297,15 +363,44 @@ impl Browser {
         self.fill("#user_name", user).await;
         self.fill("#user_password", password).await;
         self.click("#sysverb_login").await;
-        self.find("#consent_form").await;
-        let consent_text = self.page_text().await;
-        let consent_shot = self.screenshot(shots.join("2-consent.png")).await;
-        self.click(button).await;
-        Ok(ConsentPages {
+        let mut next = self.find(AFTER_PASSWORD).await;
+        let mut mfa_shot = None;
+        if self.id_of(&next).await == "mfa_form" {
+            mfa_shot = Some(self.screenshot(shots.join("1-mfa.png")).await);
+            let code = self.mfa_code(user).await;
+            self.fill("#mfa_code", &code).await;
+            self.click("#mfa_verify").await;
+            next = self.find(AFTER_MFA_CODE).await;
+        }
+        let outcome = match self.id_of(&next).await.as_str() {
+            "consent_form" => LoginOutcome::Consent,
+            _ => LoginOutcome::Refused(match next.text().await {
+                Ok(text) => text,
+                Err(error) => self.fail("read the login error", error).await,
+            }),
+        };
+        Ok(SignIn {
             login_shot,
-            consent_shot,
-            consent_text,
+            mfa_shot,
+            outcome,
         })
+    }
+
+    /// The `id` of `element`.
+    async fn id_of(&self, element: &Element) -> String {
+        match element.attr("id").await {
+            Ok(id) => id.unwrap_or_default(),
+            Err(error) => self.fail("read an element's id", error).await,
+        }
+    }
+
+    /// `user`'s current MFA code, asked from the page shown (an instance page of snowsim).
+    async fn mfa_code(&self, user: &str) -> String {
+        match self.client.execute(FETCH_MFA_CODE, vec![serde_json::json!(user)]).await {
+            Ok(serde_json::Value::String(code)) => code,
+            Ok(other) => self.fail("get the MFA code", format!("not a code: {other}")).await,
+            Err(error) => self.fail("get the MFA code", error).await,
+        }
     }
 
     /// Saves a PNG of the page to `path` (relative: under the screenshot directory) and returns

@@ -37,6 +37,17 @@ pub async fn consent_url(scene: &Scene) -> String {
     status.consent_url.expect("a consentUrl")
 }
 
+/// The requests the scene's instance answered on `path`.
+pub fn calls_to(scene: &Scene, path: &str) -> usize {
+    scene
+        .simulator
+        .admin()
+        .request_log()
+        .iter()
+        .filter(|entry| entry.path == path)
+        .count()
+}
+
 /// A headless Chromium that reaches the scene's instance under its real host name.
 pub async fn browser(scene: &Scene) -> Browser {
     Browser::start(

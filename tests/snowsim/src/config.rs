@@ -79,6 +79,7 @@ impl InstanceConfig {
                     email: "admin@example.com".into(),
                     roles: vec!["admin".into()],
                     sys_id: Some(crate::seed::ADMIN_SYS_ID.into()),
+                    web_service_access_only: false,
                 },
                 UserSpec {
                     user_name: "neo.agent".into(),
@@ -88,6 +89,7 @@ impl InstanceConfig {
                     email: "neo.agent@example.com".into(),
                     roles: vec!["itil".into()],
                     sys_id: None,
+                    web_service_access_only: false,
                 },
             ],
             oauth_apps: vec![OAuthAppSpec::new("Neo Agent", DEFAULT_REDIRECT_URL)],
@@ -165,6 +167,10 @@ pub struct UserSpec {
     pub roles: Vec<String>,
     /// A fixed sys_id; derived from the host and user name when absent.
     pub sys_id: Option<String>,
+    /// "Web service access only" (`sys_user.web_service_access_only`): the user cannot log in to
+    /// the UI — so cannot give OAuth consent — while Basic auth and tokens keep working for the
+    /// REST API (servicenow-api.md §7 "Who can consent").
+    pub web_service_access_only: bool,
 }
 
 /// An OAuth application registry record (`oauth_entity`, servicenow-api.md §1.1).
@@ -267,6 +273,13 @@ pub struct Behaviour {
     /// interface's answers HTTP 200 with the "instance hibernating" HTML page (servicenow-api.md
     /// §7, default: awake).
     pub hibernating: bool,
+    /// The login form asks for a 6-digit MFA code after a correct password, before a session
+    /// starts — so before the OAuth consent page (servicenow-api.md §7 "Who can consent"; default:
+    /// no MFA step). The code comes from the management interface (`Admin::mfa_code`).
+    pub require_mfa: bool,
+    /// The Batch API's time limit in milliseconds: items not finished by then are unserviced
+    /// (the "REST Batch API request timeout" transaction quota rule, 30 s, servicenow-api.md §7).
+    pub batch_timeout_ms: u64,
 }
 
 impl Default for Behaviour {
@@ -288,6 +301,8 @@ impl Default for Behaviour {
             script_requires_advanced: true,
             script_writer_role: true,
             hibernating: false,
+            require_mfa: false,
+            batch_timeout_ms: 30_000,
         }
     }
 }

@@ -43,17 +43,12 @@ pub struct Sessions {
 
 impl Sessions {
     fn create(&mut self, user_sys_id: &str, now_ms: i64) -> String {
-        self.by_id.retain(|_, s| s.expires_ms > now_ms);
-        let id = random_text(32);
-        self.by_id.insert(
-            id.clone(),
-            Session {
-                user_sys_id: user_sys_id.to_string(),
-                ck: random_text(40),
-                expires_ms: now_ms + SESSION_SECONDS * 1000,
-            },
-        );
-        id
+        let session = Session {
+            user_sys_id: user_sys_id.to_string(),
+            ck: random_text(40),
+            expires_ms: now_ms + SESSION_SECONDS * 1000,
+        };
+        insert_fresh(&mut self.by_id, session, |s| s.expires_ms > now_ms)
     }
 
     fn get(&mut self, id: &str, now_ms: i64) -> Option<Session> {
@@ -61,6 +56,15 @@ impl Sessions {
         session.expires_ms = now_ms + SESSION_SECONDS * 1000;
         Some(session.clone())
     }
+}
+
+/// Keeps the entries of `map` that are still `live`, adds `value` under a new random id (32
+/// characters) and returns the id.
+pub(crate) fn insert_fresh<T>(map: &mut HashMap<String, T>, value: T, live: impl Fn(&T) -> bool) -> String {
+    map.retain(|_, entry| live(entry));
+    let id = random_text(32);
+    map.insert(id.clone(), value);
+    id
 }
 
 /// A validated authorization request.
@@ -154,7 +158,7 @@ pub async fn authorize(Extension(instance): Extension<Arc<Instance>>, headers: H
         Some(q) => format!("/oauth_auth.do?{q}"),
         None => "/oauth_auth.do".to_string(),
     };
-    let session = cookie(&headers, SESSION_COOKIE).and_then(|id| state.sessions.get(&id, now_ms));
+    let session = ui_session(&mut state, &headers, now_ms);
     match session {
         None => login_page(&goto, None),
         Some(session) => {
@@ -183,7 +187,7 @@ pub async fn decide(Extension(instance): Extension<Arc<Instance>>, headers: Head
         Ok(request) => request,
         Err(AuthPageError(message)) => return error_page(message),
     };
-    let session = cookie(&headers, SESSION_COOKIE).and_then(|id| state.sessions.get(&id, now_ms));
+    let session = ui_session(&mut state, &headers, now_ms);
     let Some(session) = session.filter(|s| s.ck == get("sysparm_ck")) else {
         let query = url::form_urlencoded::Serializer::new(String::new())
             .extend_pairs(&request.params)
@@ -228,24 +232,56 @@ pub async fn login_form(uri: Uri) -> Response {
     login_page(&goto, None)
 }
 
-/// `POST /login.do`: checks the password, starts a session, returns to `sysparm_goto`.
+/// `POST /login.do`: checks the password, then (with `require_mfa`) asks for the MFA code, starts
+/// a session and returns to `sysparm_goto`. A "Web service access only" user cannot log in to the
+/// UI (servicenow-api.md §7 "Who can consent", `c_NonInteractiveSessions.md`): the form answers as
+/// for a wrong password — the wording is the simulator's choice, the one a real login form shows
+/// for every refused login.
 pub async fn login(Extension(instance): Extension<Arc<Instance>>, body: Bytes) -> Response {
     let params: HashMap<String, String> = url::form_urlencoded::parse(&body).into_owned().collect();
     let get = |name: &str| params.get(name).cloned().unwrap_or_default();
-    let goto = Some(get("sysparm_goto"))
-        .filter(|g| g.starts_with('/') && !g.starts_with("//"))
-        .unwrap_or_else(|| "/".to_string());
+    let goto = local_goto(&get("sysparm_goto"));
     let now_ms = instance.clock.now_ms();
     let mut state = instance.state.lock();
-    match crate::auth::check_password(&state, &get("user_name"), &get("user_password")) {
-        Some(user) => {
-            let id = state.sessions.create(&user, now_ms);
-            let cookie =
-                format!("{SESSION_COOKIE}={id}; Path=/; Max-Age={SESSION_SECONDS}; Secure; HttpOnly; SameSite=None");
-            redirect(&goto, Some(cookie))
-        }
-        None => login_page(&goto, Some("User name or password invalid")),
+    let user = crate::auth::check_password(&state, &get("user_name"), &get("user_password"))
+        .filter(|user| may_use_ui(&state, user));
+    let Some(user) = user else {
+        return login_page(&goto, Some("User name or password invalid"));
+    };
+    match crate::mfa::challenge(&mut state, &user, &goto, now_ms) {
+        Some(page) => page,
+        None => start_session(&mut state, &user, &goto, now_ms),
     }
+}
+
+/// True when the user may use the UI: active, not locked out, not "Web service access only".
+fn may_use_ui(state: &State, user_sys_id: &str) -> bool {
+    crate::auth::caller(state, user_sys_id).is_some()
+        && state
+            .user(user_sys_id)
+            .is_some_and(|u| u.get("web_service_access_only") != "true")
+}
+
+/// The browser's session, while its user may still use the UI (a user made inactive or "Web
+/// service access only" since logging in is sent back to the login form).
+fn ui_session(state: &mut State, headers: &HeaderMap, now_ms: i64) -> Option<Session> {
+    let session = cookie(headers, SESSION_COOKIE).and_then(|id| state.sessions.get(&id, now_ms))?;
+    may_use_ui(state, &session.user_sys_id).then_some(session)
+}
+
+/// `goto` when it is a path on this instance, else `/`.
+pub(crate) fn local_goto(goto: &str) -> String {
+    Some(goto)
+        .filter(|g| g.starts_with('/') && !g.starts_with("//"))
+        .unwrap_or("/")
+        .to_string()
+}
+
+/// Starts a browser session for `user` and sends it on to `goto` with its cookie.
+pub(crate) fn start_session(state: &mut State, user: &str, goto: &str, now_ms: i64) -> Response {
+    let id = state.sessions.create(user, now_ms);
+    let cookie = format!("{SESSION_COOKIE}={id}; Path=/; Max-Age={SESSION_SECONDS}; Secure; HttpOnly; SameSite=None");
+    redirect(goto, Some(cookie))
 }
 
 /// `GET /logout.do`: ends the session ("Not You?").
@@ -290,13 +326,13 @@ pub(crate) const HTML_ESCAPES: [(&str, &str); 5] = [
     ("'", "&#39;"),
 ];
 
-fn escape(text: &str) -> String {
+pub(crate) fn escape(text: &str) -> String {
     HTML_ESCAPES
         .iter()
         .fold(text.to_owned(), |text, (plain, escaped)| text.replace(plain, escaped))
 }
 
-fn page(title: &str, body: &str) -> String {
+pub(crate) fn page(title: &str, body: &str) -> String {
     format!(
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{}</title></head>\n<body>\n{body}\n</body></html>\n",
         escape(title)
@@ -308,7 +344,7 @@ fn error_page(message: &str) -> Response {
     (StatusCode::BAD_REQUEST, Html(page("OAuth error", &body))).into_response()
 }
 
-fn login_page(goto: &str, error: Option<&str>) -> Response {
+pub(crate) fn login_page(goto: &str, error: Option<&str>) -> Response {
     let error = error
         .map(|e| format!("<p id=\"login_error\">{}</p>\n", escape(e)))
         .unwrap_or_default();

@@ -29,6 +29,8 @@ pub struct State {
     pub oauth: OAuthState,
     /// Browser sessions of the login form.
     pub sessions: Sessions,
+    /// MFA codes and logins waiting for one.
+    pub mfa: crate::mfa::Mfa,
     /// Request, system and outbound logs.
     pub logs: Logs,
     /// Injected faults.

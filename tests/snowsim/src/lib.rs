@@ -19,12 +19,14 @@
 //!
 //! Layout: `server` (listener and gateway), `oauth` + `consent` (§1), `table` + `render` +
 //! `query` (§2), `store` + `schema` + `seed` + `acl` (§3), `rules` + `script` (Business Rules),
-//! `email` (§4), `faults` (rate limits and injected faults), `envelope` (answers and errors),
+//! `email` (§4), `batch` (the Batch API), `mfa` (the login's MFA step), `faults` (rate limits
+//! and injected faults), `envelope` (answers and errors),
 //! `manage` (the [`Admin`] handle and `/snowsim/` HTTP paths); `drive` is the other side, for
 //! tests: the password grant and a person's consent over the public pages.
 
 pub mod acl;
 pub mod auth;
+pub mod batch;
 pub mod clock;
 pub mod config;
 mod consent;
@@ -35,6 +37,7 @@ pub mod faults;
 pub mod instance;
 pub mod logs;
 pub mod manage;
+mod mfa;
 pub mod oauth;
 pub mod query;
 pub mod render;

@@ -229,6 +229,13 @@ impl Admin {
         self.set_user_field(user_name, "active", if active { "true" } else { "false" })
     }
 
+    /// The user's current MFA code, what their authenticator app would show (the login's MFA
+    /// step, `Behaviour::require_mfa`); good once, a new one after it was used.
+    pub fn mfa_code(&self, user_name: &str) -> Result<String, AdminError> {
+        let user = self.require_user(user_name)?;
+        Ok(self.instance.state.lock().mfa.code(&user))
+    }
+
     /// Changes a user's password.
     pub fn set_password(&self, user_name: &str, password: &str) -> Result<(), AdminError> {
         self.set_user_field(user_name, "user_password", password)
@@ -420,6 +427,7 @@ pub fn router() -> Router {
         .route("/snowsim/tokens", get(tokens))
         .route("/snowsim/tokens/revoke", post(revoke))
         .route("/snowsim/users", post(add_user))
+        .route("/snowsim/mfa/{user}", get(mfa_code))
         .route("/snowsim/roles/grant", post(grant))
         .route("/snowsim/roles/remove", post(remove))
         .route("/snowsim/clock", get(clock))
@@ -572,6 +580,10 @@ async fn add_user(ctx: Ctx, bytes: Bytes) -> Response {
     let admin = admin!(ctx);
     let spec: UserSpec = body!(bytes);
     done(admin.add_user(&spec).map(|sys_id| json!({ "sys_id": sys_id })))
+}
+
+async fn mfa_code(ctx: Ctx, Path(user): Path<String>) -> Response {
+    done(admin!(ctx).mfa_code(&user).map(|code| json!({ "code": code })))
 }
 
 #[derive(Deserialize)]

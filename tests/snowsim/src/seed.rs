@@ -121,6 +121,10 @@ pub fn add_user(state: &mut State, host: &str, spec: &UserSpec, now: &str) -> Op
             ("first_name", &spec.first_name),
             ("last_name", &spec.last_name),
             ("email", &spec.email),
+            (
+                "web_service_access_only",
+                if spec.web_service_access_only { "true" } else { "false" },
+            ),
         ],
         now,
     )?;

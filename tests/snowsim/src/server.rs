@@ -19,6 +19,7 @@ use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 
 use crate::auth;
+use crate::batch::BatchCaller;
 use crate::clock::Clock;
 use crate::envelope::{ApiError, add_standard_headers};
 use crate::faults::FaultOutcome;
@@ -73,6 +74,7 @@ pub fn app(shared: Arc<Shared>) -> Router {
         )
         .route("/login.do", get(crate::consent::login_form).post(crate::consent::login))
         .route("/logout.do", get(crate::consent::logout))
+        .route(crate::mfa::VALIDATE_PATH, axum::routing::post(crate::mfa::validate))
         .route("/oauth_token.do", axum::routing::post(crate::oauth::token_endpoint))
         .route(
             "/oauth_revoke_token.do",
@@ -80,6 +82,7 @@ pub fn app(shared: Arc<Shared>) -> Router {
         )
         .route("/api/now/ui/user/current_user", get(crate::table::current_user))
         .merge(crate::table::router())
+        .merge(crate::batch::router())
         .merge(crate::email::router())
         .merge(crate::manage::router())
         .fallback(not_found)
@@ -195,17 +198,21 @@ async fn gateway(State(shared): State<Arc<Shared>>, mut request: Request, next: 
         },
         None if is_api => {
             let now = shared.clock.now_ms();
-            let caller = {
-                let state = instance.state.lock();
-                auth::authenticate(&state, request.headers(), request.uri().query(), now)
+            // A Batch API item runs as the batch's caller (its own credentials are not asked for).
+            let caller = match request.extensions().get::<BatchCaller>() {
+                Some(BatchCaller(caller)) => Some(caller.clone()),
+                None => {
+                    let state = instance.state.lock();
+                    auth::authenticate(&state, request.headers(), request.uri().query(), now)
+                }
             };
-            let missing_scope = || {
+            let missing_scope = caller.is_some() && {
                 let state = instance.state.lock();
                 auth::missing_scope(&state, request.headers(), request.uri().query(), &resource(&path), now)
             };
             match caller {
                 None => ApiError::NotAuthenticated.into_response(),
-                Some(caller) if missing_scope() => {
+                Some(caller) if missing_scope => {
                     user = Some(caller.user_name.clone());
                     ApiError::ScopeMissing.into_response()
                 }
@@ -337,7 +344,7 @@ async fn connection(tcp: tokio::net::TcpStream, acceptor: TlsAcceptor, app: Rout
 }
 
 /// `X-HTTP-Method-Override` on a POST replaces the method (servicenow-api.md §2.1).
-fn override_method(request: &mut Request) {
+pub(crate) fn override_method(request: &mut Request) {
     if request.method() != Method::POST {
         return;
     }

@@ -4,7 +4,7 @@ mod common;
 
 use common::*;
 use serde_json::json;
-use snowsim::{ADMIN_ROLE_SYS_ID, ITIL_ROLE_SYS_ID, UserSpec};
+use snowsim::{ADMIN_ROLE_SYS_ID, ITIL_ROLE_SYS_ID};
 
 /// The child classes of `task`, in creation order, with the number each one's first record gets.
 const TASK_CHILDREN: [(&str, &str); 6] = [
@@ -40,19 +40,6 @@ async fn patch_property_as_bob(client: &reqwest::Client, sys_id: &str) -> reqwes
         .send()
         .await
         .unwrap()
-}
-
-fn itil_only(server: &snowsim::Server) {
-    server
-        .admin()
-        .add_user(&UserSpec {
-            user_name: "bob".into(),
-            password: "bob".into(),
-            first_name: "Bob".into(),
-            roles: vec!["itil".into()],
-            ..UserSpec::default()
-        })
-        .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -105,7 +92,7 @@ async fn s3_1_sys_db_object_describes_the_hierarchy() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s3_4_roles_have_out_of_box_sys_ids_and_users_see_their_own_grants() {
     let (server, client) = start().await;
-    itil_only(&server);
+    add_itil_only(&server, "bob");
     let (_, roles) = get_json(
         &client,
         "bob",
@@ -149,7 +136,7 @@ async fn s3_4_roles_have_out_of_box_sys_ids_and_users_see_their_own_grants() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s3_2_an_itil_only_user_gets_403_on_rules_and_properties_until_granted() {
     let (server, client) = start().await;
-    itil_only(&server);
+    add_itil_only(&server, "bob");
     let rule = || json!({"name": "x", "collection": "task"});
     let (status, body) = insert(&client, "bob", "sys_script", rule()).await;
     assert_eq!(status, 403);

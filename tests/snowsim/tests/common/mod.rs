@@ -42,6 +42,21 @@ pub async fn start_with(config: Config) -> (Server, reqwest::Client) {
     (server, client)
 }
 
+/// Adds `user` (password = user name) with only the role `itil`: reads and writes tickets, not
+/// Business Rules or properties.
+pub fn add_itil_only(server: &Server, user: &str) {
+    server
+        .admin()
+        .add_user(&snowsim::UserSpec {
+            user_name: user.into(),
+            password: user.into(),
+            first_name: user.into(),
+            roles: vec!["itil".into()],
+            ..snowsim::UserSpec::default()
+        })
+        .expect("an itil-only user");
+}
+
 /// `https://acme.service-now.com{path}`.
 pub fn url(path: &str) -> String {
     format!("https://{HOST}{path}")
