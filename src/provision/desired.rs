@@ -78,6 +78,10 @@ pub fn desired(callback_url: &str, key: &SecretString, task_types: &[String], ow
             name: PROPERTY_NAME.to_owned(),
             value: signed_callback(callback_url, key),
             property_type: "string".to_owned(),
+            // Private: update sets leave it out, so no export carries the signing key to another
+            // instance (a clone still copies it: the receiver refuses a clone's events by their
+            // `instance`).
+            is_private: true,
             description: format!(
                 "Callback URL of the Business Rule \"{RULE_NAME}\" and, after #key=, the key it signs events with \
                  (never sent). Owned by servicenow-operator for {owner}: do not edit by hand."
@@ -116,6 +120,7 @@ mod tests {
         assert!(rule.script.trim_end().ends_with("})(current, previous);"));
         assert_eq!(desired.property.name, PROPERTY_NAME);
         assert_eq!(desired.property.property_type, "string");
+        assert!(desired.property.is_private, "kept out of update sets");
         assert!(desired.property.description.contains("itsm/acme"));
     }
 

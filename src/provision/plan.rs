@@ -204,7 +204,7 @@ fn rule_drift(observed: &BusinessRuleFields, desired: &BusinessRuleFields) -> Ve
 
 /// The managed fields of `observed` that differ from `desired`.
 fn property_drift(observed: &SystemPropertyFields, desired: &SystemPropertyFields) -> Vec<&'static str> {
-    [
+    let mut drift: Vec<&'static str> = [
         ("value", &observed.value, &desired.value),
         ("type", &observed.property_type, &desired.property_type),
         ("description", &observed.description, &desired.description),
@@ -212,7 +212,11 @@ fn property_drift(observed: &SystemPropertyFields, desired: &SystemPropertyField
     .into_iter()
     .filter(|(_, observed, desired)| text(observed) != text(desired))
     .map(|(field, _, _)| field)
-    .collect()
+    .collect();
+    if observed.is_private != desired.is_private {
+        drift.push("is_private");
+    }
+    drift
 }
 
 /// Text as compared: line endings as `\n`, trailing whitespace ignored (an instance or an

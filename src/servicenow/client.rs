@@ -38,7 +38,15 @@ const RULE_COLUMNS: [&str; 15] = [
 ];
 
 /// The columns of `sys_properties` read and written.
-const PROPERTY_COLUMNS: [&str; 6] = ["sys_id", "sys_created_on", "name", "value", "type", "description"];
+const PROPERTY_COLUMNS: [&str; 7] = [
+    "sys_id",
+    "sys_created_on",
+    "name",
+    "value",
+    "type",
+    "description",
+    "is_private",
+];
 
 /// The real [`ServiceNow`]: one HTTP client shared by every instance (see [`ClientConfig`]).
 /// Cheap to clone.
@@ -311,6 +319,7 @@ fn property(instance: &InstanceUrl, record: &Record) -> Result<SystemProperty, E
             value: record.text("value"),
             property_type: record.text("type"),
             description: record.text("description"),
+            is_private: record.flag("is_private"),
         },
     })
 }
@@ -322,6 +331,7 @@ fn property_values(fields: &SystemPropertyFields) -> Map<String, Value> {
         ("value".to_owned(), Value::String(fields.value.clone())),
         ("type".to_owned(), Value::String(fields.property_type.clone())),
         ("description".to_owned(), Value::String(fields.description.clone())),
+        ("is_private".to_owned(), flag(fields.is_private)),
     ])
 }
 

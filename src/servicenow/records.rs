@@ -70,6 +70,9 @@ pub struct SystemPropertyFields {
     pub property_type: String,
     /// `description`.
     pub description: String,
+    /// `is_private`: kept out of update sets (and so out of what moves between instances that
+    /// way).
+    pub is_private: bool,
 }
 
 impl std::fmt::Debug for SystemPropertyFields {
@@ -79,6 +82,7 @@ impl std::fmt::Debug for SystemPropertyFields {
             .field("value", &redact_token(&self.value))
             .field("property_type", &self.property_type)
             .field("description", &self.description)
+            .field("is_private", &self.is_private)
             .finish()
     }
 }

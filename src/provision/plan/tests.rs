@@ -180,6 +180,15 @@ fn a_missing_property_is_created() {
 }
 
 #[test]
+fn a_property_that_is_not_private_is_made_private() {
+    let mut public = property("p1", "");
+    public.fields.is_private = false;
+    let plan = plan(&[rule("r1", "")], &[public], &wanted());
+    assert_eq!(steps(&plan), [Step::UpdateProperty { sys_id: id("p1") }]);
+    assert_eq!(plan.property_drift(), ["is_private"]);
+}
+
+#[test]
 fn a_changed_property_value_is_updated_without_showing_it() {
     let mut changed = property("p1", "");
     changed.fields.value = "https://neo.example.com/callback/servicenow?connection=itsm%2Facme#key=b2xk".into();

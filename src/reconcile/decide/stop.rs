@@ -133,6 +133,26 @@ mod tests {
     }
 
     #[test]
+    fn a_429_waits_for_retry_after_or_backs_off_without_it() {
+        // Semaphore 429s may come without Retry-After (servicenow-api.md §2.7).
+        let stop = |retry_after| {
+            classify(
+                ConditionType::WebhookProvisioned,
+                Reason::ProvisioningFailed,
+                &error(ErrorKind::RateLimited { retry_after }),
+            )
+        };
+        let with = stop(Some(Duration::from_secs(7)));
+        assert_eq!(
+            (with.retry, with.verdict.reason),
+            (Retry::After(Duration::from_secs(7)), Reason::RateLimited)
+        );
+        let without = stop(None);
+        assert_eq!((without.retry, without.verdict.truth), (Retry::Backoff, Truth::Unknown));
+        assert_eq!(without.progress, Progress::Working);
+    }
+
+    #[test]
     fn a_timeout_is_transient() {
         let stop = classify(
             ConditionType::Authorized,

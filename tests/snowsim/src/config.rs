@@ -265,6 +265,11 @@ pub struct Behaviour {
     pub email_send_status: u16,
     /// A Business Rule's `script` runs only when `advanced` is true (documented, default: yes).
     pub script_requires_advanced: bool,
+    /// A list query on a table whose read ACLs let the caller see no row answers 403
+    /// "Insufficient rights to query records" instead of an empty list (the stricter of the two
+    /// answers real instances give; default: yes). Rows hidden one by one are still dropped
+    /// silently.
+    pub list_denied_is_403: bool,
     /// Writing a script field of `sys_script` needs the role
     /// `snc_required_script_writer_permission`, which `admin` lacks unless granted (Zurich and
     /// later, servicenow-api.md §7; default: yes — set `false` for an older release).
@@ -300,6 +305,7 @@ impl Default for Behaviour {
             email_send_status: 200,
             script_requires_advanced: true,
             script_writer_role: true,
+            list_denied_is_403: true,
             hibernating: false,
             require_mfa: false,
             batch_timeout_ms: 30_000,

@@ -38,6 +38,10 @@ pub enum ApiError {
     /// 400: a request parameter is wrong.
     #[error("{0}")]
     BadRequest(String),
+    /// 403: a list query on a table the caller may read no row of (servicenow-api.md §7, issue
+    /// 13: "Read ACLs can answer 403 Insufficient rights to query records to a list query").
+    #[error("Insufficient rights to query records")]
+    QueryDenied,
     /// 403: the OAuth token's entity lacks the auth scope a REST API Auth Scope policy requires
     /// (servicenow-api.md §7).
     #[error("Missing required api access scope")]
@@ -69,7 +73,9 @@ impl ApiError {
                 StatusCode::BAD_REQUEST
             }
             ApiError::NoRecord => StatusCode::NOT_FOUND,
-            ApiError::AclDenied(_) | ApiError::OperationFailed(_) | ApiError::ScopeMissing => StatusCode::FORBIDDEN,
+            ApiError::AclDenied(_) | ApiError::OperationFailed(_) | ApiError::ScopeMissing | ApiError::QueryDenied => {
+                StatusCode::FORBIDDEN
+            }
             ApiError::MethodNotSupported(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Injected(code) => StatusCode::from_u16(*code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
@@ -82,6 +88,7 @@ impl ApiError {
             ApiError::InvalidTable(_) | ApiError::NoResource | ApiError::Injected(_) | ApiError::ScopeMissing => {
                 Value::Null
             }
+            ApiError::QueryDenied => json!("Field(s) present in the query do not have permission to be read"),
             ApiError::NoRecord => {
                 json!("Record doesn't exist or ACL restricts the record retrieval")
             }

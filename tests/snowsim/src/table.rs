@@ -263,6 +263,11 @@ async fn list(
 ) -> Response {
     let request = request!(instance, caller, host, path, query, uri);
     let state = request.instance.state.lock();
+    if state.behaviour.list_denied_is_403
+        && state.acl.access(request.table, Operation::Read, &request.caller.roles) == Access::Denied
+    {
+        return ApiError::QueryDenied.into_response();
+    }
     let db = &state.db;
     let mut query = Query::parse(&request.params.encoded_query());
     let now = request.instance.clock.glide_now();

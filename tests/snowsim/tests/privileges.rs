@@ -145,13 +145,17 @@ async fn a_conditional_acl_opens_only_the_matching_properties_to_the_custom_role
         .admin()
         .remove_role("neo.agent", snowsim::INTEGRATION_ROLE)
         .unwrap();
-    let (_, body) = get_json(
+    let (status, body) = get_json(
         &client,
         "neo.agent",
         &format!("{PROPERTIES}?sysparm_query=name=x_neoagent.callback_url"),
     )
     .await;
-    assert_eq!(body["result"], json!([]));
+    assert_eq!(
+        (status, body["error"]["message"].as_str()),
+        (403, Some("Insufficient rights to query records")),
+        "{body}"
+    );
 }
 
 #[tokio::test]
