@@ -331,7 +331,7 @@ fn property_values(fields: &SystemPropertyFields) -> Map<String, Value> {
         ("value".to_owned(), Value::String(fields.value.clone())),
         ("type".to_owned(), Value::String(fields.property_type.clone())),
         ("description".to_owned(), Value::String(fields.description.clone())),
-        ("is_private".to_owned(), flag(fields.is_private)),
+        ("is_private".to_owned(), Value::String(fields.is_private.to_string())),
     ])
 }
 

@@ -162,6 +162,7 @@ mod tests {
             value: "https://neo.example.com/callback/servicenow?connection=itsm/acme&token=s3cret#x".into(),
             property_type: "string".into(),
             description: String::new(),
+            is_private: true,
         };
         let shown = format!("{fields:?}");
         assert!(!shown.contains("s3cret"), "{shown}");

@@ -113,13 +113,13 @@ async fn management_revokes_tokens_and_removes_roles() {
 async fn the_request_log_counts_exactly_the_calls_made() {
     let (server, client) = start().await;
     server.admin().clear_request_log();
-    get_json(&client, "neo.agent", "/api/now/table/sys_script?sysparm_query=name=x").await;
+    get_json(&client, "neo.agent", "/api/now/table/incident?sysparm_query=name=x").await;
     client.get(url("/api/now/table/incident")).send().await.unwrap();
     let log = server.admin().request_log();
     assert_eq!(log.len(), 2);
     assert_eq!(
         (log[0].method.as_str(), log[0].path.as_str()),
-        ("GET", "/api/now/table/sys_script")
+        ("GET", "/api/now/table/incident")
     );
     assert_eq!(log[0].query, "sysparm_query=name=x");
     assert_eq!((log[0].user.as_deref(), log[0].status), (Some("neo.agent"), 200));
