@@ -317,6 +317,63 @@ async fn an_itil_only_account_stalls_with_missing_provisioning_privileges_before
 }
 
 #[tokio::test]
+async fn a_list_query_the_instance_refuses_is_insufficient_privileges_naming_the_table() {
+    // A customised instance whose read ACL on sys_script asks for another role: the list query
+    // answers 403 "Insufficient rights to query records" (servicenow-api.md §7).
+    let (scene, _operator) = refused_after(
+        |admin| {
+            admin.set_acl(snowsim::AclRule::new(
+                "sys_script",
+                snowsim::Operation::Read,
+                &["nobody"],
+            ))
+        },
+        "WebhookProvisioned",
+        "sys_script",
+    )
+    .await;
+    let log = scene.simulator.admin().request_log();
+    assert!(
+        log.iter()
+            .any(|c| c.method == "GET" && c.path.ends_with("/table/sys_script") && c.status == 403),
+        "no refused list query: {log:#?}"
+    );
+    assert!(
+        writes(&log).iter().all(|c| !c.path.ends_with("/sys_script")),
+        "{log:#?}"
+    );
+    scene.assert_no_secret_leaked().await;
+}
+
+#[tokio::test]
+async fn a_429_without_retry_after_is_retried_with_backoff_until_ready() {
+    // Semaphore 429s come without Retry-After: the operator backs off and tries again.
+    let scene = Scene::new(serde_json::json!({})).await;
+    let admin = scene.simulator.admin();
+    let busy = r#"{"error":{"message":"Too many requests","detail":"The transaction was cancelled: too many concurrent requests"},"status":"failure"}"#;
+    admin.inject_fault(Fault {
+        times: Some(2),
+        ..Fault::new(
+            "/api/now/table/sys_properties",
+            FaultAction::Status {
+                code: 429,
+                body: Some(busy.into()),
+            },
+        )
+    });
+    let _operator = scene.start_operator(&[]).await;
+    let status = scene
+        .wait_for("READY_TO_SYNC after the 429s", |s| {
+            s.sync_state == Some(SyncState::ReadyToSync)
+        })
+        .await;
+    assert_eq!(condition(&status, "Reconciling"), None);
+    let refused = admin.request_log().iter().filter(|c| c.status == 429).count();
+    assert_eq!(refused, 2, "both 429s were met and retried");
+    scene.assert_no_secret_leaked().await;
+}
+
+#[tokio::test]
 async fn a_token_restricted_to_other_apis_is_token_scope_restricted_and_the_token_is_kept() {
     let scene = Scene::new(serde_json::json!({})).await;
     let admin = scene.simulator.admin();
