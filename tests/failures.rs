@@ -17,7 +17,7 @@ use snowsim::{Fault, FaultAction, RateLimitRule, RateLimitTarget, RequestLogEntr
 use support::{
     Observed,
     conditions::{assert_condition, condition, has_condition},
-    instance::{self, AGENT, APP, HOST},
+    instance::{self, AGENT, APP},
     operator::Operator,
     poll_until,
     scene::{CREDENTIALS_SECRET, PROPERTY_QUERY, RULE_QUERY, Ready, Scene, put_secret, ready_connection},
@@ -258,11 +258,8 @@ async fn an_account_without_itil_is_insufficient_privileges_until_the_role_is_gr
 #[tokio::test]
 async fn an_itil_only_account_stalls_with_missing_provisioning_privileges_before_any_write() {
     // A fresh account: itil only, no ACL for the integration's role.
-    let config = snowsim::Config {
-        instances: vec![snowsim::InstanceConfig::new(HOST)],
-        ..snowsim::Config::default()
-    };
-    let scene = Scene::with_simulator(instance::simulator_of(config).await, serde_json::json!({})).await;
+    let simulator = instance::simulator_of(instance::fresh_account()).await;
+    let scene = Scene::with_simulator(simulator, serde_json::json!({})).await;
     let _operator = scene.start_operator(&[]).await;
     let status = scene
         .wait_for_condition("IdentityResolved", "False", Reason::MissingProvisioningPrivileges)
@@ -407,11 +404,8 @@ async fn a_token_restricted_to_other_apis_is_token_scope_restricted_and_the_toke
 #[tokio::test]
 async fn an_administrator_without_the_script_writer_role_is_refused_creating_the_rule() {
     // Zurich and later: admin lacks snc_required_script_writer_permission by default.
-    let config = snowsim::Config {
-        instances: vec![snowsim::InstanceConfig::new(HOST).admin_account(AGENT)],
-        ..snowsim::Config::default()
-    };
-    let scene = Scene::with_simulator(instance::simulator_of(config).await, serde_json::json!({})).await;
+    let simulator = instance::simulator_of(instance::admin_account()).await;
+    let scene = Scene::with_simulator(simulator, serde_json::json!({})).await;
     scene
         .simulator
         .admin()

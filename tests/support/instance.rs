@@ -12,16 +12,22 @@ pub const AGENT: &str = "neo.agent";
 /// least-privilege option says (`itil`, `business_rule_admin`, the script-writer role and
 /// `x_neoagent_integration` with its property ACLs).
 pub fn least_privilege() -> snowsim::Config {
-    snowsim::Config {
-        instances: vec![snowsim::InstanceConfig::new(HOST).least_privilege(AGENT)],
-        ..snowsim::Config::default()
-    }
+    serving(snowsim::InstanceConfig::new(HOST).least_privilege(AGENT))
 }
 
 /// The same instance with `neo.agent` as an administrator (`admin` and the script-writer role).
 pub fn admin_account() -> snowsim::Config {
+    serving(snowsim::InstanceConfig::new(HOST).admin_account(AGENT))
+}
+
+/// The same instance with `neo.agent` as a new account has it: `itil` only.
+pub fn fresh_account() -> snowsim::Config {
+    serving(snowsim::InstanceConfig::new(HOST))
+}
+
+fn serving(instance: snowsim::InstanceConfig) -> snowsim::Config {
     snowsim::Config {
-        instances: vec![snowsim::InstanceConfig::new(HOST).admin_account(AGENT)],
+        instances: vec![instance],
         ..snowsim::Config::default()
     }
 }
