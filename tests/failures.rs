@@ -351,7 +351,7 @@ async fn a_429_without_retry_after_is_retried_with_backoff_until_ready() {
     admin.inject_fault(Fault {
         times: Some(2),
         ..Fault::new(
-            "/api/now/table/sys_properties",
+            "/api/now/v2/table/sys_properties",
             FaultAction::Status {
                 code: 429,
                 body: Some(busy.into()),

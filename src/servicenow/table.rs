@@ -173,7 +173,7 @@ impl TableApi<'_> {
             .map(|_| ())
     }
 
-    /// The caller from `/api/now/ui/user/current_user`: `user_sys_id`, `user_name`, `name`.
+    /// The caller from `/api/now/ui/user/current_user`: `user_sys_id`, `user_name`, `user_display_name`.
     pub async fn current_user(&self) -> Result<Record, Error> {
         let call = Call {
             instance: self.instance,
