@@ -170,6 +170,31 @@ mod tests {
         assert!(!same_hash(&one.hash, &two.hash));
         assert!(!same_hash(&one.hash, ""));
         assert!(!one.hash.contains(&one.ticket) && !format!("{one:?}").contains(&one.ticket));
+        // The debug output shows the hash instead.
+        assert!(format!("{one:?}").contains(&one.hash), "{one:?}");
+    }
+
+    /// Differences that would cancel out if combined with `^` instead of `|` (`a^b` at both
+    /// positions) still make two hashes differ.
+    #[test]
+    fn hashes_differing_in_several_places_are_not_the_same() {
+        assert!(!same_hash("ab", "ba"));
+        assert!(same_hash("ab", "ab"));
+    }
+
+    /// The length bound refuses only what is longer than [`MAX_LEN`]: a ticket of exactly that
+    /// length (for a long connection name) verifies.
+    #[test]
+    fn a_ticket_of_exactly_the_maximum_length_verifies() {
+        let (connection, issued) = (1..MAX_LEN)
+            .map(|n| format!("itsm/{}", "a".repeat(n)))
+            .map(|connection| {
+                let issued = issue(KEY, &connection, [5; RANDOM_LEN], at(0));
+                (connection, issued)
+            })
+            .find(|(_, issued)| issued.ticket.len() == MAX_LEN)
+            .expect("some connection name gives a ticket of the maximum length");
+        assert_eq!(verify(KEY, &issued.ticket, at(1)), Ok(connection));
     }
 
     #[test]

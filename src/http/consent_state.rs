@@ -462,6 +462,26 @@ mod tests {
         // The state carries the cookie's hash, never the cookie.
         assert!(!minted.state.contains(minted.cookie.expose()));
         assert!(!format!("{minted:?}").contains(minted.cookie.expose()));
+        // It shows the nonce instead.
+        assert!(format!("{minted:?}").contains(&minted.nonce), "{minted:?}");
+    }
+
+    /// The length bound refuses only what is longer than [`MAX_STATE_LEN`]: a state of exactly
+    /// that length (for a long connection name) verifies.
+    #[test]
+    fn a_state_of_exactly_the_maximum_length_verifies() {
+        let (connection, minted) = (1..MAX_STATE_LEN)
+            .map(|n| format!("team-a/{}", "a".repeat(n)))
+            .map(|connection| {
+                let minted = mint(KEY, &connection, UID, at(0));
+                (connection, minted)
+            })
+            .find(|(_, minted)| minted.state.len() == MAX_STATE_LEN)
+            .expect("some connection name gives a state of the maximum length");
+        assert_eq!(
+            verify(KEY, &minted.state, at(1)).map(|verified| verified.connection),
+            Ok(connection)
+        );
     }
 
     #[test]

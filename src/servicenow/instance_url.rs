@@ -207,6 +207,8 @@ mod tests {
     fn the_host_is_what_follows_the_scheme() {
         let url = InstanceUrl::parse("https://acme.service-now.com").unwrap();
         assert_eq!(url.host(), "acme.service-now.com");
+        assert_eq!(url.as_str(), "https://acme.service-now.com");
+        assert_eq!(url.to_string(), "https://acme.service-now.com");
         assert_eq!(
             url.join("/oauth_token.do"),
             "https://acme.service-now.com/oauth_token.do"

@@ -492,6 +492,29 @@ mod tests {
         assert!(cloud_event.headers().iter().all(|(name, _)| *name != "ce-time"));
     }
 
+    /// Task tables have digits and underscores in their names (`sc_task`, `change_request`,
+    /// custom `u_` tables), up to the 80 characters of the rule; the first character is a letter.
+    #[test]
+    fn table_names_with_digits_and_underscores_up_to_80_characters_are_accepted() {
+        let longest = format!("u_{}", "t".repeat(78));
+        for table in ["sc_task", "change_request", "u_table2", longest.as_str()] {
+            assert_eq!(event(with("table", table.into())).unwrap().table, table);
+        }
+        for table in ["2fa", "_task", "sc-task"] {
+            assert_eq!(
+                event(with("table", table.into())).unwrap_err().to_string(),
+                format!("table must be {TABLE_RULE}"),
+                "{table}"
+            );
+        }
+    }
+
+    /// The receiver answers 413 above 64 KiB, as the README's table of answers says.
+    #[test]
+    fn the_body_limit_is_64_kib() {
+        assert_eq!(MAX_BODY_BYTES, 65_536);
+    }
+
     #[test]
     fn event_ids_are_version_4_uuids() {
         assert_eq!(uuid_v4([0; 16]), "00000000-0000-4000-8000-000000000000");

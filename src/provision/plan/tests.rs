@@ -41,8 +41,9 @@ fn property(sys_id: &str, created_on: &str) -> SystemProperty {
     }
 }
 
+/// The steps as `for step in &plan` walks them (`describe` walks [`Plan::iter`]).
 fn steps(plan: &Plan) -> Vec<Step> {
-    plan.iter().cloned().collect()
+    plan.into_iter().cloned().collect()
 }
 
 fn id(sys_id: &str) -> String {
@@ -63,6 +64,7 @@ fn nothing_is_written_when_the_instance_matches() {
 #[test]
 fn a_fresh_instance_gets_the_property_then_the_rule() {
     let plan = plan(&[], &[], &wanted());
+    assert!(!plan.is_empty());
     assert_eq!(steps(&plan), [Step::CreateProperty, Step::CreateRule]);
 }
 

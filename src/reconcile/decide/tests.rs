@@ -630,6 +630,22 @@ fn cases() -> Vec<Case> {
             next: BACKOFF,
         },
         Case {
+            name: "the instance answers the read of the webhook records with something unexpected",
+            connection: connection(spec()),
+            gathered: Gathered {
+                records: Some(Err(error(ErrorKind::Protocol {
+                    reason: "unexpected answer HTTP 400".into(),
+                }))),
+                ..ready()
+            },
+            failed: None,
+            condition: ConditionType::WebhookProvisioned,
+            truth: "False",
+            reason: Reason::ProvisioningFailed,
+            state: "PROVISIONING",
+            next: BACKOFF,
+        },
+        Case {
             name: "email asked for and granted",
             connection: with_spec(|s| s.notifications.email_via_psa = true),
             gathered: Gathered {
@@ -1075,4 +1091,131 @@ fn identity_checks_gate_provisioning() {
     let mut expected = spec.clone();
     expected.expected_user_name = Some("neo.agent".into());
     assert!(identity(&expected, &user("admin"), &least).is_err());
+}
+
+/// A `neoagent.io/reconnect` request is pending (for `gather`, which forgets the token) until a
+/// ready reconcile records it as handled.
+#[test]
+fn a_reconnect_request_is_pending_until_a_ready_reconcile_records_it() {
+    let requested = with_annotation(RECONNECT, "2026-12-04T10:00:00Z");
+    let unhandled = ServiceNowConnectionStatus::default();
+    assert_eq!(
+        reconnect_request(&requested, &unhandled).map(String::as_str),
+        Some("2026-12-04T10:00:00Z")
+    );
+    let handled = run(&requested, &with_records(in_place()), None).conclusion.status;
+    assert_eq!(reconnect_request(&requested, &handled), None);
+    assert_eq!(reconnect_request(&connection(spec()), &unhandled), None);
+}
+
+/// Acts carry their token: another refresh token, or the same one with another expiry, is
+/// another act.
+#[test]
+fn tokens_to_store_differ_by_value_and_by_expiry() {
+    let token = SecretToken(stored(90));
+    assert_eq!(token, SecretToken(stored(90)));
+    let renewed = StoredToken {
+        refresh_token: SecretString::new("refresh-2"),
+        ..stored(90)
+    };
+    assert_ne!(token, SecretToken(renewed));
+    assert_ne!(token, SecretToken(stored(30)));
+}
+
+/// The warning starts once the refresh token has less than [`EXPIRY_WARNING`] left, and says
+/// "expired" from its expiry on (while the access token obtained before still works).
+#[test]
+fn the_expiry_warning_starts_two_weeks_ahead_and_says_when_the_token_expired() {
+    let ending_in = |seconds: i64| {
+        let stored = StoredToken {
+            expires_at: Some(now() + SignedDuration::from_secs(seconds)),
+            ..stored(90)
+        };
+        let verdict = expiry_verdict(&stored, now());
+        (verdict.reason, verdict.message)
+    };
+    let warning = i64::try_from(EXPIRY_WARNING.as_secs()).unwrap();
+    assert_eq!(ending_in(warning).0, Reason::TokenValid);
+    assert_eq!(
+        ending_in(warning - 1),
+        (
+            Reason::RefreshTokenExpiring,
+            format!(
+                "The refresh token expires at {}.",
+                now() + SignedDuration::from_secs(warning - 1)
+            )
+        )
+    );
+    assert_eq!(
+        ending_in(0),
+        (
+            Reason::RefreshTokenExpiring,
+            format!(
+                "The refresh token expired at {}; the access token obtained before still works.",
+                now()
+            )
+        )
+    );
+}
+
+/// The status names the identity (its display name when it has one) and whether it may send
+/// email, whether or not email is asked for.
+#[test]
+fn the_status_shows_the_identity_and_whether_it_may_send_email() {
+    let plain = run(&connection(spec()), &ready(), None).conclusion.status;
+    assert_eq!(
+        plain.identity,
+        Some(Identity {
+            sys_id: "neo.agent-sys-id".into(),
+            user_name: "neo.agent".into(),
+            display_name: Some("Neo Agent".into()),
+        })
+    );
+    assert_eq!(
+        plain.capabilities,
+        Some(Capabilities {
+            email_via_psa: Some(false)
+        })
+    );
+    let nameless = Gathered {
+        user: Some(Ok(User {
+            display_name: String::new(),
+            ..user("neo.agent")
+        })),
+        roles: Some(Ok(vec!["itil".into(), "email_api_send".into()])),
+        ..ready()
+    };
+    let status = run(&connection(spec()), &nameless, None).conclusion.status;
+    assert_eq!(status.identity.and_then(|identity| identity.display_name), None);
+    assert_eq!(
+        status.capabilities,
+        Some(Capabilities {
+            email_via_psa: Some(true)
+        })
+    );
+}
+
+/// Records fixed on the instance by hand after a failed provisioning: nothing to write, and
+/// `WebhookProvisioned` turns True (only a condition that is True already is left as it is).
+#[test]
+fn records_fixed_by_hand_after_a_failure_make_the_webhook_provisioned_without_a_write() {
+    let refused = error(ErrorKind::Protocol {
+        reason: "unexpected answer HTTP 400".into(),
+    });
+    let failed = run(&connection(spec()), &ready(), Some(refused));
+    assert_eq!(
+        failed.condition(ConditionType::WebhookProvisioned),
+        Some(("False", "ProvisioningFailed"))
+    );
+    // The failed write takes back only the webhook's verdict.
+    assert_eq!(
+        failed.condition(ConditionType::IdentityResolved),
+        Some(("True", "IdentityResolved"))
+    );
+    let fixed = run(&with_status(failed.conclusion.status), &with_records(in_place()), None);
+    assert!(fixed.acts.is_empty(), "{:?}", fixed.acts);
+    assert_eq!(
+        fixed.condition(ConditionType::WebhookProvisioned),
+        Some(("True", "Provisioned"))
+    );
 }
