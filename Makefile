@@ -63,6 +63,7 @@ demo-check: integration demo-bins
 bench: envtest-bins
 	cargo bench --locked -p snowsim
 	cargo bench --locked -p servicenow-operator --bench reconcile
+	cargo bench --locked -p servicenow-operator --bench webhook
 
 ## mutants: mutation testing of the pure core (tests/mutants/run): cargo-mutants (installed on first
 ## use) mutates the modules .cargo/mutants.toml names, runs the unit tests against each mutant,
