@@ -1182,7 +1182,7 @@ fn the_status_shows_the_identity_and_whether_it_may_send_email() {
             display_name: String::new(),
             ..user("neo.agent")
         })),
-        roles: Some(Ok(vec!["itil".into(), "email_api_send".into()])),
+        roles: Some(Ok(vec!["admin".into(), "itil".into(), "email_api_send".into()])),
         ..ready()
     };
     let status = run(&connection(spec()), &nameless, None).conclusion.status;
