@@ -315,16 +315,22 @@ async fn an_itil_only_account_stalls_with_missing_provisioning_privileges_before
 
 #[tokio::test]
 async fn a_list_query_the_instance_refuses_is_insufficient_privileges_naming_the_table() {
-    // A customised instance whose read ACL on sys_script asks for another role: the list query
-    // answers 403 "Insufficient rights to query records" (servicenow-api.md §7).
-    let (scene, _operator) = refused_after(
-        |admin| {
-            admin.set_acl(snowsim::AclRule::new(
-                "sys_script",
-                snowsim::Operation::Read,
-                &["nobody"],
-            ))
-        },
+    // The list query answers 403 "Insufficient rights to query records" (servicenow-api.md §7).
+    let (scene, _operator, log) = refused_on_sys_script(snowsim::Operation::Read, "GET").await;
+    assert!(
+        writes(&log).iter().all(|c| !c.path.ends_with("/sys_script")),
+        "{log:#?}"
+    );
+    scene.assert_no_secret_leaked().await;
+}
+
+/// A scene whose instance's ACL for `operation` on sys_script asks for another role than the
+/// account holds (a customised instance: the roles the operator checks are there, only the call
+/// tells); waits for `InsufficientPrivileges` naming sys_script and checks that snowsim refused
+/// a `method` on it with 403. Returns the scene, its operator and snowsim's request log.
+async fn refused_on_sys_script(operation: snowsim::Operation, method: &str) -> (Scene, Operator, Vec<RequestLogEntry>) {
+    let (scene, operator) = refused_after(
+        |admin| admin.set_acl(snowsim::AclRule::new("sys_script", operation, &["nobody"])),
         "WebhookProvisioned",
         "sys_script",
     )
@@ -332,14 +338,10 @@ async fn a_list_query_the_instance_refuses_is_insufficient_privileges_naming_the
     let log = scene.simulator.admin().request_log();
     assert!(
         log.iter()
-            .any(|c| c.method == "GET" && c.path.ends_with("/table/sys_script") && c.status == 403),
-        "no refused list query: {log:#?}"
+            .any(|c| c.method == method && c.path.ends_with("/table/sys_script") && c.status == 403),
+        "no refused {method} on sys_script: {log:#?}"
     );
-    assert!(
-        writes(&log).iter().all(|c| !c.path.ends_with("/sys_script")),
-        "{log:#?}"
-    );
-    scene.assert_no_secret_leaked().await;
+    (scene, operator, log)
 }
 
 #[tokio::test]
@@ -486,28 +488,8 @@ async fn an_identity_other_than_the_expected_one_is_a_mismatch_and_provisions_no
 
 #[tokio::test]
 async fn a_403_on_sys_script_is_insufficient_privileges_naming_the_table() {
-    // The account holds the roles the operator checks, but the instance's ACL on sys_script asks
-    // for another (a customised instance): only the write tells.
-    let (scene, _operator) = refused_after(
-        |admin| {
-            admin.set_acl(snowsim::AclRule::new(
-                "sys_script",
-                snowsim::Operation::Create,
-                &["nobody"],
-            ))
-        },
-        "WebhookProvisioned",
-        "sys_script",
-    )
-    .await;
-    let admin = scene.simulator.admin();
-    let log = admin.request_log();
-    assert!(
-        log.iter()
-            .any(|c| c.method == "POST" && c.path.ends_with("/table/sys_script") && c.status == 403),
-        "no refused rule creation: {log:#?}"
-    );
-    assert!(admin.records("sys_script", RULE_QUERY).is_empty());
+    let (scene, _operator, _log) = refused_on_sys_script(snowsim::Operation::Create, "POST").await;
+    assert!(scene.simulator.admin().records("sys_script", RULE_QUERY).is_empty());
     scene.assert_no_secret_leaked().await;
 }
 
