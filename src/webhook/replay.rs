@@ -99,6 +99,7 @@ mod tests {
         assert!(!replays.first_time(id(1), NOW, NOW + 1));
         assert!(replays.first_time(id(2), NOW, NOW + 1));
         assert_eq!(replays.len(), 2);
+        assert!(!replays.is_empty());
     }
 
     #[test]
