@@ -23,8 +23,9 @@ pub fn parse(value: &str) -> Result<Duration, String> {
             "ms" => Duration::from_millis(1),
             _ => return Err(invalid()),
         };
-        total += unit
+        total = unit
             .checked_mul(u32::try_from(number).map_err(|_| invalid())?)
+            .and_then(|part| total.checked_add(part))
             .ok_or_else(invalid)?;
         rest = &rest[unit_len..];
     }
@@ -34,6 +35,18 @@ pub fn parse(value: &str) -> Result<Duration, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_sum_beyond_what_a_duration_holds_is_refused_not_a_panic() {
+        // 4294967295h is the largest term (the number must fit 32 bits); about 1.2 million of
+        // them pass u64::MAX seconds.
+        let huge = "4294967295h".repeat(1_200_000);
+        assert!(
+            parse(&huge)
+                .unwrap_err()
+                .ends_with("is not a duration such as 90s, 10m or 1h30m")
+        );
+    }
 
     #[test]
     fn durations_parse_like_the_crd_accepts_them() {

@@ -117,6 +117,7 @@ pub struct ServiceNowConnectionSpec {
     #[x_kube(validation = url_rule(UrlRule::NoPath))]
     #[x_kube(validation = url_rule(UrlRule::NoQuery))]
     #[x_kube(validation = url_rule(UrlRule::NoFragment))]
+    #[x_kube(validation = url_rule(UrlRule::HostLength))]
     #[x_kube(validation = url_rule(UrlRule::LowerCaseHost))]
     #[x_kube(validation = url_rule(UrlRule::NoPunycode))]
     #[x_kube(validation = url_rule(UrlRule::AllowedDomain))]
