@@ -14,6 +14,9 @@ use crate::{api::ServiceNowConnection, servicenow::SecretString};
 
 /// Key of the OAuth client id in the credentials Secret.
 pub const CLIENT_ID_KEY: &str = "clientId";
+/// The longest client ID or secret accepted (the instance's are 32 characters; a longer value is
+/// a pasted file or record, not a credential, and would be sent with every token request).
+const MAX_CREDENTIAL_LEN: usize = 1024;
 /// Key of the OAuth client secret in the credentials Secret.
 pub const CLIENT_SECRET_KEY: &str = "clientSecret";
 /// Key of the refresh token in the token Secret.
@@ -118,6 +121,11 @@ pub fn credentials_from(
         let text = std::str::from_utf8(&bytes.0).map_err(|_| malformed("is not UTF-8 text"))?;
         if text.is_empty() {
             return Err(malformed("is empty"));
+        }
+        if text.len() > MAX_CREDENTIAL_LEN {
+            return Err(malformed(
+                "is longer than 1,024 bytes: copy the value itself from the Application Registry record",
+            ));
         }
         if text.ends_with('\n') || text.ends_with("\r\n") {
             return Err(malformed("ends with a newline"));
