@@ -355,7 +355,8 @@ pub async fn ensure_webhook_key(
 pub const STATE_KEY_KEY: &str = "stateKey";
 
 /// The key that signs consent states, shared by every replica: read from the Secret `name`, or
-/// created there (32 random bytes) by whichever replica comes first.
+/// created there (32 random bytes, labelled as the operator's) by whichever replica comes first.
+/// Never patched or deleted.
 pub async fn ensure_state_key(secrets: &Api<Secret>, name: &str) -> Result<SecretString, kube::Error> {
     for _ in 0..3 {
         if let Some(secret) = secrets.get_opt(name).await? {
@@ -371,6 +372,10 @@ pub async fn ensure_state_key(secrets: &Api<Secret>, name: &str) -> Result<Secre
         let secret = Secret {
             metadata: ObjectMeta {
                 name: Some(name.to_owned()),
+                labels: Some(BTreeMap::from([(
+                    ownership::MANAGED_BY_LABEL.to_owned(),
+                    ownership::MANAGER.to_owned(),
+                )])),
                 ..Default::default()
             },
             data: Some(BTreeMap::from([(

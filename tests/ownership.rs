@@ -61,8 +61,20 @@ async fn strangers_secret(scene: &Scene, name: &str, data: &[(&str, &str)]) -> U
     found
 }
 
-/// Deletes the connection and waits until the garbage collector removed a Secret the connection
-/// controlled: by then it would have removed any other it owned.
+/// Writes [`CONTROL_SECRET`], controlled by the connection like the operator's own Secrets.
+async fn controlled_secret(scene: &Scene) {
+    put_owned_secret(
+        &scene.client,
+        scene.ns.name(),
+        CONNECTION,
+        CONTROL_SECRET,
+        &[("x", "y")],
+    )
+    .await;
+}
+
+/// Deletes the connection and waits until the garbage collector removed [`CONTROL_SECRET`]: by
+/// then it would have removed any other Secret the connection owned.
 async fn delete_and_collect(scene: &Scene) {
     scene
         .api()
@@ -83,14 +95,7 @@ async fn delete_and_collect(scene: &Scene) {
 #[tokio::test]
 async fn a_strangers_token_secret_is_left_untouched_and_reported() {
     let scene = Scene::awaiting_consent(serde_json::json!({})).await;
-    put_owned_secret(
-        &scene.client,
-        scene.ns.name(),
-        CONNECTION,
-        CONTROL_SECRET,
-        &[("x", "y")],
-    )
-    .await;
+    controlled_secret(&scene).await;
     let before = strangers_secret(&scene, TOKEN_SECRET, &[("refreshToken", &scene.seed.refresh_token)]).await;
     // A re-consent request would revoke and delete the stored token: not a stranger's.
     scene.annotate(RECONSENT, "1").await;
@@ -136,14 +141,7 @@ async fn a_strangers_token_secret_is_left_untouched_and_reported() {
 #[tokio::test]
 async fn a_strangers_webhook_secret_is_left_untouched_and_nothing_is_provisioned() {
     let scene = Scene::new(serde_json::json!({})).await;
-    put_owned_secret(
-        &scene.client,
-        scene.ns.name(),
-        CONNECTION,
-        CONTROL_SECRET,
-        &[("x", "y")],
-    )
-    .await;
+    controlled_secret(&scene).await;
     let before = strangers_secret(
         &scene,
         WEBHOOK_SECRET,
