@@ -17,15 +17,21 @@ use kube::{
 use servicenow_operator::{
     api::{RECONSENT, SyncState, conditions::Reason},
     secrets::ownership::{CONNECTION_UID_LABEL, MANAGED_BY_LABEL, MANAGER},
+    servicenow::SecretString,
+    webhook::signature,
 };
 use support::{
     conditions::assert_condition,
     consent::calls_to,
+    instance::AGENT,
+    operator::Operator,
     poll_until,
     scene::{CONNECTION, Scene, TOKEN_SECRET, put_owned_secret, put_secret},
 };
 
 const WEBHOOK_SECRET: &str = "acme-webhook";
+/// The signing key in a stranger's webhook Secret.
+const STRANGERS_KEY: &str = "a-strangers-signing-key-0123456789";
 /// A Secret the connection controls, as the operator's are: proof that the garbage collector ran.
 const CONTROL_SECRET: &str = "acme-gc-control";
 
@@ -59,6 +65,33 @@ async fn strangers_secret(scene: &Scene, name: &str, data: &[(&str, &str)]) -> U
     let found = untouched(&secret(scene, name).await.expect("the stranger's Secret"));
     assert_eq!(found.owner_references, 0);
     found
+}
+
+/// POSTs an event for the connection to `operator`'s receiver, signed with `key` as the Business
+/// Rule signs; returns the status code.
+async fn post_signed(operator: &Operator, scene: &Scene, key: &str) -> u16 {
+    let body = serde_json::json!({
+        "table": "incident", "sys_id": "0".repeat(32), "number": "INC0000001", "operation": "update",
+        "sys_updated_on": "2026-01-31 12:00:00", "sys_updated_by": AGENT,
+    })
+    .to_string();
+    let timestamp = k8s_openapi::jiff::Timestamp::now().as_millisecond().to_string();
+    let query = url::form_urlencoded::Serializer::new(String::new())
+        .append_pair("connection", &format!("{}/{CONNECTION}", scene.ns.name()))
+        .finish();
+    let answer = reqwest::Client::new()
+        .post(format!("{}/callback/servicenow?{query}", operator.public_url))
+        .header("content-type", "application/json")
+        .header(signature::TIMESTAMP_HEADER, &timestamp)
+        .header(
+            signature::SIGNATURE_HEADER,
+            signature::sign(&SecretString::new(key), &timestamp, body.as_bytes()),
+        )
+        .body(body)
+        .send()
+        .await
+        .expect("the operator answers");
+    answer.status().as_u16()
 }
 
 /// Writes [`CONTROL_SECRET`], controlled by the connection like the operator's own Secrets.
@@ -142,13 +175,8 @@ async fn a_strangers_token_secret_is_left_untouched_and_reported() {
 async fn a_strangers_webhook_secret_is_left_untouched_and_nothing_is_provisioned() {
     let scene = Scene::new(serde_json::json!({})).await;
     controlled_secret(&scene).await;
-    let before = strangers_secret(
-        &scene,
-        WEBHOOK_SECRET,
-        &[("token", "a-strangers-signing-key-0123456789")],
-    )
-    .await;
-    let _operator = scene.start_operator(&[]).await;
+    let before = strangers_secret(&scene, WEBHOOK_SECRET, &[("token", STRANGERS_KEY)]).await;
+    let operator = scene.start_operator(&[]).await;
 
     let status = scene
         .wait_for_condition("WebhookProvisioned", "False", Reason::SecretNotOwned)
@@ -161,6 +189,11 @@ async fn a_strangers_webhook_secret_is_left_untouched_and_nothing_is_provisioned
         .filter(|entry| entry.path.starts_with("/api/now/table/") && entry.method != "GET")
         .collect();
     assert!(writes.is_empty(), "the instance was written: {writes:#?}");
+    assert_eq!(
+        post_signed(&operator, &scene, STRANGERS_KEY).await,
+        401,
+        "the receiver accepted a key from a Secret that is not the connection's"
+    );
     let status = scene.reconcile_now("after-the-refusal").await;
     assert_condition(&status, "WebhookProvisioned", "False", Reason::SecretNotOwned);
     assert_eq!(
@@ -186,12 +219,7 @@ async fn an_older_versions_secret_is_adopted_and_a_removed_strangers_secret_unbl
         .patch(TOKEN_SECRET, &PatchParams::default(), &Patch::Merge(&unlabel))
         .await
         .expect("remove the uid label");
-    strangers_secret(
-        &scene,
-        WEBHOOK_SECRET,
-        &[("token", "a-strangers-signing-key-0123456789")],
-    )
-    .await;
+    strangers_secret(&scene, WEBHOOK_SECRET, &[("token", STRANGERS_KEY)]).await;
     let _operator = scene.start_operator(&[]).await;
     scene
         .wait_for_condition("WebhookProvisioned", "False", Reason::SecretNotOwned)
