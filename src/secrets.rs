@@ -12,7 +12,9 @@ pub mod ownership;
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::{ByteString, api::core::v1::Secret, jiff::Timestamp};
+use k8s_openapi::{
+    ByteString, api::core::v1::Secret, apimachinery::pkg::apis::meta::v1::OwnerReference, jiff::Timestamp,
+};
 use kube::{
     Api, Resource, ResourceExt,
     api::{DeleteParams, ObjectMeta, Patch, PatchParams, PostParams, Preconditions},
@@ -446,6 +448,40 @@ async fn owned(
     }
 }
 
+/// Pure: the strategic merge patch that makes `existing` — the connection `uid`'s — hold
+/// exactly `data` (keys it drops are set to null, so removed), labelled and controlled as the
+/// connection's, conditional on `existing`'s `resourceVersion`.
+fn rewrite(
+    existing: &Secret,
+    uid: &str,
+    owner_references: Option<Vec<OwnerReference>>,
+    data: BTreeMap<String, ByteString>,
+) -> serde_json::Value {
+    let mut values: serde_json::Map<String, serde_json::Value> = existing
+        .data
+        .iter()
+        .flatten()
+        .map(|(key, _)| (key.clone(), serde_json::Value::Null))
+        .collect();
+    for (key, value) in data {
+        use base64::Engine as _;
+        let encoded = base64::engine::general_purpose::STANDARD.encode(value.0);
+        values.insert(key, serde_json::Value::String(encoded));
+    }
+    let mut patch = serde_json::json!({
+        "metadata": {
+            "resourceVersion": existing.metadata.resource_version,
+            "labels": ownership::labels(uid),
+        },
+        "data": values,
+    });
+    // Merged by uid with the references already there; never a null, which would remove them.
+    if let Some(references) = owner_references {
+        patch["metadata"]["ownerReferences"] = serde_json::json!(references);
+    }
+    patch
+}
+
 /// Writes `data` into `owner`'s Secret `name`: creates it, labelled and controlled by the
 /// connection, when `existing` is `None` (failing if the name was taken since), or replaces the
 /// data of `existing` — which [`owned`] proved the connection's — conditional on its version.
@@ -477,24 +513,7 @@ async fn write_owned(
         secrets.create(&params, &secret).await?;
         return Ok(());
     };
-    // Keys the new data drops are removed (null in a merge patch).
-    let mut values: serde_json::Map<String, serde_json::Value> = existing
-        .data
-        .iter()
-        .flatten()
-        .map(|(key, _)| (key.clone(), serde_json::Value::Null))
-        .collect();
-    for (key, value) in data {
-        values.insert(key, serde_json::to_value(value).map_err(kube::Error::SerdeError)?);
-    }
-    let patch = serde_json::json!({
-        "metadata": {
-            "resourceVersion": existing.metadata.resource_version,
-            "labels": ownership::labels(&uid),
-            "ownerReferences": owner_references,
-        },
-        "data": values,
-    });
+    let patch = rewrite(existing, &uid, owner_references, data);
     let params = PatchParams {
         field_manager: Some(FIELD_MANAGER.to_owned()),
         ..PatchParams::default()
@@ -597,6 +616,32 @@ mod tests {
         assert_eq!(without_end.expect("keys").previous, None);
         assert_eq!(WebhookKeys::of(secret(&[(WEBHOOK_TOKEN_KEY, "")])), None);
         assert_eq!(WebhookKeys::of(Secret::default()), None);
+    }
+
+    #[test]
+    fn a_rewrite_removes_the_keys_it_drops_and_holds_on_the_version_read() {
+        let existing = Secret {
+            metadata: ObjectMeta {
+                resource_version: Some("42".into()),
+                ..ObjectMeta::default()
+            },
+            data: Some(data(&[
+                ("refreshToken", "old"),
+                ("refreshTokenExpiresAt", "2026-01-01T00:00:00Z"),
+            ])),
+            ..Secret::default()
+        };
+        let patch = rewrite(&existing, "u1", None, data(&[("refreshToken", "new")]));
+        assert_eq!(
+            patch,
+            serde_json::json!({
+                "metadata": {
+                    "resourceVersion": "42",
+                    "labels": {ownership::MANAGED_BY_LABEL: ownership::MANAGER, ownership::CONNECTION_UID_LABEL: "u1"},
+                },
+                "data": {"refreshToken": "bmV3", "refreshTokenExpiresAt": null},
+            })
+        );
     }
 
     #[test]
