@@ -160,7 +160,7 @@ impl Lookup {
             return Ok(None);
         };
         let secrets_api: Api<Secret> = Api::namespaced(self.kube.clone(), namespace);
-        let keys = secrets::read_webhook_keys(&secrets_api, &secrets::webhook_secret_name(&connection)).await?;
+        let keys = secrets::read_webhook_keys(&secrets_api, &connection).await?;
         Ok(keys.map(|keys| Known {
             target: Target {
                 key: crate::api::key(&connection),
