@@ -704,12 +704,12 @@ async fn the_components_run_the_whole_flow_under_the_charts_service_accounts(mod
             "jsonpath={.data.key}",
         ]),
     );
-    let key_file = std::env::temp_dir().join(format!("{release}-handoff-key"));
-    fs::write(
-        &key_file,
+    let key = String::from_utf8(
         base64::Engine::decode(&base64::engine::general_purpose::STANDARD, key.trim()).expect("base64"),
     )
-    .unwrap();
+    .expect("a text key");
+    let key_file = std::env::temp_dir().join(format!("{release}-handoff-key"));
+    fs::write(&key_file, &key).unwrap();
 
     let scene = Scene::awaiting_consent_in(client.clone(), watched, serde_json::json!({})).await;
     scene.register_redirect_url(&format!("{public_url}/oauth/servicenow/callback"));
@@ -759,6 +759,59 @@ async fn the_components_run_the_whole_flow_under_the_charts_service_accounts(mod
             s.webhook.as_ref().is_some_and(|w| w.events_received == 1)
         })
         .await;
+    // Anonymous requests through the public component cost no write through the API server
+    // and no call to the instance; each gets the answer the controller gives.
+    scene.reconcile_now("before-the-anonymous-requests").await;
+    let audit = support::audit::AuditLog::of(&scene.client, scene.ns.name()).await;
+    let mark = audit.mark().await;
+    let instance_calls = scene.simulator.admin().request_log().len();
+    let anonymous = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let connection = format!("{}/{CONNECTION}", scene.ns.name());
+    // Ten rounds: twenty consent requests, inside the per-IP limit (30 a minute) with the
+    // browser's two.
+    for _ in 0..10 {
+        for (page, status) in [
+            ("start?ticket=t1.forged", reqwest::StatusCode::NOT_FOUND),
+            ("callback?code=c&state=forged", reqwest::StatusCode::BAD_REQUEST),
+        ] {
+            let answer = anonymous
+                .get(format!("{public_url}/oauth/servicenow/{page}"))
+                .send()
+                .await
+                .expect("GET a consent page");
+            assert_eq!(answer.status(), status, "{page}");
+            assert_eq!(answer.headers()["x-frame-options"], "DENY", "the security headers");
+        }
+        let webhook = anonymous
+            .post(format!("{public_url}/callback/servicenow"))
+            .query(&[("connection", connection.as_str())])
+            .header("content-type", "application/json")
+            .header(
+                "x-neoagent-timestamp",
+                k8s_openapi::jiff::Timestamp::now().as_millisecond().to_string(),
+            )
+            // Well formed and fresh, so the controller looks the connection up: a wrong key.
+            .header("x-neoagent-signature", format!("v1={}", "A".repeat(43) + "="))
+            .body("{}")
+            .send()
+            .await
+            .expect("POST the webhook");
+        assert_eq!(webhook.status(), reqwest::StatusCode::UNAUTHORIZED);
+    }
+    let requests = audit.since(&mark).await;
+    let writes = requests.matching(|r| r.is_write() && r.object_ref.resource != "leases");
+    assert!(
+        writes.is_empty(),
+        "anonymous requests wrote through the API server:\n{requests}"
+    );
+    assert_eq!(
+        scene.simulator.admin().request_log().len(),
+        instance_calls,
+        "anonymous requests called the instance"
+    );
     // The alert rules name series the controller exposes.
     let page = controller.metrics_page().await;
     for metric in metrics_in_rules(&rendered_in_full(plane)) {
@@ -846,6 +899,7 @@ async fn the_components_run_the_whole_flow_under_the_charts_service_accounts(mod
             !logs.contains("forbidden"),
             "refused something under the chart's RBAC:\n{logs}"
         );
+        assert!(!logs.contains(&key), "the hand-off key is in a log");
     }
     scene.assert_no_secret_leaked().await;
     drop((controller, public));

@@ -372,6 +372,30 @@ mod tests {
         assert!(!key.admits(None));
     }
 
+    #[tokio::test]
+    async fn the_hand_off_listener_answers_only_the_key_holder() {
+        use tower::ServiceExt as _;
+        let key = HandOffKey(Arc::new(SecretString::new("k".repeat(MIN_KEY_CHARS))));
+        let router = authenticated(key.clone(), Router::new().route("/x", get(|| async { "reached" })));
+        let status = |authorization: Option<String>| {
+            let router = router.clone();
+            async move {
+                let mut request = axum::http::Request::get("/x");
+                if let Some(value) = authorization {
+                    request = request.header(header::AUTHORIZATION, value);
+                }
+                router
+                    .oneshot(request.body(Body::empty()).unwrap())
+                    .await
+                    .unwrap()
+                    .status()
+            }
+        };
+        assert_eq!(status(None).await, StatusCode::UNAUTHORIZED);
+        assert_eq!(status(Some("Bearer wrong".into())).await, StatusCode::UNAUTHORIZED);
+        assert_eq!(status(Some(key.bearer())).await, StatusCode::OK);
+    }
+
     #[test]
     fn a_short_or_missing_key_file_is_refused_with_what_to_do() {
         let dir = std::env::temp_dir().join(format!("handoff-key-{}", std::process::id()));
