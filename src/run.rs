@@ -120,9 +120,10 @@ pub async fn public(args: PublicArgs) -> Result<(), StartError> {
         telemetry,
     } = args;
     telemetry::init_logging(&telemetry);
-    let forwarder = Forwarder::new(controller_url, HandOffKey::read(&key.handoff_key_file)?)?;
+    let key = HandOffKey::read(&key.handoff_key_file)?;
     let stop = Stop::on_signal();
     let mut registry = Registry::default();
+    let forwarder = Forwarder::new(controller_url, key, &mut registry)?;
     let limits = PublicLimits::new(limits, &mut registry);
     let admin_router = http::admin::router(AdminState {
         ready: Arc::new(AtomicBool::new(true)),

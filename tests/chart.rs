@@ -800,7 +800,26 @@ async fn the_components_run_the_whole_flow_under_the_charts_service_accounts(mod
             .await
             .expect("POST the webhook");
         assert_eq!(webhook.status(), reqwest::StatusCode::UNAUTHORIZED);
+        // Unsigned: refused by the public component itself, never handed off.
+        let unsigned = anonymous
+            .post(format!("{public_url}/callback/servicenow"))
+            .query(&[("connection", connection.as_str())])
+            .header("content-type", "application/json")
+            .body("{}")
+            .send()
+            .await
+            .expect("POST the webhook unsigned");
+        assert_eq!(unsigned.status(), reqwest::StatusCode::UNAUTHORIZED);
     }
+    let unsigned = r#"servicenow_operator_webhook_requests_rejected_total{reason="unsigned"}"#;
+    assert_eq!(public.metric(unsigned).await, 10.0, "refused by the public component");
+    assert_eq!(
+        controller.metric(unsigned).await,
+        0.0,
+        "unsigned requests reached the controller"
+    );
+    let unauthorized = r#"servicenow_operator_webhook_requests_rejected_total{reason="unauthorized"}"#;
+    assert_eq!(controller.metric(unauthorized).await, 10.0, "refused by the controller");
     let requests = audit.since(&mark).await;
     let writes = requests.matching(|r| r.is_write() && r.object_ref.resource != "leases");
     assert!(

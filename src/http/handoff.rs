@@ -14,7 +14,9 @@
 //! * `GET /oauth/servicenow/callback`: `code`, `state`, `error` and the consent-binding cookie;
 //! * `POST /callback/servicenow`: `connection`, the body (at most
 //!   [`MAX_BODY_BYTES`](crate::webhook::event::MAX_BODY_BYTES)), `Content-Type` and the two
-//!   signing headers.
+//!   signing headers — only when the head passes the checks that need no key (signed, within the
+//!   time window, JSON; `super::receiver::check_head`), so junk stops here, counted in
+//!   `servicenow_operator_webhook_requests_rejected_total` of this component.
 //!
 //! The controller checks everything as it does when it serves the internet itself (tickets,
 //! states, cookies, signatures): a compromised public pod can send it only what any client on the
@@ -32,13 +34,21 @@ use axum::{
     routing::{get, post},
 };
 
+use k8s_openapi::jiff::Timestamp;
+use prometheus_client::{
+    metrics::{counter::Counter, family::Family},
+    registry::Registry,
+};
+
 use super::{
     consent::{self, PLAIN_COOKIE, SECURE_COOKIE},
     pages::page,
+    receiver::{check_head, read_body},
 };
 use crate::{
     api::paths,
     servicenow::SecretString,
+    telemetry::ReasonLabels,
     webhook::{
         event::MAX_BODY_BYTES,
         signature::{SIGNATURE_HEADER, TIMESTAMP_HEADER},
@@ -141,11 +151,22 @@ pub struct Forwarder {
     client: reqwest::Client,
     controller: url::Url,
     key: HandOffKey,
+    rejected: Family<ReasonLabels, Counter>,
 }
 
 impl Forwarder {
-    /// A forwarder to the hand-off listener at `controller` (its base URL), carrying `key`.
-    pub fn new(controller: url::Url, key: HandOffKey) -> Result<Self, HandOffError> {
+    /// A forwarder to the hand-off listener at `controller` (its base URL), carrying `key`;
+    /// registers `servicenow_operator_webhook_requests_rejected_total` (the webhook requests it
+    /// refuses itself, by reason) in `registry`.
+    pub fn new(controller: url::Url, key: HandOffKey, registry: &mut Registry) -> Result<Self, HandOffError> {
+        let rejected = Family::<ReasonLabels, Counter>::default();
+        registry
+            .sub_registry_with_prefix("servicenow_operator_webhook")
+            .register(
+                "requests_rejected",
+                "Webhook requests refused before the hand-off, by reason",
+                rejected.clone(),
+            );
         let client = reqwest::Client::builder()
             // The answer is relayed as it is: a redirect goes to the browser.
             .redirect(reqwest::redirect::Policy::none())
@@ -157,6 +178,7 @@ impl Forwarder {
             client,
             controller,
             key,
+            rejected,
         })
     }
 
@@ -316,12 +338,22 @@ async fn callback(State(forwarder): State<Arc<Forwarder>>, headers: HeaderMap, R
     forwarder.send(request, consent_unavailable).await
 }
 
-async fn webhook(
-    State(forwarder): State<Arc<Forwarder>>,
-    headers: HeaderMap,
-    RawQuery(query): RawQuery,
-    body: Bytes,
-) -> Response {
+async fn webhook(State(forwarder): State<Arc<Forwarder>>, RawQuery(query): RawQuery, request: Request) -> Response {
+    let headers = request.headers().clone();
+    let checked = match check_head(&headers, Timestamp::now()) {
+        Ok(_) => read_body(request).await,
+        Err(refusal) => Err(refusal),
+    };
+    let body = match checked {
+        Ok(body) => body,
+        Err(refusal) => {
+            forwarder
+                .rejected
+                .get_or_create(&ReasonLabels { reason: refusal.reason })
+                .inc();
+            return refusal.into_response();
+        }
+    };
     let request = HandOff {
         method: reqwest::Method::POST,
         path: paths::WEBHOOK,
