@@ -372,6 +372,38 @@ async fn the_network_policies_render_by_default_and_admit_only_the_public_port_t
 }
 
 #[tokio::test]
+async fn both_components_mount_one_generated_hand_off_key_or_the_existing_secret_named() {
+    let plane = control_plane().await;
+    let secret_names = |rendered: &[serde_yaml_ng::Value]| -> Vec<String> {
+        ["t-servicenow-operator", "t-servicenow-operator-public"]
+            .iter()
+            .map(|name| {
+                let volumes = &named(rendered, "Deployment", name)["spec"]["template"]["spec"]["volumes"];
+                let handoff = volumes
+                    .as_sequence()
+                    .expect("volumes")
+                    .iter()
+                    .find(|v| v["name"].as_str() == Some("handoff"))
+                    .expect("the hand-off volume");
+                handoff["secret"]["secretName"].as_str().unwrap().to_owned()
+            })
+            .collect()
+    };
+    let generated = documents(&template(plane, &[]).expect("render"));
+    assert_eq!(secret_names(&generated), ["t-servicenow-operator-handoff"; 2]);
+    let key = &named(&generated, "Secret", "t-servicenow-operator-handoff")["data"]["key"];
+    let key = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, key.as_str().unwrap()).unwrap();
+    assert!(key.len() >= 32, "a hand-off key of {} bytes", key.len());
+
+    let existing = documents(&template(plane, &["--set", "handoff.existingSecret=mine"]).expect("render"));
+    assert_eq!(secret_names(&existing), ["mine"; 2]);
+    assert!(
+        !existing.iter().any(|d| d["kind"].as_str() == Some("Secret")),
+        "no key rendered"
+    );
+}
+
+#[tokio::test]
 async fn watched_namespaces_render_roles_there_only_and_the_older_single_value_still_counts() {
     let plane = control_plane().await;
     let rendered = documents(

@@ -25,8 +25,9 @@ app.kubernetes.io/component: {{ index . 1 }}
 {{- $one := ternary (list .Values.watchNamespace) (list) (ne .Values.watchNamespace "") -}}
 {{- join "," (concat (.Values.watchNamespaces | default list) $one | uniq) -}}
 {{- end -}}
-{{- /* The hand-off key Secret, mounted into both components. */ -}}
-{{- define "snop.handoffSecret" -}}{{ include "snop.name" . }}-handoff{{- end -}}
+{{- /* The hand-off key Secret, mounted into both components: handoff.existingSecret, or the
+       chart's own. */ -}}
+{{- define "snop.handoffSecret" -}}{{ .Values.handoff.existingSecret | default (printf "%s-handoff" (include "snop.name" .)) }}{{- end -}}
 {{- /* What both components' pods share: pull Secrets, scheduling, pod security. (list $ "component") */ -}}
 {{- define "snop.podCommon" -}}
 {{- $args := . -}}
