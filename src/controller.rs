@@ -28,7 +28,7 @@ use kube::{
     runtime::{
         Controller, WatchStreamExt,
         controller::Config,
-        reflector::{self, ObjectRef},
+        reflector::{self, ObjectRef, Store},
         watcher,
     },
 };
@@ -61,23 +61,67 @@ fn trigger(connection: &ServiceNowConnection) -> Option<u64> {
     Some(hash.finish())
 }
 
-/// Runs the controller until `shutdown` resolves. `on_synced` is called once the connection
-/// cache has its first full list.
+/// Runs the controller until `shutdown` resolves: over all namespaces, or one controller per
+/// namespace of `namespaces` (each with its own watches and cache, `concurrency` each: a
+/// reflector's store is fed by one watcher whose re-list replaces its contents, so the watches of
+/// several namespaces cannot share one). `on_synced` is called once every connection cache has
+/// its first full list.
 pub async fn run<S: ServiceNow>(
     client: Client,
-    namespace: Option<&str>,
+    namespaces: &[String],
     concurrency: u16,
     context: Arc<Context<S>>,
     on_synced: impl FnOnce() + Send + 'static,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
-    let (connections, secret_metadata) = match namespace {
-        Some(ns) => (
-            Api::<ServiceNowConnection>::namespaced(client.clone(), ns),
-            Api::<PartialObjectMeta<Secret>>::namespaced(client, ns),
-        ),
-        None => (Api::all(client.clone()), Api::all(client)),
+    let scopes: Vec<_> = if namespaces.is_empty() {
+        vec![(Api::all(client.clone()), Api::all(client))]
+    } else {
+        namespaces
+            .iter()
+            .map(|ns| (Api::namespaced(client.clone(), ns), Api::namespaced(client.clone(), ns)))
+            .collect()
     };
+    let shutdown = futures::FutureExt::shared(Box::pin(shutdown));
+    let mut stores = Vec::new();
+    let mut controllers = Vec::new();
+    for (connections, secret_metadata) in scopes {
+        let (store, controller) = scope(
+            connections,
+            secret_metadata,
+            concurrency,
+            shutdown.clone(),
+            context.clone(),
+        );
+        stores.push(store);
+        controllers.push(controller);
+    }
+    tokio::spawn(async move {
+        // The store's readiness signal wakes only its last waiter (the controller's runner), so
+        // look again now and then rather than wait once.
+        for store in stores {
+            loop {
+                match tokio::time::timeout(Duration::from_millis(200), store.wait_until_ready()).await {
+                    Ok(Ok(())) => break,
+                    Ok(Err(_)) => return,
+                    Err(_) => continue,
+                }
+            }
+        }
+        on_synced();
+    });
+    futures::future::join_all(controllers).await;
+}
+
+/// One controller over the connections of `connections` and the Secrets of `secret_metadata`
+/// (one namespace, or all): its cache, and its run until `shutdown`.
+fn scope<S: ServiceNow>(
+    connections: Api<ServiceNowConnection>,
+    secret_metadata: Api<PartialObjectMeta<Secret>>,
+    concurrency: u16,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+    context: Arc<Context<S>>,
+) -> (Store<ServiceNowConnection>, impl Future<Output = ()>) {
     let (store, writer) = reflector::store();
     let readers = Arc::new(Mutex::new(index::SecretIndex::default()));
     let indexed = readers.clone();
@@ -93,18 +137,7 @@ pub async fn run<S: ServiceNow>(
         .predicate_filter(trigger, Default::default());
     let controller =
         Controller::for_stream(changes, store.clone()).with_config(Config::default().concurrency(concurrency));
-    tokio::spawn(async move {
-        // The store's readiness signal wakes only its last waiter (the controller's runner), so
-        // look again now and then rather than wait once.
-        loop {
-            match tokio::time::timeout(Duration::from_millis(200), store.wait_until_ready()).await {
-                Ok(Ok(())) => break on_synced(),
-                Ok(Err(_)) => break,
-                Err(_) => continue,
-            }
-        }
-    });
-    controller
+    let run = controller
         .watches(
             secret_metadata,
             watcher::Config::default().any_semantic(),
@@ -116,6 +149,6 @@ pub async fn run<S: ServiceNow>(
             if let Err(error) = result {
                 tracing::debug!(%error, "controller event");
             }
-        })
-        .await;
+        });
+    (store, run)
 }

@@ -170,6 +170,12 @@ impl Scene {
         Self::build(client, ns, extra_spec, true).await
     }
 
+    /// Sets the scene in `ns`, which the test prepared, without the token Secret: the connection
+    /// waits for consent.
+    pub async fn awaiting_consent_in(client: Client, ns: TestNamespace, extra_spec: serde_json::Value) -> Scene {
+        Self::build(client, ns, extra_spec, false).await
+    }
+
     /// Sets the scene like [`Self::new`] but without the token Secret: nobody consented yet, so
     /// the connection waits for consent.
     pub async fn awaiting_consent(extra_spec: serde_json::Value) -> Scene {
