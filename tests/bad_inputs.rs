@@ -31,7 +31,10 @@ use servicenow_operator::{
     webhook::event,
 };
 use snowsim::{Fault, FaultAction, drive};
-use support::{TestNamespace, install_crd};
+use support::{
+    TestNamespace, install_crd,
+    instance::{AGENT, APP, HOST},
+};
 
 /// One input and the words its error must contain.
 struct Case {
@@ -424,17 +427,9 @@ async fn the_api_server_refuses_each_bad_spec_with_its_rule() {
     api.patch("bad", &params, &Patch::Apply(document(""))).await.unwrap();
 }
 
-const HOST: &str = "acme.service-now.com";
-
 /// snowsim and the operator's client, and a token of `neo.agent`.
 async fn instance() -> (snowsim::Server, Client, InstanceUrl, SecretString) {
-    let config = snowsim::Config {
-        instances: vec![snowsim::InstanceConfig::new(HOST).least_privilege("neo.agent")],
-        ..snowsim::Config::default()
-    };
-    let server = snowsim::Server::start(config, "127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
+    let server = support::instance::simulator().await;
     let client = Client::new(ClientConfig {
         ca_bundle: Some(server.ca_path().unwrap()),
         resolve: vec![(HOST.to_owned(), server.addr())],
@@ -442,11 +437,8 @@ async fn instance() -> (snowsim::Server, Client, InstanceUrl, SecretString) {
         observer: std::sync::Arc::new(NoObserver),
     })
     .unwrap();
-    let app = server
-        .admin()
-        .oauth_app("Neo Agent")
-        .expect("the default OAuth application");
-    let grant = drive::password_grant(&server, HOST, &app, "neo.agent").await;
+    let app = server.admin().oauth_app(APP).expect("the default OAuth application");
+    let grant = drive::password_grant(&server, HOST, &app, AGENT).await;
     let token = SecretString::new(grant["access_token"].as_str().expect("an access token"));
     (
         server,
@@ -467,7 +459,7 @@ fn page(code: u16, content_type: &str, body: impl Into<String>) -> FaultAction {
 #[tokio::test]
 async fn each_broken_answer_of_an_instance_is_a_clear_error() {
     let (server, client, instance, token) = instance().await;
-    let app = server.admin().oauth_app("Neo Agent").unwrap();
+    let app = server.admin().oauth_app(APP).unwrap();
     let credentials = ClientCredentials {
         client_id: SecretString::new(app.client_id.clone()),
         client_secret: SecretString::new(app.client_secret.clone()),
@@ -517,7 +509,7 @@ async fn each_broken_answer_of_an_instance_is_a_clear_error() {
             )),
         }
     }
-    let refresh = drive::password_grant(&server, HOST, &app, "neo.agent").await["refresh_token"]
+    let refresh = drive::password_grant(&server, HOST, &app, AGENT).await["refresh_token"]
         .as_str()
         .map(SecretString::new)
         .expect("a refresh token");

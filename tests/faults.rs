@@ -9,9 +9,7 @@ mod support;
 
 use std::time::Duration;
 
-use servicenow_operator::api::SyncState;
 use support::{
-    operator::Operator,
     poll_until,
     scene::{LEGACY_QUERY, PROPERTY_QUERY, RULE_QUERY, Scene},
 };
@@ -47,13 +45,7 @@ async fn killed_after_call(calls: usize) -> String {
     .await;
     first.kill();
 
-    let public_port = first.public_url.rsplit(':').next().and_then(|port| port.parse().ok());
-    let _second = Operator::start_with(scene.ns.name(), &scene.simulator, public_port.expect("a port"), &[]).await;
-    let status = scene
-        .wait_for("READY_TO_SYNC after the restart", |s| {
-            s.sync_state == Some(SyncState::ReadyToSync)
-        })
-        .await;
+    let (_second, status) = scene.restarted_ready(&first).await;
 
     let after = call(&served);
     let rules = admin.records("sys_script", RULE_QUERY);

@@ -267,17 +267,11 @@ fn body_like(u: &mut Unstructured<'_>) -> arbitrary::Result<Vec<u8>> {
         if index > 0 {
             body.push(',');
         }
-        let field = *u.choose(&[
-            "table",
-            "sys_id",
-            "operation",
-            "id",
-            "instance",
-            "number",
-            "sys_updated_on",
-            "sys_updated_by",
-            "other",
-        ])?;
+        let field = if u.ratio(1, 9)? {
+            "other"
+        } else {
+            *u.choose(&event::FIELDS)?
+        };
         let value = match u.int_in_range(0..=9)? {
             0 => "\"incident\"".to_owned(),
             1 => "\"0123456789abcdef0123456789abcdef\"".to_owned(),

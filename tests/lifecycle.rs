@@ -131,14 +131,7 @@ async fn an_operator_killed_after_creating_the_rule_leaves_one_rule_and_one_prop
     assert_eq!(rules.len(), 1, "one rule before the restart");
     let rule_id = rules[0]["sys_id"].clone();
 
-    // The same operator again: same public URL (the property names it as the owner).
-    let public_port = first.public_url.rsplit(':').next().and_then(|port| port.parse().ok());
-    let _second = Operator::start_with(scene.ns.name(), &scene.simulator, public_port.expect("a port"), &[]).await;
-    let status = scene
-        .wait_for("READY_TO_SYNC after the restart", |s| {
-            s.sync_state == Some(SyncState::ReadyToSync)
-        })
-        .await;
+    let (_second, status) = scene.restarted_ready(&first).await;
     let rules = admin.records("sys_script", RULE_QUERY);
     assert_eq!(rules.len(), 1, "exactly one rule: {rules:#?}");
     assert_eq!(rules[0]["sys_id"], rule_id, "the rule was created again");

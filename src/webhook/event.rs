@@ -167,7 +167,7 @@ pub fn parse(body: &[u8]) -> Result<TaskEvent, InvalidEvent> {
 }
 
 /// The fields the event reads.
-const FIELDS: [&str; 8] = [
+pub const FIELDS: [&str; 8] = [
     "table",
     "sys_id",
     "operation",

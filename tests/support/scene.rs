@@ -367,6 +367,19 @@ impl Scene {
         wait_for_status(&self.client, self.ns.name(), CONNECTION, what, done).await
     }
 
+    /// Starts the operator `killed` was again (same public URL: the property names it as its
+    /// owner) and waits for READY_TO_SYNC.
+    pub async fn restarted_ready(&self, killed: &Operator) -> (Operator, ServiceNowConnectionStatus) {
+        let public_port = killed.public_url.rsplit(':').next().and_then(|port| port.parse().ok());
+        let operator = Operator::start_with(self.ns.name(), &self.simulator, public_port.expect("a port"), &[]).await;
+        let status = self
+            .wait_for("READY_TO_SYNC after the restart", |s| {
+                s.sync_state == Some(SyncState::ReadyToSync)
+            })
+            .await;
+        (operator, status)
+    }
+
     /// Polls the connection's status until condition `type_` is `truth` for `reason`.
     pub async fn wait_for_condition(&self, type_: &str, truth: &str, reason: Reason) -> ServiceNowConnectionStatus {
         self.wait_for(&format!("{type_}={truth} {}", reason.as_str()), |s| {
