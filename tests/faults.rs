@@ -3,7 +3,9 @@
 //! the identity and role reads, the record lookups, the property create, the rule create, the
 //! legacy-rule delete (then in the status write that follows) — and started again. The instance
 //! resets the connection of the rule's create, or answers it with truncated JSON, or answers it
-//! after 25 s; its address serves a certificate of an untrusted CA, then the right one again.
+//! after 25 s; its address serves a certificate of an untrusted CA, then the right one again. The
+//! leader's Lease is taken away while it is stalled on an instance call, with a second replica
+//! standing by.
 //! After each fault the invariants hold: exactly one rule and one property on the instance, each
 //! created by exactly one request, a status naming them, a clear reason while the fault lasts,
 //! recovery without a restart, no secret in any log, Event or status.
@@ -12,13 +14,19 @@ mod support;
 
 use std::time::{Duration, Instant};
 
+use k8s_openapi::{api::coordination::v1::Lease, apimachinery::pkg::apis::meta::v1::MicroTime, jiff::Timestamp};
+use kube::{
+    Api,
+    api::{Patch, PatchParams},
+};
 use servicenow_operator::api::{ServiceNowConnectionStatus, SyncState, conditions::Reason};
 use snowsim::{Fault, FaultAction};
 use support::{
     conditions::{assert_condition, condition},
+    control_plane,
     forward::Forwarder,
     instance,
-    operator::Operator,
+    operator::{Operator, free_port},
     poll_until,
     scene::{CONNECTION, LEGACY_QUERY, PROPERTY_QUERY, RULE_QUERY, Scene},
 };
@@ -263,5 +271,90 @@ async fn a_certificate_from_an_untrusted_ca_is_unreachable_naming_it_and_gets_no
         impostor.admin().request_log().is_empty(),
         "requests reached the impostor"
     );
+    scene.assert_no_secret_leaked().await;
+}
+
+/// The leader-election Lease (the operator's default name), in the test's namespace.
+const LEASE: &str = "servicenow-operator";
+
+/// The holder of the Lease, once there is one.
+async fn lease_holder(leases: &Api<Lease>, what: &str) -> String {
+    poll_until(Duration::from_secs(30), what, || async {
+        leases.get_opt(LEASE).await.ok()??.spec?.holder_identity
+    })
+    .await
+}
+
+/// The leader's roles read, which the test stalls.
+const ROLES_READ: &str = "/api/now/v2/table/sys_user_has_role";
+
+#[tokio::test]
+async fn a_leader_that_loses_its_lease_mid_reconcile_stops_at_once_and_the_next_provisions_once() {
+    let scene = Scene::new(serde_json::json!({})).await;
+    let admin = scene.simulator.admin();
+    // The leader's roles read stalls for far longer than the Lease takes to change hands.
+    admin.inject_fault(Fault {
+        method: Some("GET".into()),
+        times: Some(1),
+        ..Fault::new(ROLES_READ, FaultAction::Latency { ms: 15_000 })
+    });
+    let plane = control_plane().await;
+    let replica = |name: &'static str| {
+        let scene = &scene;
+        async move {
+            let env = [("POD_NAME", name)];
+            Operator::start_as(
+                scene.ns.name(),
+                &scene.simulator,
+                free_port(),
+                &[],
+                &env,
+                plane.kubeconfig_path(),
+            )
+            .await
+        }
+    };
+    let first = replica("replica-a").await;
+    let leases: Api<Lease> = Api::namespaced(scene.client.clone(), scene.ns.name());
+    assert_eq!(lease_holder(&leases, "a leader").await, "replica-a");
+    let second = replica("replica-b").await;
+    poll_until(Duration::from_secs(30), "the leader's identity read", || async {
+        let log = admin.request_log();
+        log.iter()
+            .any(|c| c.path == "/api/now/ui/user/current_user")
+            .then_some(())
+    })
+    .await;
+    // The leader is in the stalled roles read now: the Lease is taken from it, given to the other.
+    let now = serde_json::to_value(MicroTime(Timestamp::now())).expect("a time");
+    let patch = serde_json::json!({"spec": {"holderIdentity": "replica-b", "acquireTime": now, "renewTime": now}});
+    leases
+        .patch(LEASE, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .expect("take the Lease");
+
+    // At once: well before its stalled read is answered (15 s), not after finishing the reconcile.
+    poll_until(
+        Duration::from_secs(10),
+        "the first replica to stop its controller before its stalled read is answered",
+        || async {
+            first
+                .logs()
+                .contains("lost leadership: the controller stopped")
+                .then_some(())
+        },
+    )
+    .await;
+    let status = scene
+        .wait_for("READY_TO_SYNC under the second replica", |s| {
+            s.sync_state == Some(SyncState::ReadyToSync)
+        })
+        .await;
+    assert_eq!(lease_holder(&leases, "the new leader").await, "replica-b");
+    assert!(
+        !second.logs().contains("lost leadership"),
+        "the second replica lost the Lease too"
+    );
+    assert_one_rule_and_one_property(&scene, status, 0, "the Lease lost mid-reconcile");
     scene.assert_no_secret_leaked().await;
 }
