@@ -3,8 +3,9 @@
 //! `status.webhook` (a reconcile keeps the count, and the count costs no call to the instance);
 //! unsigned, wrongly signed, late and replayed requests are refused and neither counted nor
 //! forwarded; a rotated key works at once and the replaced one during its grace period;
-//! deliveries are retried until the sink is back; two replicas count every event once; no
-//! secret leaks anywhere.
+//! deliveries are retried until the sink is back; a sink that never answers holds one queue of
+//! events and the rest are dropped and counted; two replicas count every event once; no secret
+//! leaks anywhere.
 
 mod support;
 
@@ -27,7 +28,7 @@ use servicenow_operator::{
     api::{ROTATE_WEBHOOK_KEY, ServiceNowConnection},
     provision,
     servicenow::SecretString,
-    webhook::{counter::FIELD_MANAGER, signature},
+    webhook::{counter::FIELD_MANAGER, forward::QUEUE_CAPACITY, signature},
 };
 use support::{
     Observed,
@@ -41,6 +42,7 @@ use tokio::net::TcpListener;
 const RECEIVED: &str = "servicenow_operator_webhook_events_received_total";
 const FORWARDED: &str = "servicenow_operator_webhook_events_forwarded_total";
 const RETRIES: &str = "servicenow_operator_webhook_forward_retries_total";
+const FORWARD_FAILED: &str = "servicenow_operator_webhook_events_forward_failed_total";
 
 /// One request the sink received.
 #[derive(Clone, Debug)]
@@ -793,4 +795,45 @@ async fn two_replicas_count_every_event_once() {
         assert_eq!(replica.metric(RECEIVED).await, f64::from(EVENTS / 2));
     }
     ready.assert_no_secret_leaked().await;
+}
+
+#[tokio::test]
+async fn a_sink_that_never_answers_holds_one_queue_of_events_and_the_rest_are_dropped_and_counted() {
+    // A sink that accepts connections and never answers (the sockets are kept open).
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind the sink");
+    let sink_port = listener.local_addr().expect("the sink's address").port();
+    let accepted = Arc::new(Mutex::new(Vec::new()));
+    let held = accepted.clone();
+    let hanging = tokio::spawn(async move {
+        while let Ok((socket, _)) = listener.accept().await {
+            held.lock().unwrap().push(socket);
+        }
+    });
+    let ready = ready_with_sink(sink_port).await;
+    let token = webhook_token(&ready).await;
+    let url = callback(&ready.operator, &format!("{}/{CONNECTION}", ready.ns.name()));
+    let post = |n: u32| {
+        let (url, token) = (&url, &token);
+        async move {
+            let (status, text) = Post::signed(url, token).send(synthetic_event(n).to_string()).await;
+            assert_eq!(status, 202, "event {n}: {text}");
+        }
+    };
+    // The first event: the connection's worker takes it and waits on the sink.
+    post(0).await;
+    poll_until(Duration::from_secs(30), "the sink to hold a delivery", || async {
+        (!accepted.lock().unwrap().is_empty()).then_some(())
+    })
+    .await;
+    // A queue's worth more is kept, the rest dropped; every one answered at once.
+    const MORE: u32 = 4;
+    let capacity = u32::try_from(QUEUE_CAPACITY).expect("a small capacity");
+    for n in 1..=capacity + MORE {
+        post(n).await;
+    }
+    let dropped = format!("{FORWARD_FAILED}{{reason=\"queue_full\"}}");
+    assert_eq!(ready.operator.metric(&dropped).await, f64::from(MORE));
+    assert_eq!(ready.operator.metric(FORWARDED).await, 0.0);
+    ready.assert_no_secret_leaked().await;
+    hanging.abort();
 }
