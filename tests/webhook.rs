@@ -3,9 +3,9 @@
 //! `status.webhook` (a reconcile keeps the count, and the count costs no call to the instance);
 //! unsigned, wrongly signed, late and replayed requests are refused and neither counted nor
 //! forwarded; a rotated key works at once and the replaced one during its grace period;
-//! deliveries are retried until the sink is back; a sink that never answers holds one queue of
-//! events and the rest are dropped and counted; two replicas count every event once; no secret
-//! leaks anywhere.
+//! deliveries are retried until the sink is back; a sink that hangs, fails or cannot be reached
+//! holds one queue of events and the rest are dropped and counted; two replicas count every
+//! event once; no secret leaks anywhere.
 
 mod support;
 
@@ -797,43 +797,83 @@ async fn two_replicas_count_every_event_once() {
     ready.assert_no_secret_leaked().await;
 }
 
-#[tokio::test]
-async fn a_sink_that_never_answers_holds_one_queue_of_events_and_the_rest_are_dropped_and_counted() {
-    // A sink that accepts connections and never answers (the sockets are kept open).
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind the sink");
-    let sink_port = listener.local_addr().expect("the sink's address").port();
-    let accepted = Arc::new(Mutex::new(Vec::new()));
-    let held = accepted.clone();
-    let hanging = tokio::spawn(async move {
-        while let Ok((socket, _)) = listener.accept().await {
-            held.lock().unwrap().push(socket);
-        }
-    });
-    let ready = ready_with_sink(sink_port).await;
-    let token = webhook_token(&ready).await;
-    let url = callback(&ready.operator, &format!("{}/{CONNECTION}", ready.ns.name()));
-    let post = |n: u32| {
-        let (url, token) = (&url, &token);
-        async move {
-            let (status, text) = Post::signed(url, token).send(synthetic_event(n).to_string()).await;
-            assert_eq!(status, 202, "event {n}: {text}");
-        }
-    };
-    // The first event: the connection's worker takes it and waits on the sink.
-    post(0).await;
-    poll_until(Duration::from_secs(30), "the sink to hold a delivery", || async {
-        (!accepted.lock().unwrap().is_empty()).then_some(())
-    })
-    .await;
-    // A queue's worth more is kept, the rest dropped; every one answered at once.
-    const MORE: u32 = 4;
-    let capacity = u32::try_from(QUEUE_CAPACITY).expect("a small capacity");
-    for n in 1..=capacity + MORE {
-        post(n).await;
+/// A sink that never takes an event.
+#[derive(Clone, Copy, Debug)]
+enum BadSink {
+    /// Accepts connections and never answers (the sockets are kept open).
+    Hanging,
+    /// Answers 500 to everything.
+    Failing,
+    /// Nobody listens.
+    Unreachable,
+}
+
+impl BadSink {
+    /// Starts the sink; returns its port, the connections it accepted, and its task (to abort).
+    async fn start(self) -> (u16, Arc<Mutex<usize>>, Option<tokio::task::JoinHandle<()>>) {
+        let accepted = Arc::new(Mutex::new(0));
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind the sink");
+        let port = listener.local_addr().expect("the sink's address").port();
+        let task = match self {
+            BadSink::Hanging => {
+                let accepted = accepted.clone();
+                Some(tokio::spawn(async move {
+                    let mut held = Vec::new();
+                    while let Ok((socket, _)) = listener.accept().await {
+                        held.push(socket);
+                        *accepted.lock().unwrap() += 1;
+                    }
+                }))
+            }
+            BadSink::Failing => {
+                let router = Router::new().route("/events", post(|| async { StatusCode::INTERNAL_SERVER_ERROR }));
+                Some(tokio::spawn(async move {
+                    axum::serve(listener, router).await.expect("serve the sink");
+                }))
+            }
+            BadSink::Unreachable => None,
+        };
+        (port, accepted, task)
     }
-    let dropped = format!("{FORWARD_FAILED}{{reason=\"queue_full\"}}");
-    assert_eq!(ready.operator.metric(&dropped).await, f64::from(MORE));
-    assert_eq!(ready.operator.metric(FORWARDED).await, 0.0);
-    ready.assert_no_secret_leaked().await;
-    hanging.abort();
+}
+
+#[tokio::test]
+async fn a_sink_that_hangs_fails_or_is_unreachable_holds_one_queue_of_events_and_the_rest_are_dropped_and_counted() {
+    for kind in [BadSink::Hanging, BadSink::Failing, BadSink::Unreachable] {
+        let (sink_port, accepted, task) = kind.start().await;
+        let ready = ready_with_sink(sink_port).await;
+        let token = webhook_token(&ready).await;
+        let url = callback(&ready.operator, &format!("{}/{CONNECTION}", ready.ns.name()));
+        let post = |n: u32| {
+            let (url, token) = (&url, &token);
+            async move {
+                let (status, text) = Post::signed(url, token).send(synthetic_event(n).to_string()).await;
+                assert_eq!(status, 202, "{kind:?}: event {n}: {text}");
+            }
+        };
+        // The first event: the connection's worker takes it and is held by the sink (waiting for
+        // an answer, or for its next attempt).
+        post(0).await;
+        poll_until(Duration::from_secs(30), "the worker to be held by the sink", || async {
+            let busy = match kind {
+                BadSink::Hanging => *accepted.lock().unwrap() > 0,
+                BadSink::Failing | BadSink::Unreachable => ready.operator.metric(RETRIES).await >= 1.0,
+            };
+            busy.then_some(())
+        })
+        .await;
+        // A queue's worth more is kept, the rest dropped; every one answered at once.
+        const MORE: u32 = 4;
+        let capacity = u32::try_from(QUEUE_CAPACITY).expect("a small capacity");
+        for n in 1..=capacity + MORE {
+            post(n).await;
+        }
+        let dropped = format!("{FORWARD_FAILED}{{reason=\"queue_full\"}}");
+        assert_eq!(ready.operator.metric(&dropped).await, f64::from(MORE), "{kind:?}");
+        assert_eq!(ready.operator.metric(FORWARDED).await, 0.0, "{kind:?}");
+        ready.assert_no_secret_leaked().await;
+        if let Some(task) = task {
+            task.abort();
+        }
+    }
 }
