@@ -416,24 +416,21 @@ async fn lead(operator: &Operator, stop: &Stop) -> Result<(), StartError> {
             move || ready.store(true, Ordering::Release)
         };
         let mut lost = leader.clone();
-        let stopped_or_lost = {
-            let stopped = stop.stopped();
-            async move {
-                tokio::select! {
-                    () = stopped => {}
-                    _ = lost.wait_for(|leads| !*leads) => {}
-                }
-            }
-        };
-        controller::run(
+        let controller = controller::run(
             operator.kube.clone(),
             &operator.namespaces,
             operator.concurrency,
             operator.context.clone(),
             synced,
-            stopped_or_lost,
-        )
-        .await;
+            stop.stopped(),
+        );
+        // A stop lets the reconciles under way finish; a lost Lease drops them at once: a replica
+        // that no longer leads must make no further call to the instance nor write a status while
+        // the new leader reconciles the same connections (a duplicate rule or property).
+        tokio::select! {
+            () = controller => {}
+            _ = lost.wait_for(|leads| !*leads) => {}
+        }
         if stop.requested() {
             break;
         }

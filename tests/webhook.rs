@@ -3,8 +3,9 @@
 //! `status.webhook` (a reconcile keeps the count, and the count costs no call to the instance);
 //! unsigned, wrongly signed, late and replayed requests are refused and neither counted nor
 //! forwarded; a rotated key works at once and the replaced one during its grace period;
-//! deliveries are retried until the sink is back; two replicas count every event once; no
-//! secret leaks anywhere.
+//! deliveries are retried until the sink is back; a sink that hangs, fails or cannot be reached
+//! holds one queue of events and the rest are dropped and counted, and delays no other
+//! connection's events; two replicas count every event once; no secret leaks anywhere.
 
 mod support;
 
@@ -24,23 +25,24 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
 use serde_json::{Value, json};
 use servicenow_operator::{
-    api::{ROTATE_WEBHOOK_KEY, ServiceNowConnection},
+    api::{ROTATE_WEBHOOK_KEY, ServiceNowConnection, SyncState},
     provision,
     servicenow::SecretString,
-    webhook::{counter::FIELD_MANAGER, signature},
+    webhook::{counter::FIELD_MANAGER, forward::QUEUE_CAPACITY, signature},
 };
 use support::{
     Observed,
-    instance::{AGENT, HOST},
+    instance::{AGENT, APP, HOST},
     operator::{Operator, free_port},
     poll_until,
-    scene::{CONNECTION, RULE_QUERY, Ready, Scene, put_secret},
+    scene::{CONNECTION, RULE_QUERY, Ready, Scene, create_connection, put_owned_secret, put_secret, wait_for_status},
 };
 use tokio::net::TcpListener;
 
 const RECEIVED: &str = "servicenow_operator_webhook_events_received_total";
 const FORWARDED: &str = "servicenow_operator_webhook_events_forwarded_total";
 const RETRIES: &str = "servicenow_operator_webhook_forward_retries_total";
+const FORWARD_FAILED: &str = "servicenow_operator_webhook_events_forward_failed_total";
 
 /// One request the sink received.
 #[derive(Clone, Debug)]
@@ -208,8 +210,16 @@ fn assert_delivered(received: &[Received], table: &str, operation: &str, record:
 
 /// The value of `key` in the connection's webhook Secret, when there is one.
 async fn webhook_secret_value(scene: &Scene, key: &str) -> Option<String> {
+    connection_webhook_secret_value(scene, CONNECTION, key).await
+}
+
+/// The value of `key` in the webhook Secret of the connection `connection`.
+async fn connection_webhook_secret_value(scene: &Scene, connection: &str, key: &str) -> Option<String> {
     let secrets: Api<Secret> = Api::namespaced(scene.client.clone(), scene.ns.name());
-    let secret = secrets.get("acme-webhook").await.expect("the webhook Secret");
+    let secret = secrets
+        .get(&format!("{connection}-webhook"))
+        .await
+        .expect("the webhook Secret");
     let value = secret.data.and_then(|mut data| data.remove(key))?;
     Some(String::from_utf8(value.0).expect("a UTF-8 value"))
 }
@@ -793,4 +803,153 @@ async fn two_replicas_count_every_event_once() {
         assert_eq!(replica.metric(RECEIVED).await, f64::from(EVENTS / 2));
     }
     ready.assert_no_secret_leaked().await;
+}
+
+/// A sink that never takes an event.
+#[derive(Clone, Copy, Debug)]
+enum BadSink {
+    /// Accepts connections and never answers (the sockets are kept open).
+    Hanging,
+    /// Answers 500 to everything.
+    Failing,
+    /// Nobody listens.
+    Unreachable,
+}
+
+impl BadSink {
+    /// Starts the sink; returns its port, the connections it accepted, and its task (to abort).
+    async fn start(self) -> (u16, Arc<Mutex<usize>>, Option<tokio::task::JoinHandle<()>>) {
+        let accepted = Arc::new(Mutex::new(0));
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind the sink");
+        let port = listener.local_addr().expect("the sink's address").port();
+        let task = match self {
+            BadSink::Hanging => {
+                let accepted = accepted.clone();
+                Some(tokio::spawn(async move {
+                    let mut held = Vec::new();
+                    while let Ok((socket, _)) = listener.accept().await {
+                        held.push(socket);
+                        *accepted.lock().unwrap() += 1;
+                    }
+                }))
+            }
+            BadSink::Failing => {
+                let router = Router::new().route("/events", post(|| async { StatusCode::INTERNAL_SERVER_ERROR }));
+                Some(tokio::spawn(async move {
+                    axum::serve(listener, router).await.expect("serve the sink");
+                }))
+            }
+            BadSink::Unreachable => None,
+        };
+        (port, accepted, task)
+    }
+}
+
+/// Posts events to the connection of `ready`, whose sink is `kind`, until its queue is full and
+/// [`MORE`] beyond: the first is taken by the connection's worker and held by the sink (waiting
+/// for an answer, or for its next attempt), a queue's worth more is kept, the rest dropped; every
+/// one is answered 202 at once.
+async fn fill_the_queue(ready: &Ready, kind: BadSink, accepted: &Mutex<usize>) {
+    let token = webhook_token(ready).await;
+    let url = callback(&ready.operator, &format!("{}/{CONNECTION}", ready.ns.name()));
+    let post = |n: u32| {
+        let (url, token) = (&url, &token);
+        async move {
+            let (status, text) = Post::signed(url, token).send(synthetic_event(n).to_string()).await;
+            assert_eq!(status, 202, "{kind:?}: event {n}: {text}");
+        }
+    };
+    post(0).await;
+    poll_until(Duration::from_secs(30), "the worker to be held by the sink", || async {
+        let busy = match kind {
+            BadSink::Hanging => *accepted.lock().unwrap() > 0,
+            BadSink::Failing | BadSink::Unreachable => ready.operator.metric(RETRIES).await >= 1.0,
+        };
+        busy.then_some(())
+    })
+    .await;
+    let capacity = u32::try_from(QUEUE_CAPACITY).expect("a small capacity");
+    for n in 1..=capacity + MORE {
+        post(n).await;
+    }
+}
+
+/// Events posted beyond a full queue.
+const MORE: u32 = 4;
+
+#[tokio::test]
+async fn a_sink_that_hangs_fails_or_is_unreachable_holds_one_queue_of_events_and_the_rest_are_dropped_and_counted() {
+    for kind in [BadSink::Hanging, BadSink::Failing, BadSink::Unreachable] {
+        let (sink_port, accepted, task) = kind.start().await;
+        let ready = ready_with_sink(sink_port).await;
+        fill_the_queue(&ready, kind, &accepted).await;
+        let dropped = format!("{FORWARD_FAILED}{{reason=\"queue_full\"}}");
+        assert_eq!(ready.operator.metric(&dropped).await, f64::from(MORE), "{kind:?}");
+        assert_eq!(ready.operator.metric(FORWARDED).await, 0.0, "{kind:?}");
+        ready.assert_no_secret_leaked().await;
+        if let Some(task) = task {
+            task.abort();
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_hanging_sink_with_a_full_queue_does_not_delay_another_connections_events() {
+    let (hanging_port, accepted, task) = BadSink::Hanging.start().await;
+    let scene = Scene::new(json!({"webhook": {"sinkUrl": Sink::url(hanging_port)}})).await;
+    // A second instance on the simulator, and a connection `beta` to it with a healthy sink.
+    let beta_host = "beta.service-now.com";
+    let beta = scene
+        .simulator
+        .add_instance(&snowsim::InstanceConfig::new(beta_host).least_privilege(AGENT));
+    let app = beta.oauth_app(APP).expect("the seeded OAuth app");
+    let grant = snowsim::drive::password_grant(&scene.simulator, beta_host, &app, AGENT).await;
+    let refresh_token = grant["refresh_token"].as_str().expect("a refresh token");
+    let (client, ns) = (scene.client.clone(), scene.ns.name().to_owned());
+    let (client, ns) = (&client, ns.as_str());
+    put_secret(
+        client,
+        ns,
+        "beta-oauth",
+        &[("clientId", &app.client_id), ("clientSecret", &app.client_secret)],
+    )
+    .await;
+    let healthy_port = free_port();
+    let sink = Sink::start(healthy_port, 0).await;
+    let spec = json!({
+        "instanceUrl": format!("https://{beta_host}"),
+        "credentialsSecretRef": {"name": "beta-oauth"},
+        "expectedUserName": AGENT,
+        "webhook": {"sinkUrl": Sink::url(healthy_port)},
+    });
+    create_connection(client, ns, "beta", spec).await;
+    put_owned_secret(client, ns, "beta", "beta-token", &[("refreshToken", refresh_token)]).await;
+    let resolve = format!("{beta_host}={}", scene.simulator.addr());
+    let ready = scene.ready(&["--resolve", &resolve]).await;
+    wait_for_status(&ready.client, ns, "beta", "beta READY_TO_SYNC", |s| {
+        s.sync_state == Some(SyncState::ReadyToSync)
+    })
+    .await;
+
+    fill_the_queue(&ready, BadSink::Hanging, &accepted).await;
+    let token = connection_webhook_secret_value(&ready, "beta", "token")
+        .await
+        .expect("beta's signing key");
+    let url = callback(&ready.operator, &format!("{ns}/beta"));
+    let (status, text) = Post::signed(&url, &token)
+        .send(synthetic_event(1_000).to_string())
+        .await;
+    assert_eq!(status, 202, "{text}");
+    // Promptly: the healthy sink gets it within seconds, not after the hanging one's timeouts.
+    poll_until(Duration::from_secs(3), "beta's event at its sink", || async {
+        (!sink.received().is_empty()).then_some(())
+    })
+    .await;
+    let dropped = format!("{FORWARD_FAILED}{{reason=\"queue_full\"}}");
+    assert_eq!(ready.operator.metric(&dropped).await, f64::from(MORE));
+    assert_eq!(ready.operator.metric(FORWARDED).await, 1.0);
+    ready.assert_no_secret_leaked().await;
+    if let Some(task) = task {
+        task.abort();
+    }
 }

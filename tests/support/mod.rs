@@ -14,6 +14,7 @@
 //! * [`browser`]: headless Chromium, and the instance's consent pages answered in it.
 //! * [`consent`]: a connection awaiting consent, and a person consenting in the browser.
 //! * [`proxy`]: an HTTP `CONNECT` proxy.
+//! * [`forward`]: a TCP forwarder whose target the test switches.
 //! * [`poll`]: [`poll_until`], the only way to wait: a deadline, a description, and the last
 //!   thing observed.
 #![allow(dead_code)] // every test binary compiles this module and uses only part of it
@@ -23,6 +24,7 @@ pub mod browser;
 pub mod conditions;
 pub mod consent;
 pub mod control_plane;
+pub mod forward;
 pub mod instance;
 pub mod namespace;
 pub mod operator;

@@ -266,12 +266,18 @@ impl Scene {
     /// Starts an operator with `env` whose instance host resolves to a port nobody listens on.
     async fn start_operator_resolving_nowhere(&self, env: &[(&str, &str)]) -> Operator {
         let closed = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        self.start_operator_reaching(closed, env).await
+    }
+
+    /// Starts an operator with `env` that trusts the simulator's CA but whose instance host
+    /// resolves to `instance` (a forwarder, an impostor, a closed port).
+    pub async fn start_operator_reaching(&self, instance: SocketAddr, env: &[(&str, &str)]) -> Operator {
         let plane = control_plane().await;
         let port = free_port();
         Operator::spawn(
             self.ns.name(),
             &self.simulator,
-            closed,
+            instance,
             port,
             &format!("http://127.0.0.1:{port}"),
             &[],
