@@ -127,7 +127,13 @@ impl Operator {
             .args(["--resolve", &format!("{HOST}={instance}")])
             .arg("--ca-bundle")
             .arg(&ca)
-            .args(["--log-filter", "info,servicenow_operator=debug"])
+            .args(
+                // Debug logs unless `extra` chooses (a benchmark of thousands of connections).
+                (!extra.contains(&"--log-filter"))
+                    .then_some(["--log-filter", "info,servicenow_operator=debug"])
+                    .into_iter()
+                    .flatten(),
+            )
             .args(extra)
             .env("KUBECONFIG", kubeconfig)
             .env_remove("HTTPS_PROXY")
@@ -183,6 +189,11 @@ impl Operator {
             .text()
             .await
             .expect("the metrics page")
+    }
+
+    /// The process id (its `/proc/<pid>` figures).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// Everything the operator wrote so far.
