@@ -12,7 +12,7 @@ ENVTEST_RUN ?= $(CACHE_DIR)/run/envtest-$(shell echo $$PPID)
 # A hung test fails the run with the names of the tests still running instead of eating CI's budget.
 TEST_TIMEOUT ?= 40m
 
-.PHONY: test lint integration crds envtest-bins browser-deps clean-cache demo demo-bins demo-check bench bench-scale image image-archive mutants
+.PHONY: test lint integration crds envtest-bins browser-deps clean-cache demo demo-bins demo-check bench bench-scale image image-archive mutants fuzz
 
 ## test: everything CI runs — format, lints, unit and integration tests against a real API server,
 ## and the demo once through (on ports of its own).
@@ -81,6 +81,14 @@ bench-scale: envtest-bins
 ## (it takes long on 2 cores): run it before a change to those modules lands.
 mutants:
 	tests/mutants/run
+
+## fuzz: the fuzz targets of tests/fuzz.rs (instance URL, encoded query, duration, webhook body and
+## signature, consent state and ticket), FUZZ_ITERATIONS inputs each from a fresh seed it prints
+## (replay one with FUZZ_SEED=<seed>); `make test` runs 2,000 each from a fixed seed.
+FUZZ_ITERATIONS ?= 1000000
+fuzz:
+	seed=$${FUZZ_SEED:-$$(od -An -N8 -tu8 /dev/urandom | tr -d ' ')}; echo "FUZZ_SEED=$$seed"; \
+	FUZZ_SEED=$$seed FUZZ_ITERATIONS=$(FUZZ_ITERATIONS) cargo test --release --locked --test fuzz -- --nocapture
 
 ## image: the container image as an OCI archive, built without a Docker daemon (image/build: a
 ## static binary, Debian's umoci and CA bundle), and its CycloneDX SBOM beside it (image/sbom);

@@ -1,5 +1,5 @@
-//! Command-line interface: the subcommands and their flags. Every flag of `run` can also be set
-//! through the environment variable named in its help.
+//! Command-line interface: the subcommands and their flags. Every flag of `run`, `controller`
+//! and `public` can also be set through the environment variable named in its help.
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
@@ -25,23 +25,105 @@ pub struct Cli {
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the controller and its HTTP listeners.
+    /// Run everything in one process: the controller, the public listener (consent and webhook
+    /// endpoints) and the admin listener.
     Run(Box<RunArgs>),
+    /// Run the controller component: the reconciler (under leader election), its admin listener
+    /// and the internal hand-off listener that only the public component calls.
+    Controller(Box<ControllerCommandArgs>),
+    /// Run the public component: the consent and webhook endpoints with their limits, handing
+    /// every request on to the controller component; it needs no Kubernetes API access.
+    Public(Box<PublicArgs>),
     /// Print the ServiceNowConnection CustomResourceDefinition as YAML.
     Crd,
     /// Print the version.
     Version,
 }
 
-/// Flags of `run`, in groups.
+/// Flags of `run` (everything in one process), in groups.
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// The HTTP listeners.
+    /// The public listener's address.
     #[command(flatten)]
-    pub http: HttpArgs,
+    pub public: PublicListenArgs,
     /// Limits on the public listener.
     #[command(flatten)]
     pub limits: PublicLimitsArgs,
+    /// Everything the controller needs.
+    #[command(flatten)]
+    pub core: CoreArgs,
+}
+
+/// Flags of `controller`: what the controller needs, and the internal hand-off listener.
+#[derive(Debug, Args)]
+pub struct ControllerCommandArgs {
+    /// Everything the controller needs.
+    #[command(flatten)]
+    pub core: CoreArgs,
+    /// Address of the internal hand-off listener, which serves the consent and webhook
+    /// endpoints to the public component only (the chart's NetworkPolicy admits nothing else).
+    #[arg(long, env = "HANDOFF_LISTEN", default_value = "0.0.0.0:8082")]
+    pub handoff_listen: SocketAddr,
+    /// The hand-off key both components share.
+    #[command(flatten)]
+    pub key: HandOffKeyArgs,
+}
+
+/// Flags of `public`: the public listener, its limits, and where the controller component is.
+#[derive(Debug, Args)]
+pub struct PublicArgs {
+    /// The public listener's address.
+    #[command(flatten)]
+    pub public: PublicListenArgs,
+    /// Limits on the public listener.
+    #[command(flatten)]
+    pub limits: PublicLimitsArgs,
+    /// The admin listener's address.
+    #[command(flatten)]
+    pub admin: AdminListenArgs,
+    /// Base URL of the controller component's hand-off listener, e.g.
+    /// `http://neo-servicenow-operator-controller:8082`.
+    #[arg(long, env = "CONTROLLER_URL")]
+    pub controller_url: url::Url,
+    /// The hand-off key both components share.
+    #[command(flatten)]
+    pub key: HandOffKeyArgs,
+    /// Logs.
+    #[command(flatten)]
+    pub telemetry: TelemetryArgs,
+}
+
+/// The public listener's address.
+#[derive(Debug, Args)]
+pub struct PublicListenArgs {
+    /// Address of the public listener (consent and webhook endpoints).
+    #[arg(long, env = "LISTEN", default_value = "0.0.0.0:8080")]
+    pub listen: SocketAddr,
+}
+
+/// The admin listener's address.
+#[derive(Debug, Args)]
+pub struct AdminListenArgs {
+    /// Address of the admin listener (`/healthz`, `/readyz`, `/metrics`).
+    #[arg(long, env = "ADMIN_LISTEN", default_value = "0.0.0.0:8081")]
+    pub admin_listen: SocketAddr,
+}
+
+/// The key that authenticates the public component to the controller component.
+#[derive(Debug, Args)]
+pub struct HandOffKeyArgs {
+    /// A file holding the hand-off key (at least 32 characters; surrounding whitespace ignored),
+    /// the same for both components. The chart generates it into a Secret mounted into both pods.
+    #[arg(long, env = "HANDOFF_KEY_FILE")]
+    pub handoff_key_file: PathBuf,
+}
+
+/// What the controller needs, whether alone (`controller`) or with the public listener (`run`).
+#[derive(Debug, Args)]
+pub struct CoreArgs {
+    /// The operator's URLs, its admin listener and its own namespace.
+    #[command(flatten)]
+    pub http: HttpArgs,
     /// How the operator reaches ServiceNow.
     #[command(flatten)]
     pub servicenow: ServiceNowArgs,
@@ -53,7 +135,7 @@ pub struct RunArgs {
     pub telemetry: TelemetryArgs,
 }
 
-/// The HTTP listeners.
+/// The operator's URLs, its admin listener and its own namespace.
 #[derive(Debug, Args)]
 pub struct HttpArgs {
     /// The operator's externally reachable base URL (through the Ingress), e.g.
@@ -61,12 +143,9 @@ pub struct HttpArgs {
     /// and the webhook callback is this + `/callback/servicenow`.
     #[arg(long, env = "PUBLIC_URL")]
     pub public_url: url::Url,
-    /// Address of the public listener (consent and webhook endpoints).
-    #[arg(long, env = "LISTEN", default_value = "0.0.0.0:8080")]
-    pub listen: SocketAddr,
-    /// Address of the admin listener (`/healthz`, `/readyz`, `/metrics`).
-    #[arg(long, env = "ADMIN_LISTEN", default_value = "0.0.0.0:8081")]
-    pub admin_listen: SocketAddr,
+    /// The admin listener's address.
+    #[command(flatten)]
+    pub admin: AdminListenArgs,
     /// The namespace the operator runs in, where its Lease and consent-key Secret live (default:
     /// the Kubernetes client's namespace — the pod's own in a cluster, the kubeconfig context's
     /// outside; an empty value counts as unset).
@@ -104,9 +183,16 @@ pub struct ControllerArgs {
     /// How many connections are reconciled at once.
     #[arg(long, env = "CONCURRENCY", default_value_t = 8)]
     pub concurrency: u16,
-    /// Watch only this namespace (default: all namespaces).
-    #[arg(long, env = "WATCH_NAMESPACE")]
-    pub namespace: Option<String>,
+    /// Watch only these namespaces, comma-separated or repeated (default: all namespaces).
+    /// Empty entries are ignored.
+    #[arg(
+        long,
+        visible_alias = "watch-namespace",
+        env = "WATCH_NAMESPACE",
+        value_delimiter = ',',
+        value_parser = parse_namespace
+    )]
+    pub namespace: Vec<String>,
     /// Elect one leader among the replicas (a Lease in the operator namespace); only the leader
     /// reconciles, every replica serves the consent and webhook endpoints.
     #[arg(long, env = "LEADER_ELECTION", default_value_t = true, action = clap::ArgAction::Set)]
@@ -125,6 +211,31 @@ fn parse_lease_duration(value: &str) -> Result<Duration, String> {
         return Err(format!("--lease-duration {value:?} is too short: use at least 3s"));
     }
     Ok(duration)
+}
+
+/// A namespace name (an RFC 1123 label), or the empty string (ignored).
+fn parse_namespace(value: &str) -> Result<String, String> {
+    let value = value.trim();
+    let label = value.len() <= 63
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !value.starts_with('-')
+        && !value.ends_with('-');
+    if !label {
+        return Err(format!(
+            "--watch-namespace {value:?} is not a namespace name: use lower-case letters, digits and '-', \
+             at most 63 characters, e.g. --watch-namespace itsm,hr"
+        ));
+    }
+    Ok(value.to_owned())
+}
+
+impl ControllerArgs {
+    /// The namespaces to watch (empty entries dropped); none means all namespaces.
+    pub fn watched_namespaces(&self) -> Vec<String> {
+        self.namespace.iter().filter(|ns| !ns.is_empty()).cloned().collect()
+    }
 }
 
 fn parse_resolve(value: &str) -> Result<(String, SocketAddr), String> {
@@ -162,5 +273,27 @@ mod tests {
             let error = parse_resolve(&format!("{misplaced}=127.0.0.1:1")).unwrap_err();
             assert!(error.contains("whole first label"), "{misplaced}: {error}");
         }
+    }
+
+    #[test]
+    fn namespaces_are_comma_separated_labels_and_empty_ones_are_dropped() {
+        let parsed = |args: &[&str]| {
+            let mut argv = vec!["servicenow-operator", "run", "--public-url", "https://neo.example.com"];
+            argv.extend_from_slice(args);
+            match Cli::try_parse_from(argv).map(|cli| cli.command) {
+                Ok(Command::Run(run)) => Ok(run.core.controller.watched_namespaces()),
+                Ok(other) => panic!("{other:?}"),
+                Err(error) => Err(error.to_string()),
+            }
+        };
+        assert_eq!(parsed(&[]).unwrap(), Vec::<String>::new());
+        assert_eq!(parsed(&["--namespace", "itsm"]).unwrap(), ["itsm"]);
+        assert_eq!(
+            parsed(&["--watch-namespace", "a,b", "--namespace", "c"]).unwrap(),
+            ["a", "b", "c"]
+        );
+        assert_eq!(parsed(&["--watch-namespace", ""]).unwrap(), Vec::<String>::new());
+        let error = parsed(&["--watch-namespace", "a,B_c"]).unwrap_err();
+        assert!(error.contains("\"B_c\" is not a namespace name"), "{error}");
     }
 }

@@ -1,10 +1,24 @@
 //! Controller wiring: watch connections and the metadata of Secrets (never their values), map a
-//! Secret change to the connections that reference it, reconcile with bounded concurrency. A
-//! change to a connection wakes its reconcile only when something the reconcile reads of the
-//! object changed ([`trigger`]): status writes — the reconcile's own, and the webhook
-//! receiver's event counts every few seconds — cost no call to ServiceNow.
+//! Secret change to the connections that reference it through an index kept in step with the
+//! connection watch ([`index::SecretIndex`]: one lookup per event, not a scan of every
+//! connection), reconcile with bounded concurrency. A change to a connection wakes its
+//! reconcile only when something the reconcile reads of the object changed ([`trigger`]):
+//! status writes — the reconcile's own, and the webhook receiver's event counts every few
+//! seconds — cost no call to ServiceNow.
+//!
+//! The Secret watch is not narrowed to the operator's label
+//! ([`crate::secrets::ownership::MANAGED_BY_LABEL`]), because two kinds of Secret that must wake
+//! a connection carry no label of ours: the user's credentials Secret (a rotated client secret
+//! is verified at once), and a stranger's Secret sitting on a token or webhook Secret name (the
+//! connection stops on `SecretNotOwned` until that Secret is removed or labelled, and must
+//! carry on as soon as it is). It watches metadata only, so no Secret's value is cached.
 
-use std::{sync::Arc, time::Duration};
+mod index;
+
+use std::{
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
@@ -22,27 +36,18 @@ use kube::{
 use crate::{
     api::ServiceNowConnection,
     reconcile::{self, Context},
-    secrets,
     servicenow::ServiceNow,
+    sync::LockExt as _,
 };
 
-/// The connections that reference the Secret `secret` (credentials, token or webhook Secret).
-pub fn connections_using(
-    store: &Store<ServiceNowConnection>,
+/// The index of `secret`'s readers, as the controller's Secret watch asks it.
+fn connections_using(
+    index: &Mutex<index::SecretIndex>,
     secret: &PartialObjectMeta<Secret>,
 ) -> Vec<ObjectRef<ServiceNowConnection>> {
-    let (name, namespace) = (secret.name_any(), secret.namespace());
-    store
-        .state()
-        .iter()
-        .filter(|connection| connection.namespace() == namespace)
-        .filter(|connection| {
-            connection.spec.credentials_secret_ref.name == name
-                || secrets::token_secret_name(connection) == name
-                || secrets::webhook_secret_name(connection) == name
-        })
-        .map(|connection| ObjectRef::from_obj(connection.as_ref()))
-        .collect()
+    index
+        .locked()
+        .connections_using(&secret.namespace().unwrap_or_default(), &secret.name_any())
 }
 
 /// What of a connection wakes its reconcile: what a person can change on it
@@ -56,48 +61,87 @@ fn trigger(connection: &ServiceNowConnection) -> Option<u64> {
     Some(hash.finish())
 }
 
-/// Runs the controller until `shutdown` resolves. `on_synced` is called once the connection
-/// cache has its first full list.
+/// Runs the controller until `shutdown` resolves: over all namespaces, or one controller per
+/// namespace of `namespaces` (each with its own watches and cache, `concurrency` each: a
+/// reflector's store is fed by one watcher whose re-list replaces its contents, so the watches of
+/// several namespaces cannot share one). `on_synced` is called once every connection cache has
+/// its first full list.
 pub async fn run<S: ServiceNow>(
     client: Client,
-    namespace: Option<&str>,
+    namespaces: &[String],
     concurrency: u16,
     context: Arc<Context<S>>,
     on_synced: impl FnOnce() + Send + 'static,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
-    let (connections, secret_metadata) = match namespace {
-        Some(ns) => (
-            Api::<ServiceNowConnection>::namespaced(client.clone(), ns),
-            Api::<PartialObjectMeta<Secret>>::namespaced(client, ns),
-        ),
-        None => (Api::all(client.clone()), Api::all(client)),
+    let scopes: Vec<_> = if namespaces.is_empty() {
+        vec![(Api::all(client.clone()), Api::all(client))]
+    } else {
+        namespaces
+            .iter()
+            .map(|ns| (Api::namespaced(client.clone(), ns), Api::namespaced(client.clone(), ns)))
+            .collect()
     };
+    let shutdown = futures::FutureExt::shared(Box::pin(shutdown));
+    let mut stores = Vec::new();
+    let mut controllers = Vec::new();
+    for (connections, secret_metadata) in scopes {
+        let (store, controller) = scope(
+            connections,
+            secret_metadata,
+            concurrency,
+            shutdown.clone(),
+            context.clone(),
+        );
+        stores.push(store);
+        controllers.push(controller);
+    }
+    tokio::spawn(async move {
+        // The store's readiness signal wakes only its last waiter (the controller's runner), so
+        // look again now and then rather than wait once.
+        for store in stores {
+            loop {
+                match tokio::time::timeout(Duration::from_millis(200), store.wait_until_ready()).await {
+                    Ok(Ok(())) => break,
+                    Ok(Err(_)) => return,
+                    Err(_) => continue,
+                }
+            }
+        }
+        on_synced();
+    });
+    futures::future::join_all(controllers).await;
+}
+
+/// One controller over the connections of `connections` and the Secrets of `secret_metadata`
+/// (one namespace, or all): its cache, and its run until `shutdown`.
+fn scope<S: ServiceNow>(
+    connections: Api<ServiceNowConnection>,
+    secret_metadata: Api<PartialObjectMeta<Secret>>,
+    concurrency: u16,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+    context: Arc<Context<S>>,
+) -> (Store<ServiceNowConnection>, impl Future<Output = ()>) {
     let (store, writer) = reflector::store();
+    let readers = Arc::new(Mutex::new(index::SecretIndex::default()));
+    let indexed = readers.clone();
     let changes = watcher(connections, watcher::Config::default().any_semantic())
         .default_backoff()
         .reflect(writer)
+        .inspect(move |event| {
+            if let Ok(event) = event {
+                indexed.locked().apply(event);
+            }
+        })
         .applied_objects()
         .predicate_filter(trigger, Default::default());
     let controller =
         Controller::for_stream(changes, store.clone()).with_config(Config::default().concurrency(concurrency));
-    let mapper_store = store.clone();
-    tokio::spawn(async move {
-        // The store's readiness signal wakes only its last waiter (the controller's runner), so
-        // look again now and then rather than wait once.
-        loop {
-            match tokio::time::timeout(Duration::from_millis(200), store.wait_until_ready()).await {
-                Ok(Ok(())) => break on_synced(),
-                Ok(Err(_)) => break,
-                Err(_) => continue,
-            }
-        }
-    });
-    controller
+    let run = controller
         .watches(
             secret_metadata,
             watcher::Config::default().any_semantic(),
-            move |secret| connections_using(&mapper_store, &secret),
+            move |secret| connections_using(&readers, &secret),
         )
         .graceful_shutdown_on(shutdown)
         .run(reconcile::reconcile, reconcile::error_policy, context)
@@ -105,6 +149,6 @@ pub async fn run<S: ServiceNow>(
             if let Err(error) = result {
                 tracing::debug!(%error, "controller event");
             }
-        })
-        .await;
+        });
+    (store, run)
 }

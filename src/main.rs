@@ -1,7 +1,10 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use servicenow_operator::cli::{Cli, Command};
+use servicenow_operator::{
+    cli::{Cli, Command},
+    run::{self, StartError},
+};
 
 fn main() -> ExitCode {
     match Cli::parse().command {
@@ -19,22 +22,27 @@ fn main() -> ExitCode {
             println!("servicenow-operator {}", env!("CARGO_PKG_VERSION"));
             ExitCode::SUCCESS
         }
-        Command::Run(args) => {
-            let runtime = match tokio::runtime::Runtime::new() {
-                Ok(runtime) => runtime,
-                Err(error) => {
-                    eprintln!("failed to start the async runtime: {error}");
-                    return ExitCode::FAILURE;
-                }
-            };
-            match runtime.block_on(servicenow_operator::run::run(*args)) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(error) => {
-                    tracing::error!(%error, "servicenow-operator stopped");
-                    eprintln!("servicenow-operator: {error}");
-                    ExitCode::FAILURE
-                }
-            }
+        Command::Run(args) => serve(run::run(*args)),
+        Command::Controller(args) => serve(run::controller(*args)),
+        Command::Public(args) => serve(run::public(*args)),
+    }
+}
+
+/// Runs `process` (`run`, `controller` or `public`) to its end on a new async runtime.
+fn serve(process: impl Future<Output = Result<(), StartError>>) -> ExitCode {
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("failed to start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(process) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!(%error, "servicenow-operator stopped");
+            eprintln!("servicenow-operator: {error}");
+            ExitCode::FAILURE
         }
     }
 }

@@ -1,6 +1,10 @@
-//! Startup wiring of `run`: clients, the controller, the listeners, and shutdown on a signal.
+//! Startup wiring of the three ways to run: `run` (everything in one process), `controller` (the
+//! reconciler, serving consent and webhooks only to the public component through the hand-off
+//! listener) and `public` (the internet-facing listener, forwarding to the controller): clients,
+//! the controller, the listeners, and shutdown on a signal.
 
 use std::{
+    net::SocketAddr,
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -15,9 +19,15 @@ use prometheus_client::registry::Registry;
 use tokio::{sync::watch, task::JoinHandle};
 
 use crate::{
-    cli::{ControllerArgs, HttpArgs, RunArgs, ServiceNowArgs},
+    cli::{ControllerArgs, ControllerCommandArgs, CoreArgs, HttpArgs, PublicArgs, RunArgs, ServiceNowArgs},
     controller,
-    http::{self, admin::AdminState, consent::ConsentContext, limits::PublicLimits},
+    http::{
+        self,
+        admin::AdminState,
+        consent::ConsentContext,
+        handoff::{Forwarder, HandOffError, HandOffKey},
+        limits::{PublicLimits, PublicLimitsArgs},
+    },
     reconcile::Context,
     secrets, servicenow,
     telemetry::{self, Metrics},
@@ -46,6 +56,9 @@ pub enum StartError {
         /// Why.
         source: kube::Error,
     },
+    /// The hand-off between the components could not be set up (its key, its client).
+    #[error(transparent)]
+    HandOff(#[from] HandOffError),
     /// Leader election could not start.
     #[error("failed to start leader election: {0}")]
     Lease(#[source] kube_lease_manager::LeaseManagerError),
@@ -59,20 +72,108 @@ pub enum StartError {
     },
 }
 
-/// Runs the operator until SIGINT or SIGTERM: setup, then the controller (under leader election
-/// unless it is off), then the ordered shutdown.
+/// Runs everything in one process until SIGINT or SIGTERM: the controller serves the consent and
+/// webhook endpoints on the public listener itself.
 pub async fn run(args: RunArgs) -> Result<(), StartError> {
-    telemetry::init_logging(&args.telemetry);
+    let RunArgs { public, limits, core } = args;
+    telemetry::init_logging(&core.telemetry);
+    operate(
+        core,
+        Front::Public {
+            listen: public.listen,
+            limits,
+        },
+    )
+    .await
+}
+
+/// Runs the controller component until SIGINT or SIGTERM: the consent and webhook endpoints are
+/// served on the hand-off listener, to holders of the hand-off key only.
+pub async fn controller(args: ControllerCommandArgs) -> Result<(), StartError> {
+    let ControllerCommandArgs {
+        core,
+        handoff_listen,
+        key,
+    } = args;
+    telemetry::init_logging(&core.telemetry);
+    let key = HandOffKey::read(&key.handoff_key_file)?;
+    operate(
+        core,
+        Front::HandOff {
+            listen: handoff_listen,
+            key,
+        },
+    )
+    .await
+}
+
+/// Runs the public component until SIGINT or SIGTERM: the public listener, under its limits,
+/// forwards each request to the controller component ([`http::handoff`]); the admin listener
+/// serves its health and the limits' metrics. It uses no Kubernetes client.
+pub async fn public(args: PublicArgs) -> Result<(), StartError> {
+    let PublicArgs {
+        public,
+        limits,
+        admin,
+        controller_url,
+        key,
+        telemetry,
+    } = args;
+    telemetry::init_logging(&telemetry);
+    let key = HandOffKey::read(&key.handoff_key_file)?;
+    let stop = Stop::on_signal();
+    let mut registry = Registry::default();
+    let forwarder = Forwarder::new(controller_url, key, &mut registry)?;
+    let limits = PublicLimits::new(limits, &mut registry);
+    let admin_router = http::admin::router(AdminState {
+        ready: Arc::new(AtomicBool::new(true)),
+        registry: Arc::new(registry),
+    });
+    let admin_server = tokio::spawn(http::serve(admin.admin_listen, admin_router, stop.stopped()));
+    let (consent, webhook) = forwarder.routers();
+    let router = http::with_security_headers(limits.router(consent, webhook));
+    let public_result = limits.serve(public.listen, router, stop.stopped()).await;
+    listened([
+        (admin.admin_listen, admin_server.await),
+        (public.listen, Ok(public_result)),
+    ])
+}
+
+/// Where the consent and webhook endpoints are served; `L`: the public limits' settings, then
+/// the limits themselves.
+enum Front<L = PublicLimitsArgs> {
+    /// To the internet, under the public listener's limits (`run`).
+    Public { listen: SocketAddr, limits: L },
+    /// To the public component, behind the hand-off key (`controller`).
+    HandOff { listen: SocketAddr, key: HandOffKey },
+}
+
+impl Front {
+    /// The limits set up, their metrics registered in `registry`.
+    fn limited(self, registry: &mut Registry) -> Front<PublicLimits> {
+        match self {
+            Front::Public { listen, limits } => Front::Public {
+                listen,
+                limits: PublicLimits::new(limits, registry),
+            },
+            Front::HandOff { listen, key } => Front::HandOff { listen, key },
+        }
+    }
+}
+
+/// Runs the controller until SIGINT or SIGTERM: setup, then the controller (under leader election
+/// unless it is off), then the ordered shutdown.
+async fn operate(core: CoreArgs, front: Front) -> Result<(), StartError> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let stop = Stop::on_signal();
-    let operator = setup(args, &stop).await?;
+    let operator = setup(core, front, &stop).await?;
     let result = if operator.leader_election.enabled {
         lead(&operator, &stop).await
     } else {
         let ready = operator.ready.clone();
         controller::run(
             operator.kube.clone(),
-            operator.namespace.as_deref(),
+            &operator.namespaces,
             operator.concurrency,
             operator.context.clone(),
             move || ready.store(true, Ordering::Release),
@@ -125,7 +226,7 @@ struct LeaderElection {
 /// What setup built: the clients, the controller's context and the running listeners.
 struct Operator {
     kube: kube::Client,
-    namespace: Option<String>,
+    namespaces: Vec<String>,
     concurrency: u16,
     context: Arc<Context<servicenow::Client>>,
     ready: Arc<AtomicBool>,
@@ -135,37 +236,39 @@ struct Operator {
 
 /// The listeners and the receiver's workers, stopped in order by [`shutdown`].
 struct Listeners {
-    admin: (std::net::SocketAddr, JoinHandle<std::io::Result<()>>),
-    public: (std::net::SocketAddr, JoinHandle<std::io::Result<()>>),
+    admin: (SocketAddr, JoinHandle<std::io::Result<()>>),
+    /// The listener of the consent and webhook endpoints: the public one or the hand-off one.
+    front: (SocketAddr, JoinHandle<std::io::Result<()>>),
     receiver: Arc<Receiver>,
     counting: JoinHandle<()>,
     public_stopped: tokio::sync::oneshot::Sender<()>,
 }
 
 /// Setup: metrics, the ServiceNow and sink clients, the Kubernetes client, the consent-state key,
-/// the admin and public listeners (serving until `stop`) and the controller's context.
-async fn setup(args: RunArgs, stop: &Stop) -> Result<Operator, StartError> {
-    let RunArgs {
+/// the admin listener and the consent and webhook endpoints on `front` (serving until `stop`) and
+/// the controller's context.
+async fn setup(core: CoreArgs, front: Front, stop: &Stop) -> Result<Operator, StartError> {
+    let CoreArgs {
         http: http_args,
-        limits,
         servicenow: servicenow_args,
         controller: controller_args,
         telemetry: _,
-    } = args;
+    } = core;
     let HttpArgs {
         public_url,
-        listen,
-        admin_listen,
+        admin,
         operator_namespace,
         state_key_secret,
     } = http_args;
+    let namespaces = controller_args.watched_namespaces();
     let ControllerArgs {
         concurrency,
-        namespace,
+        namespace: _,
         leader_election,
         lease_name,
         lease_duration,
     } = controller_args;
+    let admin_listen = admin.admin_listen;
     let ServiceNowArgs {
         ca_bundle,
         resolve,
@@ -175,7 +278,7 @@ async fn setup(args: RunArgs, stop: &Stop) -> Result<Operator, StartError> {
 
     let mut registry = Registry::default();
     let metrics = Metrics::register(&mut registry);
-    let limits = PublicLimits::new(limits, &mut registry);
+    let front = front.limited(&mut registry);
     let client_config = servicenow::ClientConfig {
         ca_bundle,
         resolve,
@@ -213,7 +316,7 @@ async fn setup(args: RunArgs, stop: &Stop) -> Result<Operator, StartError> {
     }));
     let receiver = Arc::new(Receiver::new(
         client.clone(),
-        namespace.clone(),
+        namespaces.clone(),
         sink_client,
         metrics.webhook.clone(),
     ));
@@ -227,14 +330,26 @@ async fn setup(args: RunArgs, stop: &Stop) -> Result<Operator, StartError> {
             })
             .await;
     });
-    let public = http::with_security_headers(limits.router(consent, http::receiver::router(receiver.clone())));
+    let webhook = http::receiver::router(receiver.clone());
     let stopped = stop.stopped();
-    let public_server = tokio::spawn(async move { limits.serve(listen, public, stopped).await });
+    let (listen, front_server) = match front {
+        Front::Public { listen, limits } => {
+            let public = http::with_security_headers(limits.router(consent, webhook));
+            (
+                listen,
+                tokio::spawn(async move { limits.serve(listen, public, stopped).await }),
+            )
+        }
+        Front::HandOff { listen, key } => {
+            let handoff = http::handoff::authenticated(key, consent.merge(webhook));
+            (listen, tokio::spawn(http::serve(listen, handoff, stopped)))
+        }
+    };
 
     Ok(Operator {
         context: Arc::new(Context::new(client.clone(), servicenow, public_url, metrics, state_key)),
         kube: client,
-        namespace,
+        namespaces,
         concurrency,
         ready,
         leader_election: LeaderElection {
@@ -245,7 +360,7 @@ async fn setup(args: RunArgs, stop: &Stop) -> Result<Operator, StartError> {
         },
         listeners: Listeners {
             admin: (admin_listen, admin_server),
-            public: (listen, public_server),
+            front: (listen, front_server),
             receiver,
             counting,
             public_stopped,
@@ -312,7 +427,7 @@ async fn lead(operator: &Operator, stop: &Stop) -> Result<(), StartError> {
         };
         controller::run(
             operator.kube.clone(),
-            operator.namespace.as_deref(),
+            &operator.namespaces,
             operator.concurrency,
             operator.context.clone(),
             synced,
@@ -338,16 +453,21 @@ async fn lead(operator: &Operator, stop: &Stop) -> Result<(), StartError> {
 async fn shutdown(listeners: Listeners) -> Result<(), StartError> {
     let Listeners {
         admin: (admin_address, admin_server),
-        public: (public_address, public_server),
+        front: (front_address, front_server),
         receiver,
         counting,
         public_stopped,
     } = listeners;
-    let public_result = public_server.await;
+    let front_result = front_server.await;
     drop(public_stopped);
     receiver.finish(FORWARD_GRACE).await;
     let _ = counting.await;
-    for (address, result) in [(admin_address, admin_server.await), (public_address, public_result)] {
+    listened([(admin_address, admin_server.await), (front_address, front_result)])
+}
+
+/// The first listener that failed, as the error.
+fn listened(results: [(SocketAddr, Result<std::io::Result<()>, tokio::task::JoinError>); 2]) -> Result<(), StartError> {
+    for (address, result) in results {
         if let Ok(Err(source)) = result {
             return Err(StartError::Listen { address, source });
         }

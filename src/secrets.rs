@@ -1,19 +1,34 @@
-//! The three Secrets of a connection — credentials (the user's), token and webhook token (the
-//! operator's, owned by the connection) — read and written with typed values. Every value is a
-//! [`SecretString`], so none can reach a log, an event or a status by accident.
+//! The three Secrets of a connection — credentials (the user's, only ever read), token and
+//! webhook token (the operator's, labelled as the connection's) — read and written with typed
+//! values. Every value is a [`SecretString`], so none can reach a log, an event or a status by
+//! accident.
+//!
+//! The operator creates, patches and deletes only Secrets [`ownership`] proves are the
+//! connection's; every write and delete here checks first, and makes its change conditional on
+//! the version it checked (a `resourceVersion` or `uid` precondition, or a create that fails
+//! when the name is taken), so a Secret swapped in between is never touched.
+
+pub mod ownership;
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::{ByteString, api::core::v1::Secret, jiff::Timestamp};
+use k8s_openapi::{
+    ByteString, api::core::v1::Secret, apimachinery::pkg::apis::meta::v1::OwnerReference, jiff::Timestamp,
+};
 use kube::{
     Api, Resource, ResourceExt,
-    api::{ObjectMeta, Patch, PatchParams},
+    api::{DeleteParams, ObjectMeta, Patch, PatchParams, PostParams, Preconditions},
 };
+
+pub use ownership::{NotOwned, OwnedSecret, Ownership};
 
 use crate::{api::ServiceNowConnection, servicenow::SecretString};
 
 /// Key of the OAuth client id in the credentials Secret.
 pub const CLIENT_ID_KEY: &str = "clientId";
+/// The longest client ID or secret accepted (the instance's are 32 characters; a longer value is
+/// a pasted file or record, not a credential, and would be sent with every token request).
+const MAX_CREDENTIAL_LEN: usize = 1024;
 /// Key of the OAuth client secret in the credentials Secret.
 pub const CLIENT_SECRET_KEY: &str = "clientSecret";
 /// Key of the refresh token in the token Secret.
@@ -119,6 +134,11 @@ pub fn credentials_from(
         if text.is_empty() {
             return Err(malformed("is empty"));
         }
+        if text.len() > MAX_CREDENTIAL_LEN {
+            return Err(malformed(
+                "is longer than 1,024 bytes: copy the value itself from the Application Registry record",
+            ));
+        }
         if text.ends_with('\n') || text.ends_with("\r\n") {
             return Err(malformed("ends with a newline"));
         }
@@ -158,28 +178,58 @@ pub fn webhook_secret_name(connection: &ServiceNowConnection) -> String {
     format!("{}-webhook", connection.name_any())
 }
 
-/// Reads the stored refresh token; `None` when there is none (no Secret, or no key).
+/// Why a Secret of the connection could not be read, written or deleted.
+#[derive(Debug, thiserror::Error)]
+pub enum SecretError {
+    /// The Secret is not the connection's: a person must resolve it (terminal).
+    #[error(transparent)]
+    NotOwned(#[from] NotOwned),
+    /// The API server failed or refused (a precondition that no longer holds included):
+    /// retried with backoff.
+    #[error(transparent)]
+    Kube(#[from] kube::Error),
+}
+
+/// Reads the stored refresh token, whoever wrote the Secret (the consent callback's look at the
+/// token it replaces: it stores nothing unless [`write_token`] proves ownership); `None` when
+/// there is none (no Secret, or no key).
 pub async fn read_token(secrets: &Api<Secret>, name: &str) -> Result<Option<StoredToken>, kube::Error> {
-    let Some(secret) = secrets.get_opt(name).await? else {
-        return Ok(None);
-    };
+    Ok(secrets.get_opt(name).await?.and_then(token_of))
+}
+
+/// Reads the refresh token `owner` stored; `None` when there is none (no Secret, or no key).
+/// A Secret of an older version is labelled on the way ([`Ownership::Legacy`]); one that is
+/// not the connection's is refused.
+pub async fn read_owned_token(
+    secrets: &Api<Secret>,
+    owner: &ServiceNowConnection,
+) -> Result<Option<StoredToken>, SecretError> {
+    let name = token_secret_name(owner);
+    Ok(owned(secrets, &name, OwnedSecret::Token, owner)
+        .await?
+        .and_then(token_of))
+}
+
+fn token_of(secret: Secret) -> Option<StoredToken> {
     let data = secret.data.unwrap_or_default();
     let text = |key: &str| data.get(key).and_then(|v| String::from_utf8(v.0.clone()).ok());
-    Ok(text(REFRESH_TOKEN_KEY)
+    text(REFRESH_TOKEN_KEY)
         .filter(|t| !t.is_empty())
         .map(|token| StoredToken {
             refresh_token: SecretString::new(token),
             expires_at: text(REFRESH_TOKEN_EXPIRES_AT_KEY).and_then(|t| t.parse().ok()),
-        }))
+        })
 }
 
-/// Stores `token` in the token Secret `name`, owned by `owner` (server-side apply).
+/// Stores `token` in the token Secret `name` of `owner`: created labelled as the connection's,
+/// or rewritten when it is the connection's already; refused when it is not.
 pub async fn write_token(
     secrets: &Api<Secret>,
     name: &str,
     owner: &ServiceNowConnection,
     token: &StoredToken,
-) -> Result<(), kube::Error> {
+) -> Result<(), SecretError> {
+    let existing = owned(secrets, name, OwnedSecret::Token, owner).await?;
     let mut data = BTreeMap::from([(
         REFRESH_TOKEN_KEY.to_owned(),
         ByteString(token.refresh_token.expose().into()),
@@ -190,15 +240,26 @@ pub async fn write_token(
             ByteString(expires_at.to_string().into_bytes()),
         );
     }
-    apply_owned(secrets, name, owner, data).await
+    write_owned(secrets, name, owner, existing.as_ref(), data).await
 }
 
-/// Deletes the token Secret's refresh token (re-consent). A missing Secret is fine.
-pub async fn forget_token(secrets: &Api<Secret>, name: &str) -> Result<(), kube::Error> {
-    match secrets.delete(name, &Default::default()).await {
+/// Deletes the token Secret `name` of `owner` (re-consent), only when it is the connection's
+/// and still the version checked. A missing Secret is fine.
+pub async fn forget_token(secrets: &Api<Secret>, name: &str, owner: &ServiceNowConnection) -> Result<(), SecretError> {
+    let Some(secret) = owned(secrets, name, OwnedSecret::Token, owner).await? else {
+        return Ok(());
+    };
+    let checked = DeleteParams {
+        preconditions: Some(Preconditions {
+            uid: secret.metadata.uid.clone(),
+            resource_version: secret.metadata.resource_version.clone(),
+        }),
+        ..DeleteParams::default()
+    };
+    match secrets.delete(name, &checked).await {
         Ok(_) => Ok(()),
         Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
-        Err(error) => Err(error),
+        Err(error) => Err(error.into()),
     }
 }
 
@@ -243,10 +304,19 @@ impl WebhookKeys {
     }
 }
 
-/// The webhook signing keys kept in the Secret `name`; `None` when there is none (no Secret, no
-/// key, or an empty value).
-pub async fn read_webhook_keys(secrets: &Api<Secret>, name: &str) -> Result<Option<WebhookKeys>, kube::Error> {
-    Ok(secrets.get_opt(name).await?.and_then(WebhookKeys::of))
+/// The webhook signing keys of `owner`; `None` when there are none (no Secret, no key, an empty
+/// value — or a Secret that is not the connection's: its keys sign nothing). Only reads: an
+/// older version's Secret counts, and is labelled by the reconcile.
+pub async fn read_webhook_keys(
+    secrets: &Api<Secret>,
+    owner: &ServiceNowConnection,
+) -> Result<Option<WebhookKeys>, kube::Error> {
+    let uid = owner.uid().unwrap_or_default();
+    Ok(secrets
+        .get_opt(&webhook_secret_name(owner))
+        .await?
+        .filter(|secret| !matches!(ownership::ownership(&secret.metadata, &uid), Ownership::Foreign(_)))
+        .and_then(WebhookKeys::of))
 }
 
 /// The connection's current webhook signing key: read, or generated (32 random bytes,
@@ -258,9 +328,10 @@ pub async fn ensure_webhook_key(
     secrets: &Api<Secret>,
     owner: &ServiceNowConnection,
     rotation: Option<&str>,
-) -> Result<SecretString, kube::Error> {
+) -> Result<SecretString, SecretError> {
     let name = webhook_secret_name(owner);
-    let kept = read_webhook_keys(secrets, &name).await?;
+    let existing = owned(secrets, &name, OwnedSecret::Webhook, owner).await?;
+    let kept = existing.clone().and_then(WebhookKeys::of);
     let replaced = match &kept {
         Some(keys) if rotation.is_none_or(|request| keys.rotation.as_deref() == Some(request)) => {
             return Ok(keys.current.clone());
@@ -286,7 +357,7 @@ pub async fn ensure_webhook_key(
     if let Some(request) = rotation {
         data.insert(WEBHOOK_ROTATION_KEY.to_owned(), ByteString(request.into()));
     }
-    apply_owned(secrets, &name, owner, data).await?;
+    write_owned(secrets, &name, owner, existing.as_ref(), data).await?;
     Ok(key)
 }
 
@@ -294,7 +365,8 @@ pub async fn ensure_webhook_key(
 pub const STATE_KEY_KEY: &str = "stateKey";
 
 /// The key that signs consent states, shared by every replica: read from the Secret `name`, or
-/// created there (32 random bytes) by whichever replica comes first.
+/// created there (32 random bytes, labelled as the operator's) by whichever replica comes first.
+/// Never patched or deleted.
 pub async fn ensure_state_key(secrets: &Api<Secret>, name: &str) -> Result<SecretString, kube::Error> {
     for _ in 0..3 {
         if let Some(secret) = secrets.get_opt(name).await? {
@@ -310,6 +382,10 @@ pub async fn ensure_state_key(secrets: &Api<Secret>, name: &str) -> Result<Secre
         let secret = Secret {
             metadata: ObjectMeta {
                 name: Some(name.to_owned()),
+                labels: Some(BTreeMap::from([(
+                    ownership::MANAGED_BY_LABEL.to_owned(),
+                    ownership::MANAGER.to_owned(),
+                )])),
                 ..Default::default()
             },
             data: Some(BTreeMap::from([(
@@ -347,30 +423,110 @@ pub fn new_webhook_token() -> SecretString {
     SecretString::new(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
 }
 
-async fn apply_owned(
+/// The Secret `name` when it is `owner`'s (`None`: there is none). An older version's Secret is
+/// labelled first (conditional on the version read); any other is refused as `role`.
+async fn owned(
+    secrets: &Api<Secret>,
+    name: &str,
+    role: OwnedSecret,
+    owner: &ServiceNowConnection,
+) -> Result<Option<Secret>, SecretError> {
+    let Some(secret) = secrets.get_opt(name).await? else {
+        return Ok(None);
+    };
+    let uid = owner.uid().unwrap_or_default();
+    match ownership::ownership(&secret.metadata, &uid) {
+        Ownership::Owned => Ok(Some(secret)),
+        Ownership::Legacy => {
+            let patch = serde_json::json!({"metadata": {
+                "resourceVersion": secret.metadata.resource_version,
+                "labels": ownership::labels(&uid),
+            }});
+            let labelled = secrets
+                .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await?;
+            Ok(Some(labelled))
+        }
+        Ownership::Foreign(problem) => Err(NotOwned {
+            role,
+            secret: name.to_owned(),
+            problem,
+        }
+        .into()),
+    }
+}
+
+/// Pure: the strategic merge patch that makes `existing` — the connection `uid`'s — hold
+/// exactly `data` (keys it drops are set to null, so removed), labelled and controlled as the
+/// connection's, conditional on `existing`'s `resourceVersion`.
+fn rewrite(
+    existing: &Secret,
+    uid: &str,
+    owner_references: Option<Vec<OwnerReference>>,
+    data: BTreeMap<String, ByteString>,
+) -> serde_json::Value {
+    let mut values: serde_json::Map<String, serde_json::Value> = existing
+        .data
+        .iter()
+        .flatten()
+        .map(|(key, _)| (key.clone(), serde_json::Value::Null))
+        .collect();
+    for (key, value) in data {
+        use base64::Engine as _;
+        let encoded = base64::engine::general_purpose::STANDARD.encode(value.0);
+        values.insert(key, serde_json::Value::String(encoded));
+    }
+    let mut patch = serde_json::json!({
+        "metadata": {
+            "resourceVersion": existing.metadata.resource_version,
+            "labels": ownership::labels(uid),
+        },
+        "data": values,
+    });
+    // Merged by uid with the references already there; never a null, which would remove them.
+    if let Some(references) = owner_references {
+        patch["metadata"]["ownerReferences"] = serde_json::json!(references);
+    }
+    patch
+}
+
+/// Writes `data` into `owner`'s Secret `name`: creates it, labelled and controlled by the
+/// connection, when `existing` is `None` (failing if the name was taken since), or replaces the
+/// data of `existing` — which [`owned`] proved the connection's — conditional on its version.
+async fn write_owned(
     secrets: &Api<Secret>,
     name: &str,
     owner: &ServiceNowConnection,
+    existing: Option<&Secret>,
     data: BTreeMap<String, ByteString>,
-) -> Result<(), kube::Error> {
-    let secret = Secret {
-        metadata: ObjectMeta {
-            name: Some(name.to_owned()),
-            owner_references: owner.controller_owner_ref(&()).map(|r| vec![r]),
-            labels: Some(BTreeMap::from([(
-                "app.kubernetes.io/managed-by".to_owned(),
-                "servicenow-operator".to_owned(),
-            )])),
+) -> Result<(), SecretError> {
+    let uid = owner.uid().unwrap_or_default();
+    let owner_references = owner.controller_owner_ref(&()).map(|r| vec![r]);
+    let Some(existing) = existing else {
+        let secret = Secret {
+            metadata: ObjectMeta {
+                name: Some(name.to_owned()),
+                owner_references,
+                labels: Some(ownership::labels(&uid)),
+                ..Default::default()
+            },
+            data: Some(data),
+            type_: Some("Opaque".to_owned()),
             ..Default::default()
-        },
-        data: Some(data),
-        type_: Some("Opaque".to_owned()),
-        ..Default::default()
+        };
+        let params = PostParams {
+            field_manager: Some(FIELD_MANAGER.to_owned()),
+            ..PostParams::default()
+        };
+        secrets.create(&params, &secret).await?;
+        return Ok(());
     };
-    let patch = serde_json::json!({"apiVersion": "v1", "kind": "Secret", "metadata": secret.metadata, "data": secret.data, "type": secret.type_});
-    secrets
-        .patch(name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch))
-        .await?;
+    let patch = rewrite(existing, &uid, owner_references, data);
+    let params = PatchParams {
+        field_manager: Some(FIELD_MANAGER.to_owned()),
+        ..PatchParams::default()
+    };
+    secrets.patch(name, &params, &Patch::Strategic(&patch)).await?;
     Ok(())
 }
 
@@ -468,6 +624,32 @@ mod tests {
         assert_eq!(without_end.expect("keys").previous, None);
         assert_eq!(WebhookKeys::of(secret(&[(WEBHOOK_TOKEN_KEY, "")])), None);
         assert_eq!(WebhookKeys::of(Secret::default()), None);
+    }
+
+    #[test]
+    fn a_rewrite_removes_the_keys_it_drops_and_holds_on_the_version_read() {
+        let existing = Secret {
+            metadata: ObjectMeta {
+                resource_version: Some("42".into()),
+                ..ObjectMeta::default()
+            },
+            data: Some(data(&[
+                ("refreshToken", "old"),
+                ("refreshTokenExpiresAt", "2026-01-01T00:00:00Z"),
+            ])),
+            ..Secret::default()
+        };
+        let patch = rewrite(&existing, "u1", None, data(&[("refreshToken", "new")]));
+        assert_eq!(
+            patch,
+            serde_json::json!({
+                "metadata": {
+                    "resourceVersion": "42",
+                    "labels": {ownership::MANAGED_BY_LABEL: ownership::MANAGER, ownership::CONNECTION_UID_LABEL: "u1"},
+                },
+                "data": {"refreshToken": "bmV3", "refreshTokenExpiresAt": null},
+            })
+        );
     }
 
     #[test]

@@ -204,7 +204,7 @@ const MAY_IMPORT: &[(&str, &[&str])] = &[
     ),
     (
         "controller",
-        &["api", "reconcile", "secrets", "servicenow", "telemetry"],
+        &["api", "reconcile", "secrets", "servicenow", "sync", "telemetry"],
     ),
     ("crd", &["api"]),
     ("cli", &["api", "http", "servicenow", "telemetry"]),

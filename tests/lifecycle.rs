@@ -1,7 +1,8 @@
 //! A connection over its life, against a real API server and snowsim: credentials rotated in
 //! place, an operator killed half-way through provisioning, an operator whose public URL changed,
 //! an instance whose webhook another connection owns, deletion with either policy (including a
-//! connection whose instance cannot be reached), and suspension.
+//! connection whose instance cannot be reached), suspension, and one operator watching two
+//! namespaces.
 
 mod support;
 
@@ -130,14 +131,7 @@ async fn an_operator_killed_after_creating_the_rule_leaves_one_rule_and_one_prop
     assert_eq!(rules.len(), 1, "one rule before the restart");
     let rule_id = rules[0]["sys_id"].clone();
 
-    // The same operator again: same public URL (the property names it as the owner).
-    let public_port = first.public_url.rsplit(':').next().and_then(|port| port.parse().ok());
-    let _second = Operator::start_with(scene.ns.name(), &scene.simulator, public_port.expect("a port"), &[]).await;
-    let status = scene
-        .wait_for("READY_TO_SYNC after the restart", |s| {
-            s.sync_state == Some(SyncState::ReadyToSync)
-        })
-        .await;
+    let (_second, status) = scene.restarted_ready(&first).await;
     let rules = admin.records("sys_script", RULE_QUERY);
     assert_eq!(rules.len(), 1, "exactly one rule: {rules:#?}");
     assert_eq!(rules[0]["sys_id"], rule_id, "the rule was created again");
@@ -409,4 +403,62 @@ async fn without_an_operator_namespace_the_lease_and_consent_key_live_in_the_kub
         "no consent key in the kubeconfig's namespace"
     );
     scene.assert_no_secret_leaked().await;
+}
+
+/// An operator watching two namespaces (`--namespace A --watch-namespace B`, as
+/// `WATCH_NAMESPACE=A,B`) reconciles the connections of both — one controller per namespace —
+/// and leaves a third namespace's alone.
+#[tokio::test]
+async fn an_operator_watching_two_namespaces_reconciles_both_and_no_other() {
+    use support::{
+        TestNamespace,
+        scene::{CREDENTIALS_SECRET, create_connection, put_secret, wait_for_status},
+    };
+    let scene = Scene::new(serde_json::json!({})).await;
+    let second = TestNamespace::new(&scene.client).await;
+    let unwatched = TestNamespace::new(&scene.client).await;
+    for ns in [&second, &unwatched] {
+        put_secret(
+            &scene.client,
+            ns.name(),
+            CREDENTIALS_SECRET,
+            &[
+                ("clientId", &scene.seed.client_id),
+                ("clientSecret", &scene.seed.client_secret),
+            ],
+        )
+        .await;
+        create_connection(
+            &scene.client,
+            ns.name(),
+            CONNECTION,
+            serde_json::json!({
+                "instanceUrl": "https://acme.service-now.com",
+                "credentialsSecretRef": {"name": CREDENTIALS_SECRET},
+            }),
+        )
+        .await;
+    }
+    let _operator = scene.start_operator(&["--watch-namespace", second.name()]).await;
+    scene
+        .wait_for("READY_TO_SYNC in the first namespace", |s| {
+            s.sync_state == Some(SyncState::ReadyToSync)
+        })
+        .await;
+    // No token there: it asks for consent.
+    wait_for_status(
+        &scene.client,
+        second.name(),
+        CONNECTION,
+        "AWAITING_CONSENT in the second namespace",
+        |s| s.sync_state == Some(SyncState::AwaitingConsent),
+    )
+    .await;
+    let untouched: Api<servicenow_operator::api::ServiceNowConnection> =
+        Api::namespaced(scene.client.clone(), unwatched.name());
+    let connection = untouched.get(CONNECTION).await.expect("the unwatched connection");
+    assert!(
+        connection.status.is_none() && connection.metadata.finalizers.is_none(),
+        "a connection outside the watched namespaces was reconciled: {connection:?}"
+    );
 }

@@ -10,7 +10,7 @@ use kube::{
     Api, Client,
     api::{ObjectMeta, Patch, PatchParams, PostParams},
 };
-use servicenow_operator::api::ServiceNowConnection;
+use servicenow_operator::{api::ServiceNowConnection, secrets::ownership};
 
 use crate::support::instance::{AGENT, APP};
 
@@ -85,13 +85,15 @@ pub fn secret(name: &str, data: &[(&str, &str)]) -> Secret {
     }
 }
 
-/// The token Secret consent leaves for `member` (the operator's naming, `<connection>-token`).
-/// The one place the benchmark seeds a token, to adapt when the operator's labels change.
-pub fn token_secret(member: &Member) -> Secret {
-    secret(
+/// The token Secret consent leaves for `member` (the operator's naming, `<connection>-token`),
+/// labelled as the connection with `uid` owns it, as the operator writes it.
+pub fn token_secret(member: &Member, uid: &str) -> Secret {
+    let mut token = secret(
         &format!("{}-token", member.name),
         &[("refreshToken", &member.refresh_token)],
-    )
+    );
+    token.metadata.labels = Some(ownership::labels(uid));
+    token
 }
 
 /// The connection object of `member`: its instance, its credentials Secret, resynced hourly (no
@@ -129,15 +131,20 @@ pub async fn create(client: &Client, namespace: &str, members: &[Member], connec
                         .create(&post, &credentials)
                         .await
                         .expect("create a credentials Secret");
-                    secrets
-                        .create(&post, &token_secret(member))
-                        .await
-                        .expect("create a token Secret");
                 }
-                connections
+                let created = connections
                     .create(&post, &connection(member))
                     .await
                     .expect("create a connection");
+                if !connections_only {
+                    // After the connection: the token Secret carries its UID (created before the
+                    // operator starts, so no reconcile sees the connection without it).
+                    let uid = created.metadata.uid.expect("a UID");
+                    secrets
+                        .create(&post, &token_secret(member, &uid))
+                        .await
+                        .expect("create a token Secret");
+                }
             }
         })
         .await;

@@ -93,6 +93,9 @@ reasons! {
         CredentialsMissing,
         /// A credentials value is empty or has stray whitespace or a newline.
         CredentialsMalformed,
+        /// The token or webhook Secret the connection would write exists but is not labelled as
+        /// the connection's: the operator leaves it untouched.
+        SecretNotOwned,
         /// No refresh token yet: consent has not been given.
         ConsentRequired,
         /// The person asked to consent clicked Deny.
@@ -162,6 +165,9 @@ impl Reason {
             }
             Reason::CredentialsMalformed => {
                 "Write the value again without surrounding whitespace or a trailing newline (use `kubectl create secret generic --from-literal`, or `echo -n` when encoding)."
+            }
+            Reason::SecretNotOwned => {
+                "The operator writes and deletes only Secrets it labelled as this connection's, and left the one named above untouched. If something else uses it, point spec.tokenSecretRef at a free name (for the token Secret) or move that Secret away (the webhook Secret's name, <connection>-webhook, is fixed); if nothing does, delete it and the operator writes its own. If it truly holds this connection's token, label it app.kubernetes.io/managed-by=servicenow-operator and neoagent.io/connection-uid=<the connection's metadata.uid>."
             }
             Reason::ConsentRequired => {
                 "Open status.consentUrl in a browser, sign in to the instance as the integration's service account (not as yourself) and click Allow."

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 /// Parses `90s`, `10m`, `1h`, `1h30m` (whole units of h, m, s, ms).
 pub fn parse(value: &str) -> Result<Duration, String> {
-    let invalid = || format!("{value:?} is not a duration such as 90s, 10m or 1h30m");
+    let invalid = || format!("{} is not a duration such as 90s, 10m or 1h30m", quoted(value));
     let mut total = Duration::ZERO;
     let mut rest = value;
     if rest.is_empty() {
@@ -23,17 +23,43 @@ pub fn parse(value: &str) -> Result<Duration, String> {
             "ms" => Duration::from_millis(1),
             _ => return Err(invalid()),
         };
-        total += unit
+        total = unit
             .checked_mul(u32::try_from(number).map_err(|_| invalid())?)
+            .and_then(|part| total.checked_add(part))
             .ok_or_else(invalid)?;
         rest = &rest[unit_len..];
     }
     Ok(total)
 }
 
+/// `value` quoted for an error message, cut after 40 characters (the message must stay readable
+/// whatever was written).
+fn quoted(value: &str) -> String {
+    match value.char_indices().nth(40) {
+        Some((end, _)) => format!("{:?}…", &value[..end]),
+        None => format!("{value:?}"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_sum_beyond_what_a_duration_holds_is_refused_not_a_panic() {
+        // 4294967295h is the largest term (the number must fit 32 bits); about 1.2 million of
+        // them pass u64::MAX seconds.
+        let huge = "4294967295h".repeat(1_200_000);
+        let message = parse(&huge).unwrap_err();
+        assert_eq!(
+            message,
+            "\"4294967295h4294967295h4294967295h4294967\"… is not a duration such as 90s, 10m or 1h30m"
+        );
+        assert_eq!(
+            parse("1.5h").unwrap_err(),
+            "\"1.5h\" is not a duration such as 90s, 10m or 1h30m"
+        );
+    }
 
     #[test]
     fn durations_parse_like_the_crd_accepts_them() {

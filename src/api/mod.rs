@@ -117,6 +117,7 @@ pub struct ServiceNowConnectionSpec {
     #[x_kube(validation = url_rule(UrlRule::NoPath))]
     #[x_kube(validation = url_rule(UrlRule::NoQuery))]
     #[x_kube(validation = url_rule(UrlRule::NoFragment))]
+    #[x_kube(validation = url_rule(UrlRule::HostLength))]
     #[x_kube(validation = url_rule(UrlRule::LowerCaseHost))]
     #[x_kube(validation = url_rule(UrlRule::NoPunycode))]
     #[x_kube(validation = url_rule(UrlRule::AllowedDomain))]
@@ -130,7 +131,9 @@ pub struct ServiceNowConnectionSpec {
 
     /// The Secret, in the connection's own namespace, where the operator keeps the refresh token
     /// obtained through consent. Defaults to `<connection name>-token`, created and owned by the
-    /// connection.
+    /// connection. Name a Secret that does not exist yet: the operator writes only Secrets it
+    /// labelled as this connection's, and reports an existing one without those labels as
+    /// `SecretNotOwned`, leaving it untouched.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token_secret_ref: Option<LocalSecretReference>,
 

@@ -1,9 +1,11 @@
-//! The operator's HTTP surface (axum): the admin listener, and the public one with the consent
-//! and webhook endpoints; handlers stay thin.
+//! The operator's HTTP surface (axum): the admin listener, the public one with the consent
+//! and webhook endpoints, and the hand-off between the public and the controller component
+//! (`handoff`); handlers stay thin.
 
 pub mod admin;
 pub mod consent;
 pub mod consent_state;
+pub mod handoff;
 pub mod limits;
 pub mod pages;
 pub mod receiver;

@@ -34,10 +34,17 @@ pub fn router(receiver: Arc<Receiver>) -> Router {
 }
 
 /// A refused request: its status, its metric label and a short message.
-struct Refusal {
+pub(super) struct Refusal {
     status: StatusCode,
-    reason: &'static str,
+    /// The label of `servicenow_operator_webhook_requests_rejected_total`.
+    pub(super) reason: &'static str,
     message: String,
+}
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        (self.status, format!("{}\n", self.message)).into_response()
+    }
 }
 
 impl Refusal {
@@ -87,33 +94,15 @@ async fn receive(State(receiver): State<Arc<Receiver>>, RawQuery(query): RawQuer
         Ok(()) => (StatusCode::ACCEPTED, "accepted\n").into_response(),
         Err(refusal) => {
             receiver.rejected(refusal.reason);
-            (refusal.status, format!("{}\n", refusal.message)).into_response()
+            refusal.into_response()
         }
     }
 }
 
 async fn handle(receiver: &Receiver, query: &str, request: Request) -> Result<(), Refusal> {
-    let signed = signed(request.headers())?;
     let now = Timestamp::now();
-    signed.check_time(now.as_millisecond())?;
-    if !is_json(request.headers()) {
-        return Err(Refusal::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
-            "the body must be JSON (Content-Type: application/json)",
-        ));
-    }
-    let body = Bytes::from_request(request, &()).await.map_err(|rejection| {
-        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            Refusal::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "too_large",
-                format!("the body must be at most {MAX_BODY_BYTES} bytes"),
-            )
-        } else {
-            Refusal::new(StatusCode::BAD_REQUEST, "malformed", "the body could not be read")
-        }
-    })?;
+    let signed = check_head(request.headers(), now)?;
+    let body = read_body(request).await?;
     let target = receiver
         .authenticate(connection_of(query).as_deref(), &signed, &body, now)
         .await?;
@@ -135,6 +124,37 @@ async fn handle(receiver: &Receiver, query: &str, request: Request) -> Result<()
     }
     receiver.accept(&target, &event, body);
     Ok(())
+}
+
+/// What the request's head alone tells, checked before anything is read: signed, within the
+/// time window (at `now`), a JSON body. The public component checks it before the hand-off
+/// (`super::handoff`), the receiver again.
+pub(super) fn check_head(headers: &HeaderMap, now: Timestamp) -> Result<Signed, Refusal> {
+    let signed = signed(headers)?;
+    signed.check_time(now.as_millisecond())?;
+    if !is_json(headers) {
+        return Err(Refusal::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "the body must be JSON (Content-Type: application/json)",
+        ));
+    }
+    Ok(signed)
+}
+
+/// The body of `request`, at most [`MAX_BODY_BYTES`] (the route's limit).
+pub(super) async fn read_body(request: Request) -> Result<Bytes, Refusal> {
+    Bytes::from_request(request, &()).await.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            Refusal::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                format!("the body must be at most {MAX_BODY_BYTES} bytes"),
+            )
+        } else {
+            Refusal::new(StatusCode::BAD_REQUEST, "malformed", "the body could not be read")
+        }
+    })
 }
 
 /// The signing headers of `headers`.

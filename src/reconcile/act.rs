@@ -9,7 +9,7 @@ use kube::{Api, ResourceExt};
 use super::{
     Context, Error,
     decide::{Act, Outcome, Plan},
-    error::kube,
+    error::secret,
     key,
 };
 use crate::{
@@ -51,9 +51,11 @@ pub async fn act<S: ServiceNow>(
                     }
                 }
             }
-            Act::ForgetStoredToken => secrets::forget_token(&secrets_api, &secrets::token_secret_name(connection))
-                .await
-                .map_err(kube("delete the token Secret for re-consent"))?,
+            Act::ForgetStoredToken => {
+                secrets::forget_token(&secrets_api, &secrets::token_secret_name(connection), connection)
+                    .await
+                    .map_err(secret("delete the token Secret for re-consent"))?
+            }
             Act::StoreRefreshToken(token) => {
                 secrets::write_token(
                     &secrets_api,
@@ -62,7 +64,7 @@ pub async fn act<S: ServiceNow>(
                     &token.0,
                 )
                 .await
-                .map_err(kube("store the renewed refresh token"))?;
+                .map_err(secret("store the renewed refresh token"))?;
             }
             Act::Instance(step) => {
                 let (Some(desired), Some(token)) = (plan.desired.as_ref(), access_token) else {

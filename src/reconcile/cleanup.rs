@@ -15,7 +15,8 @@ use super::{
 };
 use crate::{
     api::{DeletionPolicy, ServiceNowConnection},
-    provision, secrets,
+    provision,
+    secrets::{self, SecretError},
     servicenow::{InstanceUrl, ServiceNow},
 };
 
@@ -31,10 +32,16 @@ pub async fn cleanup<S: ServiceNow>(connection: &ServiceNowConnection, context: 
     };
     let namespace = connection.namespace().unwrap_or_default();
     let secrets_api: Api<Secret> = Api::namespaced(context.kube.clone(), &namespace);
-    let Some(stored) = secrets::read_token(&secrets_api, &secrets::token_secret_name(connection))
-        .await
-        .map_err(kube("read the token Secret"))?
-    else {
+    let stored = match secrets::read_owned_token(&secrets_api, connection).await {
+        Ok(stored) => stored,
+        Err(SecretError::Kube(source)) => return Err(kube("read the token Secret")(source)),
+        Err(SecretError::NotOwned(not_owned)) => {
+            // Its token is not the connection's to use: nothing was provisioned with it.
+            tracing::warn!(connection = %connection_key, error = %not_owned, "deleted; the instance is left as it is");
+            return Ok(Action::await_change());
+        }
+    };
+    let Some(stored) = stored else {
         // Never consented: nothing was provisioned under this connection.
         return Ok(Action::await_change());
     };
@@ -56,7 +63,7 @@ pub async fn cleanup<S: ServiceNow>(connection: &ServiceNowConnection, context: 
         .properties(&instance, &token, provision::PROPERTY_NAME)
         .await
         .map_err(failed)?;
-    let webhook_token = secrets::read_webhook_keys(&secrets_api, &secrets::webhook_secret_name(connection))
+    let webhook_token = secrets::read_webhook_keys(&secrets_api, connection)
         .await
         .map_err(kube("read the webhook signing key Secret"))?
         .map(|keys| keys.current);

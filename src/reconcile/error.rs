@@ -13,6 +13,15 @@ pub enum Error {
         /// Why.
         source: kube::Error,
     },
+    /// A Secret the reconcile was about to write or delete is not the connection's (it was
+    /// swapped since `gather` read it): nothing was written; the next reconcile reports it.
+    #[error("failed to {action}: {source}")]
+    NotOwned {
+        /// What was being done.
+        action: &'static str,
+        /// Which Secret, and why it is not the connection's.
+        source: crate::secrets::NotOwned,
+    },
     /// The finalizer helper failed.
     #[error("failed to run the finalizer: {0}")]
     Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
@@ -53,7 +62,7 @@ impl Error {
                 kube::runtime::finalizer::Error::CleanupFailed(Error::Cleanup(cleanup)) => cleanup,
                 _ => return false,
             },
-            Error::Kube { .. } => return false,
+            Error::Kube { .. } | Error::NotOwned { .. } => return false,
         };
         cleanup.needs_a_person()
     }
@@ -77,6 +86,14 @@ impl Error {
 /// Wraps a Kubernetes API failure with what was being done.
 pub fn kube(action: &'static str) -> impl FnOnce(kube::Error) -> Error {
     move |source| Error::Kube { action, source }
+}
+
+/// Wraps a failure to write or delete one of the connection's Secrets with what was being done.
+pub fn secret(action: &'static str) -> impl FnOnce(crate::secrets::SecretError) -> Error {
+    move |error| match error {
+        crate::secrets::SecretError::NotOwned(source) => Error::NotOwned { action, source },
+        crate::secrets::SecretError::Kube(source) => Error::Kube { action, source },
+    }
 }
 
 #[cfg(test)]

@@ -6,7 +6,9 @@
 //!
 //! Two writes happen here because reading needs them: the access-token cache in memory (a refresh
 //! is shared by every reconcile of the connection), and the connection's webhook-token Secret,
-//! created once when it does not exist yet (the callback URL the rule posts to carries it).
+//! created once when it does not exist yet (the callback URL the rule posts to carries it). A
+//! token or webhook Secret that is not the connection's ([`NotOwned`]) ends the gathering before
+//! anything is written, for `decide` to report `SecretNotOwned`.
 
 use std::time::Instant;
 
@@ -22,7 +24,7 @@ use super::{
 };
 use crate::{
     api::ServiceNowConnection,
-    secrets::{self, CredentialsError, StoredToken},
+    secrets::{self, CredentialsError, NotOwned, SecretError, StoredToken},
     servicenow::{self, ClientCredentials, InstanceUrl, SecretString, ServiceNow},
 };
 
@@ -50,9 +52,16 @@ pub async fn gather<S: ServiceNow>(
     if let Some(request) = decide::reconnect_request(connection, &status) {
         context.tokens.forget_for_reconnect(&connection_key, request);
     }
-    let stored = secrets::read_token(&secrets_api, &secrets::token_secret_name(connection))
-        .await
-        .map_err(kube("read the token Secret"))?;
+    let stored = match owned(
+        secrets::read_owned_token(&secrets_api, connection).await,
+        "read the token Secret",
+    )? {
+        Ok(stored) => stored,
+        Err(not_owned) => {
+            gathered.not_owned = Some(not_owned);
+            return Ok(gathered);
+        }
+    };
     gathered.stored = Some(stored.clone());
     let reconsent = decide::reconsent_request(connection, &status).is_some();
     if reconsent || stored.is_none() {
@@ -100,12 +109,26 @@ pub async fn gather<S: ServiceNow>(
     }
 
     let rotation = connection.annotations().get(crate::api::ROTATE_WEBHOOK_KEY);
-    let webhook_token = secrets::ensure_webhook_key(&secrets_api, connection, rotation.map(String::as_str))
-        .await
-        .map_err(kube("create or rotate the webhook signing key"))?;
-    gathered.webhook_token = Some(webhook_token);
+    let webhook_token = secrets::ensure_webhook_key(&secrets_api, connection, rotation.map(String::as_str)).await;
+    match owned(webhook_token, "create or rotate the webhook signing key")? {
+        Ok(webhook_token) => gathered.webhook_token = Some(webhook_token),
+        Err(not_owned) => {
+            gathered.not_owned = Some(not_owned);
+            return Ok(gathered);
+        }
+    }
     gathered.records = Some(records(servicenow, instance, token).await);
     Ok(gathered)
+}
+
+/// Splits a Secret access's failure: a Secret that is not the connection's is `Ok(Err(..))`, for
+/// `decide` to report; an API failure is the reconcile's error.
+fn owned<T>(result: Result<T, SecretError>, action: &'static str) -> Result<Result<T, NotOwned>, Error> {
+    match result {
+        Ok(value) => Ok(Ok(value)),
+        Err(SecretError::NotOwned(not_owned)) => Ok(Err(not_owned)),
+        Err(SecretError::Kube(source)) => Err(kube(action)(source)),
+    }
 }
 
 /// Reads and checks the credentials Secret `name`: `Ok(Err(..))` for a problem a person must fix.

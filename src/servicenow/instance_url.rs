@@ -7,6 +7,9 @@ use std::fmt;
 /// The two domains ServiceNow serves customer instances from.
 pub const ALLOWED_DOMAINS: [&str; 2] = ["service-now.com", "servicenowservices.com"];
 
+/// The longest host name DNS can carry (RFC 1035 §2.3.4, without the root's trailing dot).
+const MAX_HOST_LEN: usize = 253;
+
 /// The first words of every rejection, as the product's troubleshooting text names it.
 pub const RULE_PREFIX: &str = "instance_url must be a service-now.com or servicenowservices.com domain";
 
@@ -28,6 +31,8 @@ pub enum UrlRule {
     NoQuery,
     /// No `#fragment`.
     NoFragment,
+    /// The host is at most 253 characters, the longest name DNS can carry.
+    HostLength,
     /// The host is written in lower case.
     LowerCaseHost,
     /// No punycode (`xn--`) labels.
@@ -38,7 +43,7 @@ pub enum UrlRule {
 
 impl UrlRule {
     /// Every rule, in checking order.
-    pub const ALL: [UrlRule; 10] = [
+    pub const ALL: [UrlRule; 11] = [
         UrlRule::HttpsScheme,
         UrlRule::PrintableAscii,
         UrlRule::NoUserInfo,
@@ -46,6 +51,7 @@ impl UrlRule {
         UrlRule::NoPath,
         UrlRule::NoQuery,
         UrlRule::NoFragment,
+        UrlRule::HostLength,
         UrlRule::LowerCaseHost,
         UrlRule::NoPunycode,
         UrlRule::AllowedDomain,
@@ -63,6 +69,7 @@ impl UrlRule {
             UrlRule::NoPath => "give the bare host: no path and no trailing slash (https://<instance>.service-now.com)",
             UrlRule::NoQuery => "a query string (?...) is not allowed",
             UrlRule::NoFragment => "a fragment (#...) is not allowed",
+            UrlRule::HostLength => "the host is longer than 253 characters, the most a DNS name can have",
             UrlRule::LowerCaseHost => "write the host in lower case",
             UrlRule::NoPunycode => "punycode (xn--) labels are not allowed: instance names are plain ASCII",
             UrlRule::AllowedDomain => {
@@ -88,6 +95,7 @@ impl UrlRule {
             UrlRule::NoPath => !rest.is_some_and(|r| r.contains('/')),
             UrlRule::NoQuery => !url.contains('?'),
             UrlRule::NoFragment => !url.contains('#'),
+            UrlRule::HostLength => host.is_none_or(|h| h.len() <= MAX_HOST_LEN),
             UrlRule::LowerCaseHost => !host.is_some_and(|h| h.bytes().any(|b| b.is_ascii_uppercase())),
             UrlRule::NoPunycode => !host.is_some_and(|h| h.split('.').any(|l| l.starts_with("xn--"))),
             UrlRule::AllowedDomain => rest.is_some_and(is_allowed_host),
@@ -105,6 +113,7 @@ impl UrlRule {
             UrlRule::NoPath => "!self.matches('^https://.*/')",
             UrlRule::NoQuery => "!self.contains('?')",
             UrlRule::NoFragment => "!self.contains('#')",
+            UrlRule::HostLength => "!self.matches('^https://[^/?#]{254}')",
             UrlRule::LowerCaseHost => "!self.matches('^https://[^/?#]*[A-Z]')",
             UrlRule::NoPunycode => "!self.matches('^https://([^/?#]*\\\\.)?xn--')",
             UrlRule::AllowedDomain => {

@@ -3,6 +3,10 @@
 //! of its forward to the sink.
 
 use k8s_openapi::jiff::{Timestamp, civil::DateTime, tz::TimeZone};
+use serde::{
+    Deserialize, Deserializer,
+    de::{IgnoredAny, MapAccess, SeqAccess, Visitor},
+};
 use serde_json::{Map, Value};
 
 /// The largest body the receiver reads, in bytes (one event is a few hundred).
@@ -81,6 +85,13 @@ pub enum InvalidEvent {
     /// The body is JSON but not an object.
     #[error("the body must be a JSON object")]
     NotAnObject,
+    /// A field of the event comes twice: JSON parsers disagree on which one counts (the last, the
+    /// first, or an error), so a body that says two things about one field is refused.
+    #[error("{field} appears more than once")]
+    Repeated {
+        /// The field (one of the event's; another repeated name is reported as `a field`).
+        field: &'static str,
+    },
     /// A required field is absent, null or empty.
     #[error("{field} is required")]
     Missing {
@@ -108,7 +119,7 @@ pub enum InvalidEvent {
 /// `number`, `sys_updated_on` and `sys_updated_by` (null or empty means absent, as `current.getValue()` gives for an empty
 /// field). Other fields are allowed and ignored.
 pub fn parse(body: &[u8]) -> Result<TaskEvent, InvalidEvent> {
-    let value: Value = serde_json::from_slice(body).map_err(|error| {
+    let Body(object) = serde_json::from_slice(body).map_err(|error| {
         InvalidEvent::NotJson(format!(
             "{:?} error at line {} column {}",
             error.classify(),
@@ -116,9 +127,15 @@ pub fn parse(body: &[u8]) -> Result<TaskEvent, InvalidEvent> {
             error.column()
         ))
     })?;
-    let Value::Object(fields) = value else {
-        return Err(InvalidEvent::NotAnObject);
-    };
+    let Object { fields, repeated } = object.ok_or(InvalidEvent::NotAnObject)?;
+    if let Some(name) = repeated {
+        let field = FIELDS
+            .iter()
+            .find(|known| **known == name)
+            .copied()
+            .unwrap_or("a field");
+        return Err(InvalidEvent::Repeated { field });
+    }
     let table = required(&fields, "table")?;
     check(is_table_name(table), "table", TABLE_RULE)?;
     let sys_id = required(&fields, "sys_id")?;
@@ -147,6 +164,86 @@ pub fn parse(body: &[u8]) -> Result<TaskEvent, InvalidEvent> {
         updated_at,
         updated_by: optional(&fields, "sys_updated_by")?.map(str::to_owned),
     })
+}
+
+/// The fields the event reads.
+pub const FIELDS: [&str; 8] = [
+    "table",
+    "sys_id",
+    "operation",
+    "id",
+    "instance",
+    "number",
+    "sys_updated_on",
+    "sys_updated_by",
+];
+
+/// A JSON body: its top-level object, or `None` for any other JSON value.
+struct Body(Option<Object>);
+
+/// A top-level JSON object and the first name that came twice in it, if any (`serde_json`'s own
+/// map keeps the last of repeated names without a word).
+struct Object {
+    fields: Map<String, Value>,
+    repeated: Option<String>,
+}
+
+impl<'de> Deserialize<'de> for Body {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(BodyVisitor)
+    }
+}
+
+struct BodyVisitor;
+
+impl<'de> Visitor<'de> for BodyVisitor {
+    type Value = Body;
+
+    fn expecting(&self, formatter: &mut std::fmt::Formatter) -> std::fmt::Result {
+        formatter.write_str("a JSON value")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Body, A::Error> {
+        let mut fields = Map::new();
+        let mut repeated = None;
+        while let Some((name, value)) = map.next_entry::<String, Value>()? {
+            if fields.contains_key(&name) {
+                repeated.get_or_insert(name);
+            } else {
+                fields.insert(name, value);
+            }
+        }
+        Ok(Body(Some(Object { fields, repeated })))
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Body, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(Body(None))
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<Body, E> {
+        Ok(Body(None))
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<Body, E> {
+        Ok(Body(None))
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<Body, E> {
+        Ok(Body(None))
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<Body, E> {
+        Ok(Body(None))
+    }
+
+    fn visit_str<E>(self, _: &str) -> Result<Body, E> {
+        Ok(Body(None))
+    }
+
+    fn visit_unit<E>(self) -> Result<Body, E> {
+        Ok(Body(None))
+    }
 }
 
 /// The string `field`, `None` when absent, null or empty.
@@ -396,7 +493,45 @@ mod tests {
         assert!(matches!(parse(b"table=incident"), Err(InvalidEvent::NotJson(_))));
         assert!(matches!(parse(b""), Err(InvalidEvent::NotJson(_))));
         assert_eq!(parse(b"[1, 2]"), Err(InvalidEvent::NotAnObject));
+        assert_eq!(parse(b"[[1], {\"a\": 2}]"), Err(InvalidEvent::NotAnObject));
         assert_eq!(parse(b"\"incident\""), Err(InvalidEvent::NotAnObject));
+        for scalar in ["true", "null", "-1", "18446744073709551615", "1.5"] {
+            assert_eq!(parse(scalar.as_bytes()), Err(InvalidEvent::NotAnObject), "{scalar}");
+        }
+        let deep = format!("{{\"table\":{}", "[".repeat(1_000));
+        assert!(matches!(parse(deep.as_bytes()), Err(InvalidEvent::NotJson(_))));
+    }
+
+    #[test]
+    fn a_field_that_comes_twice_is_refused_whichever_it_is() {
+        let body = valid().to_string();
+        let twice =
+            |field: &str, value: &str| parse(body.replacen('{', &format!("{{\"{field}\":{value},"), 1).as_bytes());
+        assert_eq!(
+            twice("sys_id", "\"0123456789abcdef0123456789abcdef\""),
+            Err(InvalidEvent::Repeated { field: "sys_id" })
+        );
+        assert_eq!(
+            twice("operation", "\"delete\""),
+            Err(InvalidEvent::Repeated { field: "operation" })
+        );
+        assert_eq!(
+            parse(br#"{"x":1,"table":"incident","x":2}"#),
+            Err(InvalidEvent::Repeated { field: "a field" })
+        );
+        assert_eq!(
+            InvalidEvent::Repeated { field: "sys_id" }.to_string(),
+            "sys_id appears more than once"
+        );
+        // Repeated names inside a nested value are the value's business, not the event's.
+        assert!(
+            parse(
+                with("other", serde_json::json!([{"a": 1}, {"a": 2}]))
+                    .to_string()
+                    .as_bytes()
+            )
+            .is_ok()
+        );
     }
 
     #[test]

@@ -76,17 +76,17 @@ struct Cache {
 /// Finds connections and their keys, with a small cache.
 pub struct Lookup {
     kube: kube::Client,
-    namespace: Option<String>,
+    namespaces: Vec<String>,
     cache: Mutex<Cache>,
 }
 
 impl Lookup {
-    /// A lookup through `kube`; with `namespace`, connections elsewhere are unknown (the
-    /// operator watches only that namespace).
-    pub fn new(kube: kube::Client, namespace: Option<String>) -> Self {
+    /// A lookup through `kube`; with `namespaces`, connections elsewhere are unknown (the
+    /// operator watches only those namespaces; none: all).
+    pub fn new(kube: kube::Client, namespaces: Vec<String>) -> Self {
         Lookup {
             kube,
-            namespace,
+            namespaces,
             cache: Mutex::default(),
         }
     }
@@ -101,7 +101,7 @@ impl Lookup {
         let Some((namespace, name)) = connection.and_then(crate::api::split_key) else {
             return Err(Refused::Unauthorized);
         };
-        if self.namespace.as_deref().is_some_and(|watched| watched != namespace) {
+        if !self.namespaces.is_empty() && !self.namespaces.iter().any(|watched| watched == namespace) {
             return Err(Refused::Unauthorized);
         }
         let key = format!("{namespace}/{name}");
@@ -160,7 +160,7 @@ impl Lookup {
             return Ok(None);
         };
         let secrets_api: Api<Secret> = Api::namespaced(self.kube.clone(), namespace);
-        let keys = secrets::read_webhook_keys(&secrets_api, &secrets::webhook_secret_name(&connection)).await?;
+        let keys = secrets::read_webhook_keys(&secrets_api, &connection).await?;
         Ok(keys.map(|keys| Known {
             target: Target {
                 key: crate::api::key(&connection),

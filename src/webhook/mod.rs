@@ -41,16 +41,16 @@ pub struct Receiver {
 }
 
 impl Receiver {
-    /// A receiver reading connections through `kube` (only in `namespace` when set) and
+    /// A receiver reading connections through `kube` (only in `namespaces` when any) and
     /// delivering with `sink_client`.
     pub fn new(
         kube: kube::Client,
-        namespace: Option<String>,
+        namespaces: Vec<String>,
         sink_client: reqwest::Client,
         metrics: WebhookMetrics,
     ) -> Self {
         Receiver {
-            lookup: Lookup::new(kube.clone(), namespace),
+            lookup: Lookup::new(kube.clone(), namespaces),
             counter: Arc::new(Counter::new(kube)),
             forwarder: Forwarder::new(sink_client, metrics.clone()),
             replays: Mutex::default(),

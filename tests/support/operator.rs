@@ -108,42 +108,107 @@ impl Operator {
         kubeconfig: &std::path::Path,
     ) -> Operator {
         let admin_port = free_port();
-        let ca = simulator.ca_path().expect("write the simulator's CA");
-        let dir = log_dir(namespace);
-        fs::create_dir_all(&dir).expect("log dir");
-        let log = dir.join(format!("operator-{public_port}-{admin_port}.log"));
-        let log_file = fs::File::create(&log).expect("log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_servicenow-operator"))
-            .arg("run")
-            .args(["--public-url", public_url])
+        let mut command = controller_command("run", namespace, simulator, instance, public_url, admin_port);
+        command
             .args(["--listen", &format!("127.0.0.1:{public_port}")])
-            .args(["--admin-listen", &format!("127.0.0.1:{admin_port}")])
-            .args(["--namespace", namespace])
-            // The test namespace is also the operator's own: its Lease and state-key Secret stay
-            // per test, so concurrent tests never wait for each other's leader. Through the
-            // environment, as the chart does, so that `env` can override it.
-            .env("POD_NAMESPACE", namespace)
-            .args(["--lease-duration", "3s"])
-            .args(["--resolve", &format!("{HOST}={instance}")])
-            .arg("--ca-bundle")
-            .arg(&ca)
             .args(
                 // Debug logs unless `extra` chooses (a benchmark of thousands of connections).
                 (!extra.contains(&"--log-filter"))
-                    .then_some(["--log-filter", "info,servicenow_operator=debug"])
+                    .then_some(["--log-filter", DEBUG_LOGS])
                     .into_iter()
                     .flatten(),
             )
             .args(extra)
             .env("KUBECONFIG", kubeconfig)
-            .env_remove("HTTPS_PROXY")
-            .env_remove("https_proxy")
-            .envs(env.iter().copied())
+            .envs(env.iter().copied());
+        Self::launch(
+            command,
+            namespace,
+            &format!("operator-{public_port}-{admin_port}"),
+            public_url,
+            admin_port,
+        )
+        .await
+    }
+
+    /// Starts the two components as the chart deploys them: `controller` with the identity of
+    /// `controller_kubeconfig` and the environment `controller_env` on top of the harness's, its
+    /// hand-off listener on a free port; and `public` on `public_port` (with the identity of
+    /// `public_kubeconfig`, which it does not use), forwarding to it. Both read the hand-off key
+    /// from `key_file`. Returns (controller, public); the public one's `public_url` is where
+    /// browsers and the instance go.
+    pub async fn start_split(
+        namespace: &str,
+        simulator: &snowsim::Server,
+        public_port: u16,
+        controller_env: &[(&str, &str)],
+        controller_kubeconfig: &std::path::Path,
+        public_kubeconfig: &std::path::Path,
+        key_file: &std::path::Path,
+    ) -> (Operator, Operator) {
+        let public_url = format!("http://127.0.0.1:{public_port}");
+        let (admin_port, handoff_port) = (free_port(), free_port());
+        let mut command = controller_command(
+            "controller",
+            namespace,
+            simulator,
+            simulator.addr(),
+            &public_url,
+            admin_port,
+        );
+        command
+            .args(["--handoff-listen", &format!("127.0.0.1:{handoff_port}")])
+            .arg("--handoff-key-file")
+            .arg(key_file)
+            .args(["--log-filter", DEBUG_LOGS])
+            .env("KUBECONFIG", controller_kubeconfig)
+            .envs(controller_env.iter().copied());
+        let controller = Self::launch(
+            command,
+            namespace,
+            &format!("controller-{admin_port}"),
+            &public_url,
+            admin_port,
+        )
+        .await;
+        let admin_port = free_port();
+        let mut command = Command::new(env!("CARGO_BIN_EXE_servicenow-operator"));
+        command
+            .arg("public")
+            .args(["--listen", &format!("127.0.0.1:{public_port}")])
+            .args(["--admin-listen", &format!("127.0.0.1:{admin_port}")])
+            .args(["--controller-url", &format!("http://127.0.0.1:{handoff_port}")])
+            .arg("--handoff-key-file")
+            .arg(key_file)
+            .args(["--log-filter", DEBUG_LOGS])
+            .env("KUBECONFIG", public_kubeconfig);
+        let public = Self::launch(
+            command,
+            namespace,
+            &format!("public-{public_port}"),
+            &public_url,
+            admin_port,
+        )
+        .await;
+        (controller, public)
+    }
+
+    /// Starts `command` (its output in a log file `name` among `namespace`'s) and waits for its
+    /// `/readyz` on `admin_port`.
+    async fn launch(mut command: Command, namespace: &str, name: &str, public_url: &str, admin_port: u16) -> Operator {
+        let dir = log_dir(namespace);
+        fs::create_dir_all(&dir).expect("log dir");
+        let log = dir.join(format!("{name}.log"));
+        let log_file = fs::File::create(&log).expect("log file");
+        let child = command
             .stdin(Stdio::null())
             .stdout(log_file.try_clone().expect("log file"))
             .stderr(log_file)
             .spawn()
             .expect("start the operator binary");
+        // The test namespace is also the operator's own: its Lease and state-key Secret stay
+        // per test, so concurrent tests never wait for each other's leader. Through the
+        // environment, as the chart does, so that `env` can override it.
         let operator = Operator {
             child,
             log,
@@ -240,6 +305,40 @@ impl Drop for Operator {
         }
         self.kill();
     }
+}
+
+/// `servicenow-operator SUBCOMMAND` (`run` or `controller`) with the harness's flags: watching only
+/// `namespace`, which is also its own, the instance's host resolved to `instance`, the simulator's
+/// CA trusted, announcing `public_url`, its admin listener on `admin_port`.
+/// The log filter of the operators the tests start, unless a test chooses another.
+const DEBUG_LOGS: &str = "info,servicenow_operator=debug";
+
+fn controller_command(
+    subcommand: &str,
+    namespace: &str,
+    simulator: &snowsim::Server,
+    instance: SocketAddr,
+    public_url: &str,
+    admin_port: u16,
+) -> Command {
+    let ca = simulator.ca_path().expect("write the simulator's CA");
+    let mut command = Command::new(env!("CARGO_BIN_EXE_servicenow-operator"));
+    command
+        .arg(subcommand)
+        .args(["--public-url", public_url])
+        .args(["--admin-listen", &format!("127.0.0.1:{admin_port}")])
+        .args(["--namespace", namespace])
+        // The test namespace is also the operator's own: its Lease and state-key Secret stay
+        // per test, so concurrent tests never wait for each other's leader. Through the
+        // environment, as the chart does, so that `env` can override it.
+        .env("POD_NAMESPACE", namespace)
+        .args(["--lease-duration", "3s"])
+        .args(["--resolve", &format!("{HOST}={instance}")])
+        .arg("--ca-bundle")
+        .arg(&ca)
+        .env_remove("HTTPS_PROXY")
+        .env_remove("https_proxy");
+    command
 }
 
 /// Where the operators of `namespace` write their logs (one file each).

@@ -10,11 +10,12 @@ use k8s_openapi::{
     api::core::v1::{Event, Secret},
 };
 use kube::{
-    Api, Client,
+    Api, Client, Resource as _, ResourceExt as _,
     api::{ListParams, ObjectMeta, Patch, PatchParams, PostParams},
 };
 use servicenow_operator::{
     api::{RECONCILE_REQUESTED_AT, ServiceNowConnection, ServiceNowConnectionStatus, SyncState, conditions::Reason},
+    secrets::ownership,
     sync::LockExt as _,
 };
 
@@ -30,6 +31,26 @@ use super::{
 /// Creates an Opaque Secret, or replaces the data of an existing one in place (one update, as
 /// `kubectl apply` makes: the Secret never disappears in between).
 pub async fn put_secret(client: &Client, namespace: &str, name: &str, data: &[(&str, &str)]) {
+    write_secret(client, namespace, name, ObjectMeta::default(), data).await;
+}
+
+/// Writes the Secret `name` of the connection `connection` the way the operator does: labelled as
+/// the connection's and controlled by it (created, or its data replaced in place).
+pub async fn put_owned_secret(client: &Client, namespace: &str, connection: &str, name: &str, data: &[(&str, &str)]) {
+    let api: Api<ServiceNowConnection> = Api::namespaced(client.clone(), namespace);
+    let owner = api.get(connection).await.expect("read the connection");
+    let uid = owner.uid().expect("a stored connection has a uid");
+    let meta = ObjectMeta {
+        labels: Some(ownership::labels(&uid)),
+        owner_references: owner.controller_owner_ref(&()).map(|r| vec![r]),
+        ..ObjectMeta::default()
+    };
+    write_secret(client, namespace, name, meta, data).await;
+}
+
+/// Creates the Secret `name` with `meta`'s labels and owners, or replaces the data (and, when
+/// `meta` has them, the labels and owners) of an existing one.
+async fn write_secret(client: &Client, namespace: &str, name: &str, meta: ObjectMeta, data: &[(&str, &str)]) {
     let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
     let data: BTreeMap<_, _> = data
         .iter()
@@ -38,9 +59,14 @@ pub async fn put_secret(client: &Client, namespace: &str, name: &str, data: &[(&
     poll_until(Duration::from_secs(10), "the Secret to be written", || {
         let secrets = secrets.clone();
         let data = data.clone();
+        let meta = meta.clone();
         async move {
             let written = match secrets.get_opt(name).await.ok()? {
                 Some(mut existing) => {
+                    if meta.labels.is_some() {
+                        existing.metadata.labels = meta.labels;
+                        existing.metadata.owner_references = meta.owner_references;
+                    }
                     existing.data = Some(data);
                     existing.string_data = None;
                     secrets.replace(name, &PostParams::default(), &existing).await
@@ -49,7 +75,7 @@ pub async fn put_secret(client: &Client, namespace: &str, name: &str, data: &[(&
                     let secret = Secret {
                         metadata: ObjectMeta {
                             name: Some(name.to_owned()),
-                            ..Default::default()
+                            ..meta
                         },
                         data: Some(data),
                         ..Default::default()
@@ -144,6 +170,12 @@ impl Scene {
         Self::build(client, ns, extra_spec, true).await
     }
 
+    /// Sets the scene in `ns`, which the test prepared, without the token Secret: the connection
+    /// waits for consent.
+    pub async fn awaiting_consent_in(client: Client, ns: TestNamespace, extra_spec: serde_json::Value) -> Scene {
+        Self::build(client, ns, extra_spec, false).await
+    }
+
     /// Sets the scene like [`Self::new`] but without the token Secret: nobody consented yet, so
     /// the connection waits for consent.
     pub async fn awaiting_consent(extra_spec: serde_json::Value) -> Scene {
@@ -179,15 +211,6 @@ impl Scene {
             &[("clientId", &seed.client_id), ("clientSecret", &seed.client_secret)],
         )
         .await;
-        if consented {
-            put_secret(
-                &client,
-                ns.name(),
-                TOKEN_SECRET,
-                &[("refreshToken", &seed.refresh_token)],
-            )
-            .await;
-        }
         let mut spec = serde_json::json!({
             "instanceUrl": "https://acme.service-now.com",
             "credentialsSecretRef": {"name": CREDENTIALS_SECRET},
@@ -197,6 +220,17 @@ impl Scene {
             spec.extend(extra.clone());
         }
         create_connection(&client, ns.name(), CONNECTION, spec).await;
+        if consented {
+            // As consent leaves it: the operator's, for this connection (hence after it).
+            put_owned_secret(
+                &client,
+                ns.name(),
+                CONNECTION,
+                TOKEN_SECRET,
+                &[("refreshToken", &seed.refresh_token)],
+            )
+            .await;
+        }
         Scene {
             client,
             ns,
@@ -299,9 +333,10 @@ impl Scene {
     /// Writes the token Secret as consent leaves it: the seed's refresh token, expiring at
     /// `expires_at`.
     pub async fn put_token_expiring_at(&self, expires_at: k8s_openapi::jiff::Timestamp) {
-        put_secret(
+        put_owned_secret(
             &self.client,
             self.ns.name(),
+            CONNECTION,
             TOKEN_SECRET,
             &[
                 ("refreshToken", &self.seed.refresh_token),
@@ -330,6 +365,19 @@ impl Scene {
         done: impl Fn(&ServiceNowConnectionStatus) -> bool,
     ) -> ServiceNowConnectionStatus {
         wait_for_status(&self.client, self.ns.name(), CONNECTION, what, done).await
+    }
+
+    /// Starts the operator `killed` was again (same public URL: the property names it as its
+    /// owner) and waits for READY_TO_SYNC.
+    pub async fn restarted_ready(&self, killed: &Operator) -> (Operator, ServiceNowConnectionStatus) {
+        let public_port = killed.public_url.rsplit(':').next().and_then(|port| port.parse().ok());
+        let operator = Operator::start_with(self.ns.name(), &self.simulator, public_port.expect("a port"), &[]).await;
+        let status = self
+            .wait_for("READY_TO_SYNC after the restart", |s| {
+                s.sync_state == Some(SyncState::ReadyToSync)
+            })
+            .await;
+        (operator, status)
     }
 
     /// Polls the connection's status until condition `type_` is `truth` for `reason`.

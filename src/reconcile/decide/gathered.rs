@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use crate::{
-    secrets::{CredentialsError, StoredToken},
+    secrets::{CredentialsError, NotOwned, StoredToken},
     servicenow::{self, BusinessRule, ClientCredentials, SecretString, SystemProperty, User},
 };
 
@@ -53,6 +53,9 @@ pub struct Gathered {
     pub user: Option<Result<User, servicenow::Error>>,
     /// The user's active role names.
     pub roles: Option<Result<Vec<String>, servicenow::Error>>,
+    /// The token or webhook Secret that turned out not to be the connection's (nothing was read
+    /// past it).
+    pub not_owned: Option<NotOwned>,
     /// The connection's webhook token.
     pub webhook_token: Option<SecretString>,
     /// The webhook records on the instance.

@@ -32,7 +32,7 @@ use crate::{
         WebhookStatus, conditions::Reason, duration, paths,
     },
     provision::{self, Desired, Step},
-    secrets::{CredentialsError, StoredToken},
+    secrets::{CredentialsError, OwnedSecret, StoredToken},
     servicenow::{self, ErrorKind, InstanceUrl, User},
 };
 
@@ -326,6 +326,7 @@ fn steps(
         .as_ref()
         .map_err(credentials_stop)?;
     let fingerprint = credentials.fingerprint();
+    not_owned(gathered, OwnedSecret::Token, plan)?;
 
     let namespace = connection.namespace().unwrap_or_default();
     let name = connection.name_any();
@@ -387,6 +388,7 @@ fn steps(
         .map_err(|error| failure(plan, ConditionType::IdentityResolved, error))?;
     identified(plan, spec, user, roles)?;
 
+    not_owned(gathered, OwnedSecret::Webhook, plan)?;
     let token = layer(&gathered.webhook_token, "webhook token")?;
     let records = layer(&gathered.records, "webhook records")?
         .as_ref()
@@ -414,6 +416,29 @@ fn steps(
         provision::desired(&callback, token, &spec.webhook.task_types, &owner),
     );
     Ok(())
+}
+
+/// Stops on `gathered`'s Secret of `role` that is not the connection's: terminal (a person must
+/// move or label it), before anything is written, reported on the condition the Secret serves.
+/// A token Secret that is not the connection's takes the consent URL away: consent could not be
+/// stored.
+fn not_owned(gathered: &Gathered, role: OwnedSecret, plan: &mut Plan) -> Result<(), Stop> {
+    let Some(problem) = gathered.not_owned.as_ref().filter(|problem| problem.role == role) else {
+        return Ok(());
+    };
+    let (condition, which) = match role {
+        OwnedSecret::Token => {
+            plan.status.consent_url = None;
+            plan.status.consent_ticket = None;
+            (ConditionType::Authorized, "spec.tokenSecretRef")
+        }
+        OwnedSecret::Webhook => (ConditionType::WebhookProvisioned, "webhook signing key"),
+    };
+    Err(Stop::terminal(
+        condition,
+        Reason::SecretNotOwned,
+        format!("{which}: {problem}."),
+    ))
 }
 
 /// The consent ticket in the status while consent is needed: the stored one while it is usable

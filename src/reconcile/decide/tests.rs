@@ -97,12 +97,36 @@ fn ready() -> Gathered {
             "itil".into(),
             "x_neoagent_integration".into(),
         ])),
+        not_owned: None,
         webhook_token: Some(SecretString::new("webhook-token")),
         records: Some(Ok(InstanceRecords {
             rules: Vec::new(),
             properties: Vec::new(),
         })),
         consent_ticket: None,
+    }
+}
+
+/// A token (`Token`) or webhook Secret on the connection's name that is not its own.
+fn foreign(role: OwnedSecret) -> crate::secrets::NotOwned {
+    crate::secrets::NotOwned {
+        role,
+        secret: "acme-token".into(),
+        problem: "it lacks the label app.kubernetes.io/managed-by=servicenow-operator",
+    }
+}
+
+/// `gather`'s stop on a token Secret that is not the connection's: nothing read past it.
+fn foreign_token() -> Gathered {
+    Gathered {
+        stored: None,
+        access: None,
+        user: None,
+        roles: None,
+        not_owned: Some(foreign(OwnedSecret::Token)),
+        webhook_token: None,
+        records: None,
+        ..ready()
     }
 }
 
@@ -375,6 +399,33 @@ fn cases() -> Vec<Case> {
             reason: Reason::CredentialsMalformed,
             state: "ERROR",
             next: ON_CHANGE,
+        },
+        Case {
+            name: "a token Secret that is not the connection's",
+            connection: connection(spec()),
+            gathered: foreign_token(),
+            failed: None,
+            condition: ConditionType::Authorized,
+            truth: "False",
+            reason: Reason::SecretNotOwned,
+            state: "ERROR",
+            next: TERMINAL,
+        },
+        Case {
+            name: "a webhook Secret that is not the connection's",
+            connection: connection(spec()),
+            gathered: Gathered {
+                not_owned: Some(foreign(OwnedSecret::Webhook)),
+                webhook_token: None,
+                records: None,
+                ..ready()
+            },
+            failed: None,
+            condition: ConditionType::WebhookProvisioned,
+            truth: "False",
+            reason: Reason::SecretNotOwned,
+            state: "ERROR",
+            next: TERMINAL,
         },
         Case {
             name: "no refresh token yet",
@@ -725,6 +776,28 @@ fn each_case_reaches_its_condition_state_and_next_look() {
             );
         }
     }
+}
+
+#[test]
+fn a_secret_that_is_not_the_connections_is_neither_written_nor_deleted() {
+    // A re-consent request would revoke and forget the stored token: not one that is not ours.
+    let reconsent = with_annotation(RECONSENT, "1");
+    let run = run(&reconsent, &foreign_token(), None);
+    assert!(run.acts.is_empty(), "{:?}", run.acts);
+    assert_eq!(run.conclusion.status.consent_url, None);
+    let message = run
+        .conclusion
+        .status
+        .conditions
+        .iter()
+        .find(|condition| condition.reason == "SecretNotOwned")
+        .map(|condition| condition.message.clone())
+        .unwrap_or_default();
+    assert!(
+        message.starts_with("spec.tokenSecretRef: the Secret \"acme-token\""),
+        "{message}"
+    );
+    assert!(message.contains("neoagent.io/connection-uid="), "{message}");
 }
 
 #[test]

@@ -140,6 +140,16 @@ pub enum FaultAction {
         #[serde(default)]
         body: Option<String>,
     },
+    /// Answer a page of another kind than the Table API's JSON: what a load balancer or an
+    /// instance's error handler sends (an HTML error page, plain text, an empty 200, a huge body).
+    Page {
+        /// HTTP status code.
+        code: u16,
+        /// `Content-Type` of the page.
+        content_type: String,
+        /// The page.
+        body: String,
+    },
     /// Close the connection without an answer.
     DropConnection,
 }
@@ -195,6 +205,8 @@ pub struct FaultPlan {
 pub enum FaultOutcome {
     /// Answer this status (with this body, or the standard error envelope).
     Status(u16, Option<String>),
+    /// Answer this status with this content type and body.
+    Page(u16, String, String),
     /// Close the connection.
     Drop,
 }
@@ -250,6 +262,11 @@ impl Faults {
                     None
                 }
                 FaultAction::Status { code, body } => Some(FaultOutcome::Status(*code, body.clone())),
+                FaultAction::Page {
+                    code,
+                    content_type,
+                    body,
+                } => Some(FaultOutcome::Page(*code, content_type.clone(), body.clone())),
                 FaultAction::DropConnection => Some(FaultOutcome::Drop),
             };
             if plan.outcome.is_none() {

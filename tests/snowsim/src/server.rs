@@ -223,6 +223,12 @@ async fn gateway(State(shared): State<Arc<Shared>>, mut request: Request, next: 
             .into_response(),
             None => ApiError::Injected(code).into_response(),
         },
+        Some(FaultOutcome::Page(code, content_type, body)) => (
+            StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            [(header::CONTENT_TYPE, content_type)],
+            body,
+        )
+            .into_response(),
         None if is_api => {
             let now = shared.clock.now_ms();
             // A Batch API item runs as the batch's caller (its own credentials are not asked for).
