@@ -12,7 +12,7 @@ ENVTEST_RUN ?= $(CACHE_DIR)/run/envtest-$(shell echo $$PPID)
 # A hung test fails the run with the names of the tests still running instead of eating CI's budget.
 TEST_TIMEOUT ?= 40m
 
-.PHONY: test lint integration crds envtest-bins browser-deps clean-cache demo demo-bins demo-check bench image image-archive mutants fuzz
+.PHONY: test lint integration crds envtest-bins browser-deps clean-cache demo demo-bins demo-check bench bench-scale image image-archive mutants fuzz
 
 ## test: everything CI runs — format, lints, unit and integration tests against a real API server,
 ## and the demo once through (on ports of its own).
@@ -64,6 +64,16 @@ bench: envtest-bins
 	cargo bench --locked -p snowsim
 	cargo bench --locked -p servicenow-operator --bench reconcile
 	cargo bench --locked -p servicenow-operator --bench webhook
+
+## bench-scale: one operator holding N connections (default 1000), each to an instance of its own in
+## snowsim, against a control plane of its own; prints start to all READY_TO_SYNC against the floor
+## (the necessary calls alone), calls per connection and per resync, RSS, CPU and Secret-change
+## latency (benches/scale, BENCHMARKS.md). Not part of `make test`.
+##   make bench-scale N=10000 CONCURRENCY=16
+N ?= 1000
+CONCURRENCY ?= 8
+bench-scale: envtest-bins
+	SCALE_N=$(N) SCALE_CONCURRENCY=$(CONCURRENCY) cargo bench --locked -p servicenow-operator --bench scale
 
 ## mutants: mutation testing of the pure core (tests/mutants/run): cargo-mutants (installed on first
 ## use) mutates the modules .cargo/mutants.toml names, runs the unit tests against each mutant,

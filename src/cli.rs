@@ -163,8 +163,9 @@ pub struct ServiceNowArgs {
     /// A PEM file of extra CA certificates to trust for ServiceNow (TLS verification stays on).
     #[arg(long, env = "CA_BUNDLE")]
     pub ca_bundle: Option<PathBuf>,
-    /// Resolve HOST to IP:PORT instead of asking DNS, e.g. `acme.service-now.com=127.0.0.1:8443`.
-    /// Repeatable. For tests and for instances reached through a fixed address.
+    /// Resolve HOST to IP:PORT instead of asking DNS, e.g. `acme.service-now.com=127.0.0.1:8443`;
+    /// `*.service-now.com=IP:PORT` covers every host under the domain. Repeatable. For tests and
+    /// for instances reached through a fixed address.
     #[arg(long = "resolve", env = "RESOLVE", value_delimiter = ',', value_parser = parse_resolve)]
     pub resolve: Vec<(String, SocketAddr)>,
     /// Timeout of one call to ServiceNow.
@@ -247,6 +248,11 @@ fn parse_resolve(value: &str) -> Result<(String, SocketAddr), String> {
     if host.is_empty() {
         return Err(format!("--resolve {value:?}: the host is empty"));
     }
+    if host.contains('*') && (host.len() < 3 || !host.starts_with("*.") || host[2..].contains('*')) {
+        return Err(format!(
+            "--resolve {value:?}: a wildcard must be the whole first label, as in *.service-now.com=IP:PORT"
+        ));
+    }
     Ok((host.to_owned(), address))
 }
 
@@ -261,6 +267,12 @@ mod tests {
         assert_eq!(address.port(), 8443);
         assert!(parse_resolve("acme.service-now.com").is_err());
         assert!(parse_resolve("acme=localhost").is_err());
+        let (wildcard, _) = parse_resolve("*.service-now.com=127.0.0.1:8443").unwrap();
+        assert_eq!(wildcard, "*.service-now.com");
+        for misplaced in ["c*.service-now.com", "*", "*.", "*.a.*.com"] {
+            let error = parse_resolve(&format!("{misplaced}=127.0.0.1:1")).unwrap_err();
+            assert!(error.contains("whole first label"), "{misplaced}: {error}");
+        }
     }
 
     #[test]

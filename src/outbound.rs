@@ -7,12 +7,15 @@
 //!   plus the certificates of the `--ca-bundle` PEM file.
 //! * `--resolve HOST=IP:PORT`: the host keeps its name (SNI and certificate checks use it), the
 //!   connection goes to `IP:PORT` — URLs without a port (all instance URLs) take the override's
-//!   port.
+//!   port. `--resolve *.DOMAIN=IP:PORT` does the same for every host under `DOMAIN` ([`wildcard`]):
+//!   one simulator serving an instance per customer, say.
 //! * `HTTPS_PROXY` / `NO_PROXY` are honoured (reqwest's system-proxy behaviour).
 //! * Redirects are not followed: an API answering with a redirect (a hibernating instance sends
 //!   the browser elsewhere) is an unexpected answer, and credentials never follow one.
 
-use std::{net::SocketAddr, path::Path, time::Duration};
+pub mod wildcard;
+
+use std::{net::SocketAddr, path::Path, sync::Arc, time::Duration};
 
 use reqwest::header::HeaderMap;
 
@@ -24,7 +27,8 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct Settings<'a> {
     /// A PEM file of extra CA certificates to trust (one or more); the built-in roots stay.
     pub ca_bundle: Option<&'a Path>,
-    /// DNS overrides: each host name connects to the address given (its port included).
+    /// DNS overrides: each host name (or `*.DOMAIN`: each host under it) connects to the
+    /// address given (its port included).
     pub resolve: &'a [(String, SocketAddr)],
     /// Timeout of one call, from sending to the end of the answer ([`CONNECT_TIMEOUT`] applies
     /// to connecting, when shorter).
@@ -65,8 +69,16 @@ pub fn client(settings: &Settings<'_>, schemes: Schemes) -> Result<reqwest::Clie
             builder = builder.add_root_certificate(certificate);
         }
     }
-    for (host, address) in settings.resolve {
-        builder = builder.resolve(host, *address);
+    let (wildcards, exact): (Vec<_>, Vec<_>) = settings
+        .resolve
+        .iter()
+        .cloned()
+        .partition(|(host, _)| wildcard::is_wildcard(host));
+    for (host, address) in exact {
+        builder = builder.resolve(&host, address);
+    }
+    if !wildcards.is_empty() {
+        builder = builder.dns_resolver(Arc::new(wildcard::Resolver::new(wildcards)));
     }
     if schemes == Schemes::HttpsOnly {
         builder = builder.https_only(true);

@@ -111,6 +111,13 @@ impl Operator {
         let mut command = controller_command("run", namespace, simulator, instance, public_url, admin_port);
         command
             .args(["--listen", &format!("127.0.0.1:{public_port}")])
+            .args(
+                // Debug logs unless `extra` chooses (a benchmark of thousands of connections).
+                (!extra.contains(&"--log-filter"))
+                    .then_some(["--log-filter", DEBUG_LOGS])
+                    .into_iter()
+                    .flatten(),
+            )
             .args(extra)
             .env("KUBECONFIG", kubeconfig)
             .envs(env.iter().copied());
@@ -153,6 +160,7 @@ impl Operator {
             .args(["--handoff-listen", &format!("127.0.0.1:{handoff_port}")])
             .arg("--handoff-key-file")
             .arg(key_file)
+            .args(["--log-filter", DEBUG_LOGS])
             .env("KUBECONFIG", controller_kubeconfig)
             .envs(controller_env.iter().copied());
         let controller = Self::launch(
@@ -172,7 +180,7 @@ impl Operator {
             .args(["--controller-url", &format!("http://127.0.0.1:{handoff_port}")])
             .arg("--handoff-key-file")
             .arg(key_file)
-            .args(["--log-filter", "info,servicenow_operator=debug"])
+            .args(["--log-filter", DEBUG_LOGS])
             .env("KUBECONFIG", public_kubeconfig);
         let public = Self::launch(
             command,
@@ -248,6 +256,11 @@ impl Operator {
             .expect("the metrics page")
     }
 
+    /// The process id (its `/proc/<pid>` figures).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Everything the operator wrote so far.
     pub fn logs(&self) -> String {
         fs::read_to_string(&self.log).unwrap_or_default()
@@ -297,6 +310,9 @@ impl Drop for Operator {
 /// `servicenow-operator SUBCOMMAND` (`run` or `controller`) with the harness's flags: watching only
 /// `namespace`, which is also its own, the instance's host resolved to `instance`, the simulator's
 /// CA trusted, announcing `public_url`, its admin listener on `admin_port`.
+/// The log filter of the operators the tests start, unless a test chooses another.
+const DEBUG_LOGS: &str = "info,servicenow_operator=debug";
+
 fn controller_command(
     subcommand: &str,
     namespace: &str,
@@ -320,7 +336,6 @@ fn controller_command(
         .args(["--resolve", &format!("{HOST}={instance}")])
         .arg("--ca-bundle")
         .arg(&ca)
-        .args(["--log-filter", "info,servicenow_operator=debug"])
         .env_remove("HTTPS_PROXY")
         .env_remove("https_proxy");
     command

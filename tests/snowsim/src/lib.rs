@@ -142,11 +142,10 @@ impl Server {
         }
         let outbound = outbound.build()?;
         let clock = clock::Clock::default();
-        let instances = config
-            .instances
-            .iter()
-            .map(|c| Arc::new(Instance::new(c, clock.clone(), outbound.clone())))
-            .collect();
+        let mut instances = server::Instances::default();
+        for instance in &config.instances {
+            instances.insert(Arc::new(Instance::new(instance, clock.clone(), outbound.clone())));
+        }
         let shared = Arc::new(Shared {
             clock,
             instances: RwLock::new(instances),
@@ -212,7 +211,7 @@ impl Server {
 
     /// The management handle of the default instance.
     pub fn admin(&self) -> Admin {
-        let instance = self.shared.instances.read()[0].clone();
+        let instance = self.shared.default_instance().expect("a server has an instance");
         Admin::new(instance, self.shared.clock.clone())
     }
 
@@ -223,12 +222,10 @@ impl Server {
             .map(|i| Admin::new(i, self.shared.clock.clone()))
     }
 
-    /// Adds an instance at run time (replacing one with the same host).
+    /// Adds an instance at run time (replacing one with the same host, which keeps its place).
     pub fn add_instance(&self, config: &InstanceConfig) -> Admin {
         let instance = Arc::new(Instance::new(config, self.shared.clock.clone(), self.outbound.clone()));
-        let mut instances = self.shared.instances.write();
-        instances.retain(|i| i.host != instance.host);
-        instances.push(instance.clone());
+        self.shared.instances.write().insert(instance.clone());
         Admin::new(instance, self.shared.clock.clone())
     }
 

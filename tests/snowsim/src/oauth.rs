@@ -196,6 +196,13 @@ impl OAuthState {
         count
     }
 
+    /// Issues a refresh token (and its access token) to `user_sys_id` for `app` as a consent
+    /// would, without the consent pages; returns the refresh token.
+    pub fn mint_refresh_token(&mut self, app: &OAuthApp, user_sys_id: &str, now_ms: i64) -> String {
+        let issued = self.issue(app, user_sys_id, true, false, now_ms);
+        issued.refresh_token.unwrap_or_default()
+    }
+
     fn issue(&mut self, app: &OAuthApp, user_sys_id: &str, with_refresh: bool, reuse: bool, now_ms: i64) -> Issued {
         let access_expiry = now_ms + app.access_token_lifespan as i64 * 1000;
         let refresh_expiry = now_ms + app.refresh_token_lifespan as i64 * 1000;

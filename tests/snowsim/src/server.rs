@@ -32,7 +32,7 @@ pub struct Shared {
     /// The server's clock.
     pub clock: Clock,
     /// Instances; the first is the default one.
-    pub instances: RwLock<Vec<Arc<Instance>>>,
+    pub instances: RwLock<Instances>,
     /// The CA certificate, PEM.
     pub ca_pem: String,
 }
@@ -41,12 +41,39 @@ impl Shared {
     /// The instance serving `host` (port ignored, case-insensitive).
     pub fn instance(&self, host: &str) -> Option<Arc<Instance>> {
         let name = strip_port(host).to_ascii_lowercase();
-        self.instances.read().iter().find(|i| i.host == name).cloned()
+        self.instances.read().by_host.get(&name).cloned()
     }
 
     /// The default (first) instance.
     pub fn default_instance(&self) -> Option<Arc<Instance>> {
-        self.instances.read().first().cloned()
+        self.instances.read().in_order.first().cloned()
+    }
+}
+
+/// The instances served, in the order they were added and by host name (a server may serve
+/// thousands: one per customer in the operator's scale benchmark).
+#[derive(Default)]
+pub struct Instances {
+    in_order: Vec<Arc<Instance>>,
+    by_host: std::collections::HashMap<String, Arc<Instance>>,
+}
+
+impl Instances {
+    /// Adds `instance`, replacing one with the same host (which keeps its place).
+    pub fn insert(&mut self, instance: Arc<Instance>) {
+        match self.by_host.insert(instance.host.clone(), instance.clone()) {
+            Some(_) => {
+                if let Some(slot) = self.in_order.iter_mut().find(|i| i.host == instance.host) {
+                    *slot = instance;
+                }
+            }
+            None => self.in_order.push(instance),
+        }
+    }
+
+    /// Every instance, the default one first.
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<Instance>> {
+        self.in_order.iter()
     }
 }
 

@@ -477,3 +477,45 @@ async fn s1_1_inactive_applications_issue_nothing() {
     let (status, _, _) = password_grant(&client, &app, "neo.agent").await;
     assert_eq!(status, 401);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_minted_refresh_token_refreshes_on_its_own_instance_only() {
+    let (server, _) = start().await;
+    let other = "c00002.service-now.com";
+    let admin = server.add_instance(&snowsim::InstanceConfig::new(other));
+    let refresh = admin.mint_refresh_token("Neo Agent", "neo.agent").expect("mint");
+    assert!(admin.request_log().is_empty(), "minting is no request to the instance");
+    let app = admin.oauth_app("Neo Agent").expect("the app of the added instance");
+    let client = server.client_builder().build().expect("client builds");
+    let on = |host: &str| format!("https://{host}/oauth_token.do");
+    let (status, answer) = {
+        let response = client
+            .post(on(other))
+            .form(&refresh_form(&app, &refresh))
+            .send()
+            .await
+            .expect("token request");
+        (
+            response.status().as_u16(),
+            response.json::<Value>().await.expect("JSON"),
+        )
+    };
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["refresh_token"].as_str(), Some(refresh.as_str()));
+    let elsewhere = client
+        .post(on(HOST))
+        .form(&refresh_form(&self::app(&server), &refresh))
+        .send()
+        .await
+        .expect("token request");
+    assert_eq!(
+        elsewhere.status().as_u16(),
+        401,
+        "another instance knows nothing of the token"
+    );
+    assert_eq!(
+        admin.mint_refresh_token("Neo Agent", "nobody"),
+        Err(snowsim::AdminError::UnknownUser("nobody".into()))
+    );
+    assert_eq!(server.hosts(), vec![HOST.to_owned(), other.to_owned()]);
+}

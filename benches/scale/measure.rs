@@ -1,0 +1,168 @@
+//! What the benchmark reads off the parts: the API server's own request counters, snowsim's
+//! request logs, the operator process's memory and CPU, and the machine's load.
+
+use std::collections::BTreeMap;
+
+use kube::Client;
+
+/// `apiserver_request_total` summed by (verb, resource, subresource).
+#[derive(Clone, Debug, Default)]
+pub struct ApiRequests(BTreeMap<(String, String, String), f64>);
+
+impl ApiRequests {
+    /// The counters now, from the API server's `/metrics`.
+    pub async fn read(client: &Client) -> ApiRequests {
+        let request = http::Request::get("/metrics").body(Vec::new()).expect("a GET request");
+        let page = client
+            .request_text(request)
+            .await
+            .expect("GET the API server's /metrics");
+        ApiRequests::parse(&page)
+    }
+
+    /// The counters of a Prometheus text page.
+    fn parse(page: &str) -> ApiRequests {
+        let mut sums = BTreeMap::new();
+        for line in page.lines() {
+            let Some(rest) = line.strip_prefix("apiserver_request_total{") else {
+                continue;
+            };
+            let Some((labels, value)) = rest.rsplit_once("} ") else {
+                continue;
+            };
+            let label = |name: &str| {
+                labels
+                    .split(',')
+                    .find_map(|pair| pair.strip_prefix(name)?.strip_prefix("=\""))
+                    .map(|v| v.trim_end_matches('"').to_owned())
+                    .unwrap_or_default()
+            };
+            let key = (label("verb"), label("resource"), label("subresource"));
+            *sums.entry(key).or_insert(0.0) += value.trim().parse::<f64>().unwrap_or(0.0);
+        }
+        ApiRequests(sums)
+    }
+
+    /// What `self` counts beyond `before`, non-zero entries only.
+    pub fn since(&self, before: &ApiRequests) -> ApiRequests {
+        let mut delta = BTreeMap::new();
+        for (key, value) in &self.0 {
+            let grew = value - before.0.get(key).copied().unwrap_or(0.0);
+            if grew > 0.0 {
+                delta.insert(key.clone(), grew);
+            }
+        }
+        ApiRequests(delta)
+    }
+
+    /// Requests whose verb and resource (and subresource, when given) match.
+    pub fn count(&self, verbs: &[&str], resource: &str, subresource: Option<&str>) -> f64 {
+        self.0
+            .iter()
+            .filter(|((verb, res, sub), _)| {
+                verbs.contains(&verb.as_str()) && res == resource && subresource.is_none_or(|s| s == sub)
+            })
+            .fold(0.0, |sum, (_, value)| sum + value)
+    }
+
+    /// Reads (GET, LIST, WATCH) and writes (the rest) of every resource.
+    pub fn reads_and_writes(&self) -> (f64, f64) {
+        self.0
+            .iter()
+            .fold((0.0, 0.0), |(reads, writes), ((verb, _, _), value)| {
+                if matches!(verb.as_str(), "GET" | "LIST" | "WATCH") {
+                    (reads + value, writes)
+                } else {
+                    (reads, writes + value)
+                }
+            })
+    }
+
+    /// One line per (verb, resource[/subresource]): `count (per unit)`.
+    pub fn breakdown(&self, per: f64) -> String {
+        self.0
+            .iter()
+            .map(|((verb, resource, sub), value)| {
+                let resource = if sub.is_empty() {
+                    resource.clone()
+                } else {
+                    format!("{resource}/{sub}")
+                };
+                format!("    {verb:<6} {resource:<40} {value:>8.0}  ({:.3} each)", value / per)
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+/// Calls the instances received: token endpoint, Table API reads and writes, the rest.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct InstanceCalls {
+    pub token: usize,
+    pub reads: usize,
+    pub writes: usize,
+    pub other: usize,
+}
+
+impl InstanceCalls {
+    /// The calls in the request logs of `instances` (then forgotten).
+    pub fn take(instances: &[snowsim::Admin]) -> InstanceCalls {
+        let mut calls = InstanceCalls::default();
+        for admin in instances {
+            for call in admin.request_log() {
+                match (call.path.as_str(), call.method.as_str()) {
+                    ("/oauth_token.do", _) => calls.token += 1,
+                    (path, "GET") if path.starts_with("/api/") => calls.reads += 1,
+                    (path, _) if path.starts_with("/api/") => calls.writes += 1,
+                    _ => calls.other += 1,
+                }
+            }
+            admin.clear_request_log();
+        }
+        calls
+    }
+
+    /// Every call.
+    pub fn total(&self) -> usize {
+        self.token + self.reads + self.writes + self.other
+    }
+
+    /// `token + reads + writes (+ other)` per unit.
+    pub fn per(&self, units: f64) -> String {
+        format!(
+            "{:.2} calls: {:.2} token, {:.2} reads, {:.2} writes, {:.2} other",
+            self.total() as f64 / units,
+            self.token as f64 / units,
+            self.reads as f64 / units,
+            self.writes as f64 / units,
+            self.other as f64 / units
+        )
+    }
+}
+
+/// Peak resident memory (MiB) and CPU seconds (user + system) of process `pid` so far.
+pub fn process_usage(pid: u32) -> (f64, f64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read /proc/<pid>/status");
+    let peak_kib: f64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM in /proc/<pid>/status");
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read /proc/<pid>/stat");
+    // The fields after the command name (which may hold spaces) end with `)`.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .expect("a stat line")
+        .1
+        .split_whitespace()
+        .collect();
+    let ticks: f64 = fields[11].parse::<f64>().expect("utime") + fields[12].parse::<f64>().expect("stime");
+    // USER_HZ is 100 on Linux.
+    (peak_kib / 1024.0, ticks / 100.0)
+}
+
+/// The machine's load averages, as /proc/loadavg shows them (1, 5, 15 minutes).
+pub fn load() -> String {
+    let text = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    text.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
+}
