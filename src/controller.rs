@@ -4,14 +4,18 @@
 //! connection), reconcile with bounded concurrency. A change to a connection wakes its
 //! reconcile only when something the reconcile reads of the object changed ([`trigger`]):
 //! status writes — the reconcile's own, and the webhook receiver's event counts every few
-//! seconds — cost no call to ServiceNow.
+//! seconds — and its finalizer (added by the reconcile, which carries on) cost no call to
+//! ServiceNow.
 //!
 //! The Secret watch is not narrowed to the operator's label
 //! ([`crate::secrets::ownership::MANAGED_BY_LABEL`]), because two kinds of Secret that must wake
 //! a connection carry no label of ours: the user's credentials Secret (a rotated client secret
 //! is verified at once), and a stranger's Secret sitting on a token or webhook Secret name (the
 //! connection stops on `SecretNotOwned` until that Secret is removed or labelled, and must
-//! carry on as soon as it is). It watches metadata only, so no Secret's value is cached.
+//! carry on as soon as it is). It watches metadata only: the values are those the reconciles
+//! read or wrote themselves, kept in [`SecretCache`], which this watch keeps in step (each value
+//! is used only at the latest `resourceVersion` the watch has seen) before it maps an event to
+//! the connections to wake — not those that concluded from that version already.
 
 mod index;
 
@@ -36,29 +40,32 @@ use kube::{
 use crate::{
     api::ServiceNowConnection,
     reconcile::{self, Context},
+    secrets::SecretCache,
     servicenow::ServiceNow,
     sync::LockExt as _,
 };
 
-/// The index of `secret`'s readers, as the controller's Secret watch asks it.
-fn connections_using(
+/// The connections a Secret watch event wakes: those that read `secret` ([`index`]) and have
+/// not concluded from the version the event carries already — a version a connection wrote
+/// itself, or read before the event came, wakes nothing; a change by anyone else, and a
+/// deletion (the cache forgot what the readers used), wakes every reader.
+fn connections_to_wake(
     index: &Mutex<index::SecretIndex>,
+    cache: &Mutex<SecretCache>,
     secret: &PartialObjectMeta<Secret>,
 ) -> Vec<ObjectRef<ServiceNowConnection>> {
-    index
+    let readers = index
         .locked()
-        .connections_using(&secret.namespace().unwrap_or_default(), &secret.name_any())
+        .connections_using(&secret.namespace().unwrap_or_default(), &secret.name_any());
+    cache.locked().stale_readers(&secret.metadata, readers)
 }
 
 /// What of a connection wakes its reconcile: what a person can change on it
-/// ([`reconcile::inputs`]) and its finalizers (the first reconcile adds the finalizer
-/// and waits for that change). Its status is not part of it.
+/// ([`reconcile::inputs`]). Its status is not part of it, nor its finalizers: the first
+/// reconcile adds the finalizer and carries on, so the change need not wake another (a
+/// finalizer someone removed is added again by the next reconcile).
 fn trigger(connection: &ServiceNowConnection) -> Option<u64> {
-    use std::hash::{Hash, Hasher};
-    let mut hash = std::collections::hash_map::DefaultHasher::new();
-    reconcile::inputs(connection).hash(&mut hash);
-    connection.finalizers().hash(&mut hash);
-    Some(hash.finish())
+    Some(reconcile::inputs(connection))
 }
 
 /// Runs the controller until `shutdown` resolves: over all namespaces, or one controller per
@@ -123,6 +130,7 @@ fn scope<S: ServiceNow>(
     context: Arc<Context<S>>,
 ) -> (Store<ServiceNowConnection>, impl Future<Output = ()>) {
     let (store, writer) = reflector::store();
+    let scope_namespace = secret_metadata.namespace().map(str::to_owned);
     let readers = Arc::new(Mutex::new(index::SecretIndex::default()));
     let indexed = readers.clone();
     let changes = watcher(connections, watcher::Config::default().any_semantic())
@@ -137,12 +145,22 @@ fn scope<S: ServiceNow>(
         .predicate_filter(trigger, Default::default());
     let controller =
         Controller::for_stream(changes, store.clone()).with_config(Config::default().concurrency(concurrency));
+    // The Secret watch keeps the Secret cache in step (latest versions, deletions, re-lists)
+    // before its events are mapped to the connections to wake.
+    let observed = context.clone();
+    let secret_changes = watcher(secret_metadata, watcher::Config::default().any_semantic())
+        .default_backoff()
+        .inspect(move |event| {
+            if let Ok(event) = event {
+                observed.secrets.locked().observe(scope_namespace.as_deref(), event);
+            }
+        })
+        .touched_objects();
+    let cache = context.clone();
     let run = controller
-        .watches(
-            secret_metadata,
-            watcher::Config::default().any_semantic(),
-            move |secret| connections_using(&readers, &secret),
-        )
+        .watches_stream(secret_changes, move |secret| {
+            connections_to_wake(&readers, &cache.secrets, &secret)
+        })
         .graceful_shutdown_on(shutdown)
         .run(reconcile::reconcile, reconcile::error_policy, context)
         .for_each(|result| async move {

@@ -8,9 +8,10 @@
 //! the version it checked (a `resourceVersion` or `uid` precondition, or a create that fails
 //! when the name is taken), so a Secret swapped in between is never touched.
 
+pub mod cache;
 pub mod ownership;
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, sync::Mutex};
 
 use k8s_openapi::{
     ByteString, api::core::v1::Secret, apimachinery::pkg::apis::meta::v1::OwnerReference, jiff::Timestamp,
@@ -20,9 +21,93 @@ use kube::{
     api::{DeleteParams, ObjectMeta, Patch, PatchParams, PostParams, Preconditions},
 };
 
+pub use cache::SecretCache;
 pub use ownership::{NotOwned, OwnedSecret, Ownership};
 
-use crate::{api::ServiceNowConnection, servicenow::SecretString};
+use crate::{api::ServiceNowConnection, servicenow::SecretString, sync::LockExt as _};
+
+/// The Secrets of one namespace as a caller reads and writes them. A reconcile's
+/// ([`Secrets::cached`]) reads a Secret from the [`SecretCache`] when it holds the version the
+/// Secret watch has seen last, else from the API server, and remembers every read and write
+/// there for its connection; others ([`Secrets::uncached`]: the consent callback, the webhook
+/// receiver) always ask the API server.
+pub struct Secrets<'a> {
+    api: Api<Secret>,
+    namespace: String,
+    /// The cache, and the connection whose reconcile reads.
+    cache: Option<(&'a Mutex<SecretCache>, String)>,
+}
+
+impl<'a> Secrets<'a> {
+    /// Plain API calls.
+    pub fn uncached(api: Api<Secret>) -> Self {
+        Secrets {
+            api,
+            namespace: String::new(),
+            cache: None,
+        }
+    }
+
+    /// `connection`'s reconcile's Secrets, through `cache`.
+    pub fn cached(client: kube::Client, cache: &'a Mutex<SecretCache>, connection: &ServiceNowConnection) -> Self {
+        let namespace = connection.namespace().unwrap_or_default();
+        Secrets {
+            api: Api::namespaced(client, &namespace),
+            namespace,
+            cache: Some((cache, connection.name_any())),
+        }
+    }
+
+    /// The Secret `name` (`None`: there is none), holding only the data keys of `keep` (all
+    /// when `None`) once cached.
+    async fn get_opt(&self, name: &str, keep: Option<&[&str]>) -> Result<Option<Secret>, kube::Error> {
+        if let Some((cache, connection)) = &self.cache {
+            let key = (self.namespace.clone(), name.to_owned());
+            let mut cache = cache.locked();
+            if let Some(secret) = cache.get(&key) {
+                cache.remember(&key, connection, Some(&secret), keep);
+                return Ok(Some(secret));
+            }
+        }
+        let secret = self.api.get_opt(name).await?;
+        self.remember(name, secret.as_ref(), keep);
+        Ok(secret)
+    }
+
+    /// Records that the connection concluded from `secret` (read or written) as `name`.
+    fn remember(&self, name: &str, secret: Option<&Secret>, keep: Option<&[&str]>) {
+        if let Some((cache, connection)) = &self.cache {
+            let key = (self.namespace.clone(), name.to_owned());
+            cache.locked().remember(&key, connection, secret, keep);
+        }
+    }
+
+    /// Creates `secret`.
+    async fn create(&self, params: &PostParams, secret: &Secret) -> Result<Secret, kube::Error> {
+        let created = self.api.create(params, secret).await?;
+        self.remember(&created.name_any(), Some(&created), None);
+        Ok(created)
+    }
+
+    /// Patches the Secret `name`.
+    async fn patch<P: serde::Serialize + std::fmt::Debug>(
+        &self,
+        name: &str,
+        params: &PatchParams,
+        patch: &Patch<P>,
+    ) -> Result<Secret, kube::Error> {
+        let patched = self.api.patch(name, params, patch).await?;
+        self.remember(name, Some(&patched), None);
+        Ok(patched)
+    }
+
+    /// Deletes the Secret `name`.
+    async fn delete(&self, name: &str, params: &DeleteParams) -> Result<(), kube::Error> {
+        let deleted = self.api.delete(name, params).await;
+        self.remember(name, None, None);
+        deleted.map(|_| ())
+    }
+}
 
 /// Key of the OAuth client id in the credentials Secret.
 pub const CLIENT_ID_KEY: &str = "clientId";
@@ -99,9 +184,9 @@ impl CredentialsError {
 }
 
 /// Reads and checks the credentials Secret `name`.
-pub async fn read_credentials(secrets: &Api<Secret>, name: &str) -> Result<ClientCredentials, CredentialsError> {
+pub async fn read_credentials(secrets: &Secrets<'_>, name: &str) -> Result<ClientCredentials, CredentialsError> {
     let secret = secrets
-        .get_opt(name)
+        .get_opt(name, Some(&[CLIENT_ID_KEY, CLIENT_SECRET_KEY]))
         .await
         .map_err(|source| CredentialsError::Kube {
             secret: name.to_owned(),
@@ -193,15 +278,15 @@ pub enum SecretError {
 /// Reads the stored refresh token, whoever wrote the Secret (the consent callback's look at the
 /// token it replaces: it stores nothing unless [`write_token`] proves ownership); `None` when
 /// there is none (no Secret, or no key).
-pub async fn read_token(secrets: &Api<Secret>, name: &str) -> Result<Option<StoredToken>, kube::Error> {
-    Ok(secrets.get_opt(name).await?.and_then(token_of))
+pub async fn read_token(secrets: &Secrets<'_>, name: &str) -> Result<Option<StoredToken>, kube::Error> {
+    Ok(secrets.get_opt(name, None).await?.and_then(token_of))
 }
 
 /// Reads the refresh token `owner` stored; `None` when there is none (no Secret, or no key).
 /// A Secret of an older version is labelled on the way ([`Ownership::Legacy`]); one that is
 /// not the connection's is refused.
 pub async fn read_owned_token(
-    secrets: &Api<Secret>,
+    secrets: &Secrets<'_>,
     owner: &ServiceNowConnection,
 ) -> Result<Option<StoredToken>, SecretError> {
     let name = token_secret_name(owner);
@@ -224,7 +309,7 @@ fn token_of(secret: Secret) -> Option<StoredToken> {
 /// Stores `token` in the token Secret `name` of `owner`: created labelled as the connection's,
 /// or rewritten when it is the connection's already; refused when it is not.
 pub async fn write_token(
-    secrets: &Api<Secret>,
+    secrets: &Secrets<'_>,
     name: &str,
     owner: &ServiceNowConnection,
     token: &StoredToken,
@@ -245,7 +330,7 @@ pub async fn write_token(
 
 /// Deletes the token Secret `name` of `owner` (re-consent), only when it is the connection's
 /// and still the version checked. A missing Secret is fine.
-pub async fn forget_token(secrets: &Api<Secret>, name: &str, owner: &ServiceNowConnection) -> Result<(), SecretError> {
+pub async fn forget_token(secrets: &Secrets<'_>, name: &str, owner: &ServiceNowConnection) -> Result<(), SecretError> {
     let Some(secret) = owned(secrets, name, OwnedSecret::Token, owner).await? else {
         return Ok(());
     };
@@ -257,7 +342,7 @@ pub async fn forget_token(secrets: &Api<Secret>, name: &str, owner: &ServiceNowC
         ..DeleteParams::default()
     };
     match secrets.delete(name, &checked).await {
-        Ok(_) => Ok(()),
+        Ok(()) => Ok(()),
         Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
         Err(error) => Err(error.into()),
     }
@@ -308,12 +393,12 @@ impl WebhookKeys {
 /// value — or a Secret that is not the connection's: its keys sign nothing). Only reads: an
 /// older version's Secret counts, and is labelled by the reconcile.
 pub async fn read_webhook_keys(
-    secrets: &Api<Secret>,
+    secrets: &Secrets<'_>,
     owner: &ServiceNowConnection,
 ) -> Result<Option<WebhookKeys>, kube::Error> {
     let uid = owner.uid().unwrap_or_default();
     Ok(secrets
-        .get_opt(&webhook_secret_name(owner))
+        .get_opt(&webhook_secret_name(owner), None)
         .await?
         .filter(|secret| !matches!(ownership::ownership(&secret.metadata, &uid), Ownership::Foreign(_)))
         .and_then(WebhookKeys::of))
@@ -325,7 +410,7 @@ pub async fn read_webhook_keys(
 /// accepted for [`WEBHOOK_KEY_GRACE`] (the receiver reads both), so events signed just before the
 /// rule's property changes, or still on their way, are not lost.
 pub async fn ensure_webhook_key(
-    secrets: &Api<Secret>,
+    secrets: &Secrets<'_>,
     owner: &ServiceNowConnection,
     rotation: Option<&str>,
 ) -> Result<SecretString, SecretError> {
@@ -426,12 +511,12 @@ pub fn new_webhook_token() -> SecretString {
 /// The Secret `name` when it is `owner`'s (`None`: there is none). An older version's Secret is
 /// labelled first (conditional on the version read); any other is refused as `role`.
 async fn owned(
-    secrets: &Api<Secret>,
+    secrets: &Secrets<'_>,
     name: &str,
     role: OwnedSecret,
     owner: &ServiceNowConnection,
 ) -> Result<Option<Secret>, SecretError> {
-    let Some(secret) = secrets.get_opt(name).await? else {
+    let Some(secret) = secrets.get_opt(name, None).await? else {
         return Ok(None);
     };
     let uid = owner.uid().unwrap_or_default();
@@ -494,7 +579,7 @@ fn rewrite(
 /// connection, when `existing` is `None` (failing if the name was taken since), or replaces the
 /// data of `existing` — which [`owned`] proved the connection's — conditional on its version.
 async fn write_owned(
-    secrets: &Api<Secret>,
+    secrets: &Secrets<'_>,
     name: &str,
     owner: &ServiceNowConnection,
     existing: Option<&Secret>,

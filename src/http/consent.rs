@@ -24,10 +24,7 @@ use axum::{
     response::{IntoResponse, Response},
     routing::get,
 };
-use k8s_openapi::{
-    api::core::v1::Secret,
-    jiff::{SignedDuration, Timestamp},
-};
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::{
     Api, ResourceExt,
     api::{Patch, PatchParams},
@@ -149,7 +146,10 @@ async fn credentials<S>(
             &format!("spec.instanceUrl: {error}."),
         )
     })?;
-    let secrets: Api<Secret> = Api::namespaced(context.kube.clone(), &connection.namespace().unwrap_or_default());
+    let secrets = secrets::Secrets::uncached(Api::namespaced(
+        context.kube.clone(),
+        &connection.namespace().unwrap_or_default(),
+    ));
     let credentials = secrets::read_credentials(&secrets, &connection.spec.credentials_secret_ref.name)
         .await
         .map_err(|error| {
@@ -452,7 +452,7 @@ async fn finish<S: ServiceNow>(context: &ConsentContext<S>, headers: &HeaderMap,
         refresh_token,
         expires_at: Timestamp::now().checked_add(lifespan).ok(),
     };
-    let secrets_api: Api<Secret> = Api::namespaced(context.kube.clone(), namespace);
+    let secrets_api = secrets::Secrets::uncached(Api::namespaced(context.kube.clone(), namespace));
     let secret_name = secrets::token_secret_name(&connection);
     let replaced = match secrets::read_token(&secrets_api, &secret_name).await {
         Ok(replaced) => replaced,

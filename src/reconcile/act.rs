@@ -3,9 +3,6 @@
 //! ServiceNow. A refusal by the instance stops the writes and is reported in the [`Outcome`]; a
 //! Kubernetes failure is an error (retried with backoff, no status written).
 
-use k8s_openapi::api::core::v1::Secret;
-use kube::{Api, ResourceExt};
-
 use super::{
     Context, Error,
     decide::{Act, Outcome, Plan},
@@ -30,7 +27,7 @@ pub async fn act<S: ServiceNow>(
     plan: &Plan,
 ) -> Result<Outcome, Error> {
     let mut outcome = Outcome::default();
-    let secrets_api: Api<Secret> = Api::namespaced(context.kube.clone(), &connection.namespace().unwrap_or_default());
+    let secrets_api = context.secrets_of(connection);
     for act in &plan.acts {
         match act {
             Act::ForgetAccessToken => context.tokens.forget(&key(connection)),

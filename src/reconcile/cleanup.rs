@@ -4,8 +4,7 @@
 //! (rights, credentials) waits for the resync period or a change; to let go anyway, set
 //! `deletionPolicy: Orphan` (the spec stays editable while the object is deleted).
 
-use k8s_openapi::api::core::v1::Secret;
-use kube::{Api, ResourceExt, runtime::controller::Action};
+use kube::runtime::controller::Action;
 
 use super::{
     Context, Error,
@@ -30,8 +29,7 @@ pub async fn cleanup<S: ServiceNow>(connection: &ServiceNowConnection, context: 
     let Ok(instance) = InstanceUrl::parse(&connection.spec.instance_url) else {
         return Ok(Action::await_change());
     };
-    let namespace = connection.namespace().unwrap_or_default();
-    let secrets_api: Api<Secret> = Api::namespaced(context.kube.clone(), &namespace);
+    let secrets_api = context.secrets_of(connection);
     let stored = match secrets::read_owned_token(&secrets_api, connection).await {
         Ok(stored) => stored,
         Err(SecretError::Kube(source)) => return Err(kube("read the token Secret")(source)),

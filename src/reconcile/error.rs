@@ -68,8 +68,9 @@ impl Error {
     }
 
     /// `true` when the API server refused the finalizer patch because the cached connection was
-    /// older than its own (the patch's JSON-patch `test` failed, 422): the watch brings the newer
-    /// object and wakes the reconcile, so there is nothing to back off from.
+    /// older than its own (the removal's JSON-patch `test` failed, 422; the addition's
+    /// `resourceVersion` precondition, 409): the watch brings the newer object and wakes the
+    /// reconcile, so there is nothing to back off from.
     pub fn is_stale_finalizer_patch(&self) -> bool {
         use kube::runtime::finalizer::Error as Finalizer;
         let Error::Finalizer(error) = self else {
@@ -77,8 +78,10 @@ impl Error {
         };
         matches!(
             error.as_ref(),
-            Finalizer::AddFinalizer(kube::Error::Api(status)) | Finalizer::RemoveFinalizer(kube::Error::Api(status))
-                if status.code == 422
+            Finalizer::AddFinalizer(kube::Error::Api(status)) if status.code == 409
+        ) || matches!(
+            error.as_ref(),
+            Finalizer::RemoveFinalizer(kube::Error::Api(status)) if status.code == 422
         )
     }
 }
@@ -111,9 +114,11 @@ mod tests {
             )
         };
         let finalizer = |error| Error::Finalizer(Box::new(error));
-        assert!(finalizer(Finalizer::AddFinalizer(api(422))).is_stale_finalizer_patch());
+        assert!(finalizer(Finalizer::AddFinalizer(api(409))).is_stale_finalizer_patch());
         assert!(finalizer(Finalizer::RemoveFinalizer(api(422))).is_stale_finalizer_patch());
         assert!(!finalizer(Finalizer::AddFinalizer(api(403))).is_stale_finalizer_patch());
+        assert!(!finalizer(Finalizer::AddFinalizer(api(422))).is_stale_finalizer_patch());
+        assert!(!finalizer(Finalizer::RemoveFinalizer(api(409))).is_stale_finalizer_patch());
         let cleanup = || {
             Error::Cleanup(CleanupError::Credentials(
                 crate::secrets::CredentialsError::SecretMissing {

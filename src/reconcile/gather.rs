@@ -12,8 +12,7 @@
 
 use std::time::Instant;
 
-use k8s_openapi::api::core::v1::Secret;
-use kube::{Api, ResourceExt};
+use kube::ResourceExt;
 
 pub use super::decide::{Access, CredentialsProblem, Gathered, InstanceRecords, Refreshed};
 use super::{
@@ -24,7 +23,7 @@ use super::{
 };
 use crate::{
     api::ServiceNowConnection,
-    secrets::{self, CredentialsError, NotOwned, SecretError, StoredToken},
+    secrets::{self, CredentialsError, NotOwned, SecretError, Secrets, StoredToken},
     servicenow::{self, ClientCredentials, InstanceUrl, SecretString, ServiceNow},
 };
 
@@ -35,8 +34,7 @@ pub async fn gather<S: ServiceNow>(
     instance: &InstanceUrl,
 ) -> Result<Gathered, Error> {
     let mut gathered = Gathered::default();
-    let namespace = connection.namespace().unwrap_or_default();
-    let secrets_api: Api<Secret> = Api::namespaced(context.kube.clone(), &namespace);
+    let secrets_api = context.secrets_of(connection);
     let status = connection.status.clone().unwrap_or_default();
 
     let credentials = match credentials(&secrets_api, &connection.spec.credentials_secret_ref.name).await? {
@@ -133,7 +131,7 @@ fn owned<T>(result: Result<T, SecretError>, action: &'static str) -> Result<Resu
 
 /// Reads and checks the credentials Secret `name`: `Ok(Err(..))` for a problem a person must fix.
 pub async fn credentials(
-    secrets_api: &Api<Secret>,
+    secrets_api: &Secrets<'_>,
     name: &str,
 ) -> Result<Result<ClientCredentials, CredentialsProblem>, Error> {
     match secrets::read_credentials(secrets_api, name).await {

@@ -8,8 +8,9 @@
 //! 4. [`decide::conclude`] then [`report`] — the final status, written only when it changed, its
 //!    Events and gauges.
 //!
-//! Deletion runs [`cleanup`] behind a finalizer. Shared state: [`tokens`] (access tokens in
-//! memory), [`backoff`] (per-connection failure counts and holds); pure helpers: [`status`]
+//! Deletion runs [`cleanup`] behind a finalizer, which the first reconcile adds before it carries
+//! on. Shared state: [`tokens`] (access tokens in memory), the Secret cache
+//! ([`crate::secrets::cache`]), [`backoff`] (per-connection failure counts and holds); pure helpers: [`status`]
 //! (conditions and the kstatus summary), [`events`] (which transitions deserve an Event).
 
 pub mod act;
@@ -30,6 +31,7 @@ use std::{
 
 use kube::{
     Api, ResourceExt,
+    api::{Patch, PatchParams},
     runtime::{
         controller::Action,
         events::{Recorder, Reporter},
@@ -39,7 +41,7 @@ use kube::{
 
 pub use error::Error;
 
-use crate::{api::ServiceNowConnection, servicenow::ServiceNow, telemetry::Metrics};
+use crate::{api::ServiceNowConnection, servicenow::ServiceNow, sync::LockExt as _, telemetry::Metrics};
 
 /// The finalizer that holds a connection until its rule, property and token are cleaned up.
 pub const FINALIZER: &str = "neoagent.io/cleanup";
@@ -62,11 +64,18 @@ pub struct Context<S> {
     pub backoff: backoff::Backoff,
     /// Access tokens in memory.
     pub tokens: tokens::TokenCache,
+    /// The Secrets reconciles read or wrote, and what the Secret watch has seen of them.
+    pub secrets: std::sync::Mutex<crate::secrets::SecretCache>,
     /// The key that signs consent tickets (and states: the same on every replica).
     pub state_key: crate::servicenow::SecretString,
 }
 
 impl<S: ServiceNow> Context<S> {
+    /// The Secrets of `connection`'s namespace, as its reconcile reads and writes them.
+    pub fn secrets_of(&self, connection: &ServiceNowConnection) -> crate::secrets::Secrets<'_> {
+        crate::secrets::Secrets::cached(self.kube.clone(), &self.secrets, connection)
+    }
+
     /// A context for the controller.
     pub fn new(
         kube: kube::Client,
@@ -87,6 +96,7 @@ impl<S: ServiceNow> Context<S> {
             metrics,
             backoff: Default::default(),
             tokens: Default::default(),
+            secrets: Default::default(),
             state_key,
         }
     }
@@ -102,26 +112,35 @@ pub async fn reconcile<S: ServiceNow>(
     let started = std::time::Instant::now();
     let namespace = connection.namespace().unwrap_or_default();
     let api: Api<ServiceNowConnection> = Api::namespaced(context.kube.clone(), &namespace);
-    let result = finalizer(&api, FINALIZER, connection, |event| async {
-        match event {
-            FinalizerEvent::Apply(connection) => apply(&connection, &context).await,
-            FinalizerEvent::Cleanup(connection) => {
-                let action = cleanup::cleanup(&connection, &context).await?;
-                // The connection is gone: so are its access token, failure count, any hold and
-                // its metrics.
-                let connection_key = key(&connection);
-                context.tokens.remove(&connection_key);
-                context.backoff.reset(&connection_key);
-                context
-                    .metrics
-                    .connections
-                    .forget(&connection.namespace().unwrap_or_default(), &connection.name_any());
-                Ok(action)
+    let result = async {
+        // kube-runtime's helper would add the finalizer and wait for the watch to bring the
+        // change back; adding it here lets the same reconcile carry on (the helper then applies).
+        let connection = if needs_finalizer(&connection) {
+            Arc::new(add_finalizer(&api, &connection).await?)
+        } else {
+            connection
+        };
+        finalizer(&api, FINALIZER, connection, |event| async {
+            match event {
+                FinalizerEvent::Apply(connection) => apply(&connection, &context).await,
+                FinalizerEvent::Cleanup(connection) => {
+                    let action = cleanup::cleanup(&connection, &context).await?;
+                    // The connection is gone: so are its access token, failure count, any hold and
+                    // its metrics.
+                    let connection_key = key(&connection);
+                    context.tokens.remove(&connection_key);
+                    context.backoff.reset(&connection_key);
+                    let (namespace, name) = (connection.namespace().unwrap_or_default(), connection.name_any());
+                    context.secrets.locked().forget_connection(&namespace, &name);
+                    context.metrics.connections.forget(&namespace, &name);
+                    Ok(action)
+                }
             }
-        }
-    })
-    .await
-    .map_err(|error| Error::Finalizer(Box::new(error)));
+        })
+        .await
+        .map_err(|error| Error::Finalizer(Box::new(error)))
+    }
+    .await;
     context
         .metrics
         .reconcile_seconds
@@ -133,6 +152,28 @@ pub async fn reconcile<S: ServiceNow>(
         .get_or_create(&crate::telemetry::ReconcileLabels { outcome })
         .inc();
     result
+}
+
+/// `true` when `connection` is not being deleted and lacks the finalizer.
+fn needs_finalizer(connection: &ServiceNowConnection) -> bool {
+    connection.metadata.deletion_timestamp.is_none() && !connection.finalizers().iter().any(|f| f == FINALIZER)
+}
+
+/// Adds the finalizer to `connection`, conditional on the version read (a newer one is refused,
+/// 409, and its watch event wakes the reconcile again): the patched connection.
+async fn add_finalizer(
+    api: &Api<ServiceNowConnection>,
+    connection: &ServiceNowConnection,
+) -> Result<ServiceNowConnection, Error> {
+    let mut finalizers = connection.finalizers().to_vec();
+    finalizers.push(FINALIZER.to_owned());
+    let patch = serde_json::json!({"metadata": {
+        "resourceVersion": connection.resource_version(),
+        "finalizers": finalizers,
+    }});
+    api.patch(&connection.name_any(), &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .map_err(|error| Error::Finalizer(Box::new(kube::runtime::finalizer::Error::AddFinalizer(error))))
 }
 
 /// How soon a reconcile that met a stale cached connection looks again, should the watch event

@@ -13,7 +13,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
 
 use crate::{
@@ -159,7 +158,7 @@ impl Lookup {
         let Some(connection) = connections.get_opt(name).await? else {
             return Ok(None);
         };
-        let secrets_api: Api<Secret> = Api::namespaced(self.kube.clone(), namespace);
+        let secrets_api = secrets::Secrets::uncached(Api::namespaced(self.kube.clone(), namespace));
         let keys = secrets::read_webhook_keys(&secrets_api, &connection).await?;
         Ok(keys.map(|keys| Known {
             target: Target {

@@ -1,0 +1,353 @@
+//! Pure: the Secrets the reconciles read or wrote, each held with its `resourceVersion` and
+//! trusted only while that is the latest version the Secret watch has seen — so a steady-state
+//! reconcile reads no Secret from the API server, and none concludes from a value older than
+//! the watch's.
+//!
+//! Three maps, kept in step with the metadata watch of Secrets ([`SecretCache::observe`]):
+//! the latest `resourceVersion` the watch has seen of each Secret (forgotten on delete; a
+//! re-list replaces them all once complete); the last value a reconcile read or wrote of each
+//! (dropped as soon as the watch sees another version); and the version each connection last
+//! concluded from, so that a watch event for a version a connection already used — its own
+//! write, or a value it read before the event came — need not wake it ([`SecretCache::stale_readers`]).
+//!
+//! A value is held stripped to what the reconcile needs: its name, version, uid, labels and
+//! owner references (so [`super::ownership`] still judges a cached Secret) and its data — for
+//! the user's credentials Secret only the two credential keys. Nothing here is ever logged:
+//! [`SecretCache`]'s `Debug` shows counts only.
+
+use std::collections::{BTreeMap, HashMap};
+
+use k8s_openapi::api::core::v1::Secret;
+use kube::{
+    api::ObjectMeta,
+    core::PartialObjectMeta,
+    runtime::{reflector::ObjectRef, watcher},
+};
+
+use crate::api::ServiceNowConnection;
+
+/// A Secret: namespace and name.
+pub type Key = (String, String);
+
+/// The Secrets read or written by reconciles, and what the watch has seen of them.
+#[derive(Default)]
+pub struct SecretCache {
+    /// The latest `resourceVersion` the watch has seen of each Secret.
+    watched: HashMap<Key, String>,
+    /// The versions of each re-list in progress, by the namespace its watch covers (`None`: all
+    /// namespaces): they replace that namespace's part of `watched` once it is complete.
+    relists: HashMap<Option<String>, HashMap<Key, String>>,
+    /// The last value read or written of each Secret (its version in its metadata).
+    values: HashMap<Key, Secret>,
+    /// The version of each Secret each connection (by name, in the Secret's namespace) last
+    /// concluded from.
+    used: HashMap<Key, BTreeMap<String, String>>,
+}
+
+impl std::fmt::Debug for SecretCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SecretCache")
+            .field("watched", &self.watched.len())
+            .field("values", &self.values.len())
+            .finish_non_exhaustive()
+    }
+}
+
+fn key_of(meta: &ObjectMeta) -> Key {
+    (
+        meta.namespace.clone().unwrap_or_default(),
+        meta.name.clone().unwrap_or_default(),
+    )
+}
+
+impl SecretCache {
+    /// Follows one event of the Secret metadata watch of `namespace` (`None`: all namespaces).
+    pub fn observe(&mut self, namespace: Option<&str>, event: &watcher::Event<PartialObjectMeta<Secret>>) {
+        match event {
+            watcher::Event::Apply(secret) => {
+                let key = key_of(&secret.metadata);
+                let version = secret.metadata.resource_version.clone().unwrap_or_default();
+                self.drop_unless(&key, &version);
+                self.watched.insert(key, version);
+            }
+            watcher::Event::Delete(secret) => {
+                let key = key_of(&secret.metadata);
+                self.watched.remove(&key);
+                self.values.remove(&key);
+                self.used.remove(&key);
+            }
+            watcher::Event::Init => {
+                self.relists.insert(namespace.map(str::to_owned), HashMap::new());
+            }
+            watcher::Event::InitApply(secret) => {
+                let version = secret.metadata.resource_version.clone().unwrap_or_default();
+                self.relists
+                    .entry(namespace.map(str::to_owned))
+                    .or_default()
+                    .insert(key_of(&secret.metadata), version);
+            }
+            watcher::Event::InitDone => {
+                let listed = self.relists.remove(&namespace.map(str::to_owned)).unwrap_or_default();
+                self.watched
+                    .retain(|(secret_namespace, _), _| namespace.is_some_and(|scope| scope != secret_namespace));
+                self.watched.extend(listed);
+                let watched = &self.watched;
+                self.values
+                    .retain(|key, value| watched.get(key) == value.metadata.resource_version.as_ref());
+                self.used.retain(|key, _| watched.contains_key(key));
+            }
+        }
+    }
+
+    /// Drops the value held of `key` unless it is at `version`.
+    fn drop_unless(&mut self, key: &Key, version: &str) {
+        if self
+            .values
+            .get(key)
+            .is_some_and(|value| value.metadata.resource_version.as_deref() != Some(version))
+        {
+            self.values.remove(key);
+        }
+    }
+
+    /// The value of `key` when the one held is at the latest version the watch has seen.
+    pub fn get(&self, key: &Key) -> Option<Secret> {
+        let watched = self.watched.get(key)?;
+        self.values
+            .get(key)
+            .filter(|value| value.metadata.resource_version.as_ref() == Some(watched))
+            .cloned()
+    }
+
+    /// Records what `connection` read (`None`: no such Secret) or wrote of `key`: it concluded
+    /// from that version, which is held (stripped to `keep`'s data keys, or all of them) to be
+    /// used again once — and as long as — it is the version the watch has seen.
+    pub fn remember(&mut self, key: &Key, connection: &str, secret: Option<&Secret>, keep: Option<&[&str]>) {
+        let Some(secret) = secret else {
+            self.values.remove(key);
+            if let Some(used) = self.used.get_mut(key) {
+                used.remove(connection);
+            }
+            return;
+        };
+        let version = secret.metadata.resource_version.clone().unwrap_or_default();
+        self.used
+            .entry(key.clone())
+            .or_default()
+            .insert(connection.to_owned(), version);
+        self.values.insert(key.clone(), stripped(secret, keep));
+    }
+
+    /// Of `readers` (the connections that read the Secret `meta` names), those that have not
+    /// concluded from its version `meta` carries: the ones to wake.
+    pub fn stale_readers(
+        &self,
+        meta: &ObjectMeta,
+        readers: Vec<ObjectRef<ServiceNowConnection>>,
+    ) -> Vec<ObjectRef<ServiceNowConnection>> {
+        let key = key_of(meta);
+        let used = self.used.get(&key);
+        readers
+            .into_iter()
+            .filter(|reader| match &meta.resource_version {
+                Some(version) => used.and_then(|used| used.get(&reader.name)) != Some(version),
+                None => true,
+            })
+            .collect()
+    }
+
+    /// Forgets what the connection `name` in `namespace` used (a deleted connection).
+    pub fn forget_connection(&mut self, namespace: &str, name: &str) {
+        self.used.retain(|(secret_namespace, _), used| {
+            if secret_namespace == namespace {
+                used.remove(name);
+            }
+            !used.is_empty()
+        });
+    }
+}
+
+/// `secret` with only what a reconcile uses of it.
+fn stripped(secret: &Secret, keep: Option<&[&str]>) -> Secret {
+    let meta = &secret.metadata;
+    let data = secret.data.as_ref().map(|data| {
+        data.iter()
+            .filter(|(key, _)| keep.is_none_or(|keep| keep.contains(&key.as_str())))
+            .map(|(key, value)| (key.clone(), value.clone()))
+            .collect()
+    });
+    Secret {
+        metadata: ObjectMeta {
+            name: meta.name.clone(),
+            namespace: meta.namespace.clone(),
+            resource_version: meta.resource_version.clone(),
+            uid: meta.uid.clone(),
+            labels: meta.labels.clone(),
+            owner_references: meta.owner_references.clone(),
+            ..ObjectMeta::default()
+        },
+        data,
+        ..Secret::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::ByteString;
+
+    use super::*;
+
+    fn meta(name: &str, version: &str) -> ObjectMeta {
+        ObjectMeta {
+            name: Some(name.into()),
+            namespace: Some("a".into()),
+            resource_version: Some(version.into()),
+            ..ObjectMeta::default()
+        }
+    }
+
+    fn event(name: &str, version: &str) -> PartialObjectMeta<Secret> {
+        PartialObjectMeta {
+            metadata: meta(name, version),
+            ..PartialObjectMeta::default()
+        }
+    }
+
+    fn secret(name: &str, version: &str, data: &[(&str, &str)]) -> Secret {
+        Secret {
+            metadata: ObjectMeta {
+                annotations: Some(BTreeMap::from([("big".into(), "x".repeat(1000))])),
+                ..meta(name, version)
+            },
+            data: Some(
+                data.iter()
+                    .map(|(k, v)| ((*k).to_owned(), ByteString(v.as_bytes().to_vec())))
+                    .collect(),
+            ),
+            ..Secret::default()
+        }
+    }
+
+    fn key(name: &str) -> Key {
+        ("a".into(), name.into())
+    }
+
+    fn version(cache: &SecretCache, name: &str) -> Option<String> {
+        cache.get(&key(name)).and_then(|s| s.metadata.resource_version)
+    }
+
+    #[test]
+    fn a_value_is_used_only_at_the_version_the_watch_has_seen_last() {
+        let mut cache = SecretCache::default();
+        cache.remember(&key("s"), "acme", Some(&secret("s", "5", &[])), None);
+        assert_eq!(version(&cache, "s"), None, "the watch has not seen it: read again");
+        cache.observe(None, &watcher::Event::Apply(event("s", "5")));
+        assert_eq!(version(&cache, "s").as_deref(), Some("5"));
+        cache.observe(None, &watcher::Event::Apply(event("s", "6")));
+        assert_eq!(version(&cache, "s"), None, "changed by someone else: read again");
+        assert!(cache.values.is_empty(), "the older value is dropped");
+        // A read that returns an older version than the watch's is never trusted later.
+        cache.remember(&key("s"), "acme", Some(&secret("s", "5", &[])), None);
+        assert_eq!(version(&cache, "s"), None);
+        cache.remember(&key("s"), "acme", Some(&secret("s", "6", &[])), None);
+        assert_eq!(version(&cache, "s").as_deref(), Some("6"));
+        cache.observe(None, &watcher::Event::Delete(event("s", "6")));
+        assert_eq!(version(&cache, "s"), None);
+        assert!(cache.values.is_empty() && cache.used.is_empty() && cache.watched.is_empty());
+    }
+
+    #[test]
+    fn a_write_seen_back_by_the_watch_stays_usable() {
+        let mut cache = SecretCache::default();
+        cache.observe(None, &watcher::Event::Apply(event("t", "5")));
+        cache.remember(&key("t"), "acme", Some(&secret("t", "9", &[])), None);
+        assert_eq!(version(&cache, "t"), None, "until the watch sees the write");
+        cache.observe(None, &watcher::Event::Apply(event("t", "9")));
+        assert_eq!(version(&cache, "t").as_deref(), Some("9"));
+        // Read back as absent: nothing held.
+        cache.remember(&key("t"), "acme", None, None);
+        assert_eq!(version(&cache, "t"), None);
+    }
+
+    #[test]
+    fn a_relist_forgets_what_it_does_not_list_and_what_changed() {
+        let mut cache = SecretCache::default();
+        for (name, v) in [("kept", "1"), ("changed", "2"), ("gone", "3")] {
+            cache.observe(None, &watcher::Event::Apply(event(name, v)));
+            cache.remember(&key(name), "acme", Some(&secret(name, v, &[])), None);
+        }
+        cache.observe(None, &watcher::Event::Init);
+        cache.observe(None, &watcher::Event::InitApply(event("kept", "1")));
+        cache.observe(None, &watcher::Event::InitApply(event("changed", "7")));
+        assert_eq!(
+            version(&cache, "gone").as_deref(),
+            Some("3"),
+            "until the relist completes"
+        );
+        cache.observe(None, &watcher::Event::InitDone);
+        assert_eq!(version(&cache, "kept").as_deref(), Some("1"));
+        assert_eq!(version(&cache, "changed"), None);
+        assert_eq!(version(&cache, "gone"), None);
+        assert_eq!(cache.values.len(), 1);
+        assert!(!cache.used.contains_key(&key("gone")));
+    }
+
+    #[test]
+    fn a_relist_of_one_namespace_leaves_the_others_be() {
+        let mut cache = SecretCache::default();
+        let other = ("b".to_owned(), "s".to_owned());
+        let mut elsewhere = event("s", "1");
+        elsewhere.metadata.namespace = Some("b".into());
+        cache.observe(Some("b"), &watcher::Event::Apply(elsewhere));
+        cache.remember(&other, "acme", Some(&secret("s", "1", &[])), None);
+        cache.observe(Some("a"), &watcher::Event::Init);
+        cache.observe(Some("a"), &watcher::Event::InitApply(event("s", "2")));
+        cache.observe(Some("a"), &watcher::Event::InitDone);
+        assert_eq!(cache.watched.get(&other).map(String::as_str), Some("1"));
+        assert_eq!(version(&cache, "s"), None, "held for b, not a");
+        cache.observe(None, &watcher::Event::Init);
+        cache.observe(None, &watcher::Event::InitDone);
+        assert!(
+            cache.watched.is_empty(),
+            "a relist of all namespaces replaces everything"
+        );
+    }
+
+    #[test]
+    fn only_readers_that_did_not_conclude_from_a_version_are_woken_by_it() {
+        let mut cache = SecretCache::default();
+        let readers = || vec![ObjectRef::new("acme").within("a"), ObjectRef::new("beta").within("a")];
+        let woken = |cache: &SecretCache, v: &str| -> Vec<String> {
+            cache
+                .stale_readers(&meta("shared", v), readers())
+                .into_iter()
+                .map(|r| r.name)
+                .collect()
+        };
+        assert_eq!(woken(&cache, "4"), ["acme", "beta"]);
+        cache.remember(&key("shared"), "acme", Some(&secret("shared", "4", &[])), None);
+        assert_eq!(woken(&cache, "4"), ["beta"], "acme wrote or read version 4 already");
+        assert_eq!(woken(&cache, "5"), ["acme", "beta"], "a newer version wakes both");
+        let mut unversioned = meta("shared", "4");
+        unversioned.resource_version = None;
+        assert_eq!(cache.stale_readers(&unversioned, readers()).len(), 2);
+        cache.forget_connection("a", "acme");
+        assert_eq!(woken(&cache, "4"), ["acme", "beta"]);
+        assert!(cache.used.is_empty());
+    }
+
+    #[test]
+    fn only_what_the_reconcile_needs_is_held() {
+        let mut cache = SecretCache::default();
+        let full = secret("c", "1", &[("clientId", "i"), ("clientSecret", "s"), ("ca.crt", "pem")]);
+        cache.remember(&key("c"), "acme", Some(&full), Some(&["clientId", "clientSecret"]));
+        cache.observe(None, &watcher::Event::Apply(event("c", "1")));
+        let held = cache.get(&key("c")).expect("held");
+        assert_eq!(
+            held.data.unwrap_or_default().keys().collect::<Vec<_>>(),
+            ["clientId", "clientSecret"]
+        );
+        assert_eq!(held.metadata.annotations, None);
+        assert_eq!(format!("{cache:?}"), "SecretCache { watched: 1, values: 1, .. }");
+    }
+}
