@@ -179,7 +179,7 @@ const MAY_IMPORT: &[(&str, &[&str])] = &[
     ("servicenow", &["outbound", "sync"]),
     ("api", &["servicenow"]),
     ("provision", &["api", "servicenow"]),
-    ("secrets", &["api", "servicenow"]),
+    ("secrets", &["api", "servicenow", "sync"]),
     ("telemetry", &["servicenow", "sync"]),
     (
         "reconcile",
