@@ -101,8 +101,7 @@ pub async fn cleanup<S: ServiceNow>(connection: &ServiceNowConnection, context: 
                 action: "Cleanup".to_owned(),
                 note,
             }],
-        )
-        .await;
+        );
         return Ok(Action::await_change());
     }
     tracing::info!(connection = %connection_key, "deleted; removed the webhook and revoked the token");

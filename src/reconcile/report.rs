@@ -20,7 +20,7 @@ pub async fn report<S>(
     let new = &conclusion.status;
     if status::changed(connection.status.as_ref(), new) {
         write_status(connection, context, new).await?;
-        publish(context, connection, &conclusion.events).await;
+        publish(context, connection, &conclusion.events);
     }
     let ready = new.conditions.iter().find(|c| c.type_ == ConditionType::Ready.as_str());
     context.metrics.connections.observe(
@@ -35,12 +35,18 @@ pub async fn report<S>(
     Ok(())
 }
 
-/// Publishes `transitions` as Events on `connection` (best effort: a failed Event is logged).
-pub async fn publish<S>(context: &Context<S>, connection: &ServiceNowConnection, transitions: &[Transition]) {
+/// Publishes `transitions` as Events on `connection`, in order, off the reconcile's path (best
+/// effort, as client-go's recorder: a failed Event is logged, and the reconcile does not wait for
+/// the API server to store them — two to three POSTs a first provisioning would otherwise add to
+/// every connection's latency).
+pub fn publish<S>(context: &Context<S>, connection: &ServiceNowConnection, transitions: &[Transition]) {
     use kube::runtime::events::{Event, EventType};
-    let reference = connection.object_ref(&());
-    for transition in transitions {
-        let event = Event {
+    if transitions.is_empty() {
+        return;
+    }
+    let events: Vec<Event> = transitions
+        .iter()
+        .map(|transition| Event {
             type_: if transition.warning {
                 EventType::Warning
             } else {
@@ -50,11 +56,18 @@ pub async fn publish<S>(context: &Context<S>, connection: &ServiceNowConnection,
             note: Some(transition.note.clone()),
             action: transition.action.clone(),
             secondary: None,
-        };
-        if let Err(error) = context.recorder.publish(&event, &reference).await {
-            tracing::warn!(connection = %key(connection), %error, "failed to publish an Event");
+        })
+        .collect();
+    let reference = connection.object_ref(&());
+    let recorder = context.recorder.clone();
+    let connection_key = key(connection);
+    tokio::spawn(async move {
+        for event in &events {
+            if let Err(error) = recorder.publish(event, &reference).await {
+                tracing::warn!(connection = %connection_key, %error, "failed to publish an Event");
+            }
         }
-    }
+    });
 }
 
 async fn write_status<S>(
