@@ -266,6 +266,11 @@ impl Operator {
         fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// Whether the process still runs (it has not exited).
+    pub fn running(&mut self) -> bool {
+        self.child.try_wait().expect("check on the operator").is_none()
+    }
+
     /// Kills the process at once (SIGKILL), as a crash would.
     pub fn kill(&mut self) {
         let _ = self.child.kill();

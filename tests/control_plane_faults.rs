@@ -1,0 +1,139 @@
+//! The control plane failing under the operator, on a private control plane of this test binary
+//! (`private_control_plane`: restarting the shared one would break every other binary's tests):
+//! the kube-apiserver killed and started again while connections are mid-provisioning, and etcd
+//! stopped for longer than the operator's Lease lasts while a reconcile is under way. Afterwards the invariants hold: every
+//! connection READY_TO_SYNC with a status naming exactly one rule and one property on its instance,
+//! each created by one request; the watch resumed (a change made after the fault is reconciled);
+//! the operator never exited; no secret leaked.
+
+mod support;
+
+use std::time::Duration;
+
+use servicenow_operator::api::{RECONCILE_REQUESTED_AT, SyncState};
+use snowsim::{Fault, FaultAction};
+use support::{
+    control_plane::{Component, private_control_plane},
+    poll_until,
+    scene::{CONNECTION, Scene, assert_one_rule_and_one_property},
+};
+use tokio::sync::Mutex;
+
+/// The faults take down the control plane every test of this binary uses: one at a time.
+static ONE_FAULT_AT_A_TIME: Mutex<()> = Mutex::const_new(());
+
+/// How many connections (each in its namespace, with its instance and operator) are mid-provisioning
+/// when the API server is killed.
+const CONNECTIONS: usize = 5;
+
+/// The rule's create, the provisioning's second write (the property is written by then).
+const RULE_CREATE: &str = "/api/now/v2/table/sys_script";
+
+/// How long each instance holds its rule's create: long enough for all connections to be inside it
+/// when the API server is killed, so each writes its status while the API server is away or back
+/// only just.
+const HELD: Duration = Duration::from_secs(12);
+
+#[tokio::test]
+async fn an_api_server_killed_while_connections_provision_loses_no_status_and_writes_nothing_twice() {
+    let _alone = ONE_FAULT_AT_A_TIME.lock().await;
+    let plane = private_control_plane().await;
+    let mut scenes = Vec::new();
+    for _ in 0..CONNECTIONS {
+        let scene = Scene::new(serde_json::json!({})).await;
+        scene.simulator.admin().inject_fault(Fault {
+            method: Some("POST".into()),
+            times: Some(1),
+            ..Fault::new(
+                RULE_CREATE,
+                FaultAction::Latency {
+                    ms: HELD.as_millis() as u64,
+                },
+            )
+        });
+        scenes.push(scene);
+    }
+    let mut operators = Vec::new();
+    for scene in &scenes {
+        operators.push(scene.start_operator(&[]).await);
+    }
+    // Each operator wrote the property: it is in the held rule create now.
+    poll_until(
+        Duration::from_secs(30),
+        "every connection's property to be created",
+        || async {
+            scenes
+                .iter()
+                .all(|scene| {
+                    let log = scene.simulator.admin().request_log();
+                    log.iter()
+                        .any(|c| c.method == "POST" && c.path.ends_with("/table/sys_properties"))
+                })
+                .then_some(())
+        },
+    )
+    .await;
+    for scene in &scenes {
+        let status = scene.api().get(CONNECTION).await.expect("read the connection").status;
+        assert_ne!(
+            status.and_then(|s| s.sync_state),
+            Some(SyncState::ReadyToSync),
+            "a connection was ready before the API server was killed: the fault came too late"
+        );
+    }
+
+    let took = tokio::task::spawn_blocking(|| plane.restart(Component::ApiServer, Duration::ZERO))
+        .await
+        .expect("the restart thread");
+    eprintln!("kube-apiserver killed and serving again after {took:?}");
+
+    for (index, scene) in scenes.iter().enumerate() {
+        // Ready, then a change made after the restart is reconciled: the watch resumed.
+        scene
+            .wait_for("READY_TO_SYNC after the API server's restart", |s| {
+                s.sync_state == Some(SyncState::ReadyToSync)
+            })
+            .await;
+        let status = scene.reconcile_now("after-the-api-server-restart").await;
+        let after = format!("connection {index}, the API server killed mid-provisioning");
+        assert_one_rule_and_one_property(scene, status, 0, &after);
+        scene.assert_no_secret_leaked().await;
+    }
+    for operator in &mut operators {
+        assert!(operator.running(), "an operator exited: {}", operator.logs());
+    }
+}
+
+/// How long etcd stays away (beyond the seconds it takes to stop): over three times the Lease the
+/// test operators get (3 s, see `support::operator`), so the leader cannot renew its Lease for
+/// longer than it lasts, as with 30 s and the default 15 s Lease, in less time.
+const ETCD_DOWN: Duration = Duration::from_secs(10);
+
+#[tokio::test]
+async fn etcd_stopped_for_longer_than_the_lease_is_outlived_and_recovered_from_without_a_lost_status_or_a_write() {
+    let _alone = ONE_FAULT_AT_A_TIME.lock().await;
+    let plane = private_control_plane().await;
+    let scene = Scene::new(serde_json::json!({})).await;
+    let mut operator = scene.start_operator(&[]).await;
+    scene
+        .wait_for("READY_TO_SYNC", |s| s.sync_state == Some(SyncState::ReadyToSync))
+        .await;
+
+    // A reconcile asked for as etcd goes away: its status write meets the outage.
+    scene.annotate(RECONCILE_REQUESTED_AT, "as-etcd-stops").await;
+    let outage = tokio::task::spawn_blocking(|| plane.restart(Component::Etcd, ETCD_DOWN));
+    let took = outage.await.expect("the restart thread");
+    eprintln!("etcd stopped, away {ETCD_DOWN:?}, serving again after {took:?}");
+    assert!(operator.running(), "the operator exited: {}", operator.logs());
+    scene
+        .wait_for("the reconcile asked for as etcd stopped", |s| {
+            s.last_handled_reconcile_at.as_deref() == Some("as-etcd-stops")
+        })
+        .await;
+
+    // It still leads and reconciles a change made after the outage, writing nothing twice.
+    let status = scene.reconcile_now("after-etcd-came-back").await;
+    assert_one_rule_and_one_property(&scene, status, 0, "etcd stopped");
+    assert!(operator.running(), "the operator exited: {}", operator.logs());
+    scene.assert_no_secret_leaked().await;
+}
