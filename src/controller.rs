@@ -13,6 +13,7 @@
 //! connection stops on `SecretNotOwned` until that Secret is removed or labelled, and must
 //! carry on as soon as it is). It watches metadata only, so no Secret's value is cached.
 
+mod backoff;
 mod index;
 
 use std::{
@@ -126,7 +127,7 @@ fn scope<S: ServiceNow>(
     let readers = Arc::new(Mutex::new(index::SecretIndex::default()));
     let indexed = readers.clone();
     let changes = watcher(connections, watcher::Config::default().any_semantic())
-        .default_backoff()
+        .backoff(backoff::watch_backoff())
         .reflect(writer)
         .inspect(move |event| {
             if let Ok(event) = event {
@@ -135,8 +136,10 @@ fn scope<S: ServiceNow>(
         })
         .applied_objects()
         .predicate_filter(trigger, Default::default());
-    let controller =
-        Controller::for_stream(changes, store.clone()).with_config(Config::default().concurrency(concurrency));
+    // The Secret watch and the connection stream above are retried together with this backoff.
+    let controller = Controller::for_stream(changes, store.clone())
+        .with_config(Config::default().concurrency(concurrency))
+        .trigger_backoff(backoff::watch_backoff());
     let run = controller
         .watches(
             secret_metadata,

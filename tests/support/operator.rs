@@ -337,7 +337,8 @@ fn controller_command(
         // per test, so concurrent tests never wait for each other's leader. Through the
         // environment, as the chart does, so that `env` can override it.
         .env("POD_NAMESPACE", namespace)
-        .args(["--lease-duration", "3s"])
+        // Through the environment, so that a test's `--lease-duration` takes precedence.
+        .env("LEASE_DURATION", "3s")
         .args(["--resolve", &format!("{HOST}={instance}")])
         .arg("--ca-bundle")
         .arg(&ca)
