@@ -1,7 +1,8 @@
 //! The control plane failing under the operator, on a private control plane of this test binary
 //! (`private_control_plane`: restarting the shared one would break every other binary's tests):
 //! the kube-apiserver killed and started again while connections are mid-provisioning, and etcd
-//! stopped for longer than the operator's Lease lasts while a reconcile is under way. Afterwards the invariants hold: every
+//! stopped for longer than the operator's Lease lasts while a reconcile is under way (the leader
+//! stops leading, says so, and leads again once it renews the Lease). Afterwards the invariants hold: every
 //! connection READY_TO_SYNC with a status naming exactly one rule and one property on its instance,
 //! each created by one request; the watch resumed (a change made after the fault is reconciled);
 //! the operator never exited; no secret leaked.
@@ -145,9 +146,11 @@ async fn an_api_server_killed_while_connections_provision_loses_no_status_and_wr
 /// test operators get (3 s, see `support::operator`), so the leader cannot renew its Lease for
 /// longer than it lasts, as with 30 s and the default 15 s Lease, in less time.
 const ETCD_DOWN: Duration = Duration::from_secs(10);
+/// What the operator logs when it stops leading because it could not renew its Lease in time.
+const LEASE_LAPSED: &str = "lost leadership: the Lease could not be renewed";
 
 #[tokio::test]
-async fn etcd_stopped_for_longer_than_the_lease_is_outlived_and_recovered_from_without_a_lost_status_or_a_write() {
+async fn etcd_stopped_for_longer_than_the_lease_stops_the_leader_which_leads_again_without_a_lost_status_or_a_write() {
     let _alone = ONE_FAULT_AT_A_TIME.lock().await;
     let plane = private_control_plane().await;
     let scene = Scene::new(serde_json::json!({})).await;
@@ -162,13 +165,32 @@ async fn etcd_stopped_for_longer_than_the_lease_is_outlived_and_recovered_from_w
     let took = outage.await.expect("the restart thread");
     eprintln!("etcd stopped, away {ETCD_DOWN:?}, serving again after {took:?}");
     assert!(operator.running(), "the operator exited: {}", operator.logs());
+    // It could not renew its Lease for longer than the Lease lasts: it stopped leading, and said
+    // why at WARN.
+    let logs = operator.logs();
+    let lapsed = logs
+        .find(LEASE_LAPSED)
+        .unwrap_or_else(|| panic!("no {LEASE_LAPSED:?} in the operator's log:\n{logs}"));
+    let line = &logs[logs[..lapsed].rfind('\n').map_or(0, |start| start + 1)..lapsed];
+    assert!(line.contains("WARN"), "lost leadership not logged at WARN: {line}");
+    let back = Instant::now();
     scene
         .wait_for("the reconcile asked for as etcd stopped", |s| {
             s.last_handled_reconcile_at.as_deref() == Some("as-etcd-stops")
         })
         .await;
+    eprintln!(
+        "the reconcile asked for as etcd stopped handled {:?} after etcd served again",
+        back.elapsed()
+    );
+    // By the controller started again once the Lease was renewed.
+    let logs = operator.logs();
+    assert!(
+        logs[logs.find(LEASE_LAPSED).expect("logged above")..].contains("leading: starting the controller"),
+        "the operator reconciled without leading again:\n{logs}"
+    );
 
-    // It still leads and reconciles a change made after the outage, writing nothing twice.
+    // It leads and reconciles a change made after the outage, writing nothing twice.
     let status = scene.reconcile_now("after-etcd-came-back").await;
     assert_one_rule_and_one_property(&scene, status, 0, "etcd stopped");
     assert!(operator.running(), "the operator exited: {}", operator.logs());
