@@ -1,6 +1,7 @@
 //! The control plane failing under the operator, on a private control plane of this test binary
 //! (`private_control_plane`: restarting the shared one would break every other binary's tests):
-//! the kube-apiserver killed and started again while connections are mid-provisioning, and etcd
+//! the kube-apiserver killed and started again while connections are mid-provisioning, or as a
+//! consent's callback arrives (the page asks for a reload, which completes the consent), and etcd
 //! stopped for longer than the operator's Lease lasts while a reconcile is under way (the leader
 //! stops leading, says so, and leads again once it renews the Lease). Afterwards the invariants hold: every
 //! connection READY_TO_SYNC with a status naming exactly one rule and one property on its instance,
@@ -9,12 +10,18 @@
 
 mod support;
 
-use std::time::{Duration, Instant};
+use std::{
+    path::Path,
+    time::{Duration, Instant},
+};
 
 use servicenow_operator::api::{RECONCILE_REQUESTED_AT, SyncState};
 use snowsim::{Fault, FaultAction};
 use support::{
+    browser::LoginOutcome,
+    consent::{CALLBACK, awaiting_consent, browser, consent_url},
     control_plane::{Component, private_control_plane},
+    instance::{AGENT, HOST},
     poll_until,
     scene::{CONNECTION, Scene, assert_one_rule_and_one_property},
 };
@@ -195,4 +202,68 @@ async fn etcd_stopped_for_longer_than_the_lease_stops_the_leader_which_leads_aga
     assert_one_rule_and_one_property(&scene, status, 0, "etcd stopped");
     assert!(operator.running(), "the operator exited: {}", operator.logs());
     scene.assert_no_secret_leaked().await;
+}
+
+/// How long the API server stays away while the consent's callback arrives: long enough for the
+/// browser to be sent to the callback and shown its answer meanwhile.
+const CALLBACK_OUTAGE: Duration = Duration::from_secs(6);
+
+#[tokio::test]
+async fn a_consent_callback_that_meets_the_api_server_away_asks_for_a_reload_which_completes_it() {
+    let _alone = ONE_FAULT_AT_A_TIME.lock().await;
+    let plane = private_control_plane().await;
+    let (scene, operator) = awaiting_consent(serde_json::json!({}), &[]).await;
+    let url = consent_url(&scene).await;
+    let browser = browser(&scene).await;
+    // Signed in and on the instance's consent page: the operator recorded the ticket as used.
+    let signed_in = browser
+        .sign_in(&url, HOST, AGENT, AGENT, Path::new("control-plane/consent"))
+        .await
+        .unwrap_or_else(|error| panic!("not sent to the instance: {error}"));
+    assert!(
+        matches!(signed_in.outcome, LoginOutcome::Consent),
+        "not on the consent page: {}",
+        browser.page_text().await
+    );
+
+    // The API server is killed; once it is gone, Allow sends the browser to the callback.
+    let restart = tokio::task::spawn_blocking(|| plane.restart(Component::ApiServer, CALLBACK_OUTAGE));
+    let client = scene.client.clone();
+    poll_until(Duration::from_secs(10), "the API server to be gone", || async {
+        client.apiserver_version().await.err().map(|_| ())
+    })
+    .await;
+    browser.click("#allow").await;
+    let callback = browser
+        .wait_for_url("the operator's callback", |url| url.path() == CALLBACK)
+        .await;
+    let title = browser.find("#title").await.text().await.expect("the page's title");
+    let text = browser.page_text().await;
+    assert_eq!(title, "Try again", "{text}");
+    assert!(
+        text.contains("could not reach the Kubernetes API. Reload this page in a moment."),
+        "{text}"
+    );
+    assert!(!text.contains("error"), "the page shows an error's details: {text}");
+    let took = restart.await.expect("the restart thread");
+    eprintln!("kube-apiserver killed, away {CALLBACK_OUTAGE:?}, serving again after {took:?}");
+    assert!(
+        scene.token_secret().await.is_none(),
+        "a token stored while the API server was away"
+    );
+
+    // The person reloads the page: the consent completes.
+    browser.goto(callback.as_str()).await;
+    let title = browser.find("#title").await.text().await.expect("the page's title");
+    assert_eq!(title, "Consent recorded", "{}", browser.page_text().await);
+    browser.close().await;
+    let status = scene
+        .wait_for("READY_TO_SYNC after the reloaded callback", |s| {
+            s.sync_state == Some(SyncState::ReadyToSync)
+        })
+        .await;
+    assert!(scene.token_secret().await.is_some(), "the token Secret");
+    assert_one_rule_and_one_property(&scene, status, 0, "a consent across an API server restart");
+    scene.assert_no_secret_leaked().await;
+    drop(operator);
 }
