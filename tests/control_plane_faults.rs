@@ -1,7 +1,8 @@
 //! The control plane failing under the operator, on a private control plane of this test binary
 //! (`private_control_plane`: restarting the shared one would break every other binary's tests):
 //! the kube-apiserver killed and started again while connections are mid-provisioning, or as a
-//! consent's callback arrives (the page asks for a reload, which completes the consent), and etcd
+//! consent's callback arrives (the page asks for a reload, which completes the consent) or while
+//! it holds the token to store (the page says to start again, which completes it), and etcd
 //! stopped for longer than the operator's Lease lasts while a reconcile is under way (the leader
 //! stops leading, says so, and leads again once it renews the Lease). Afterwards the invariants hold: every
 //! connection READY_TO_SYNC with a status naming exactly one rule and one property on its instance,
@@ -15,17 +16,19 @@ use std::{
     time::{Duration, Instant},
 };
 
-use servicenow_operator::api::{RECONCILE_REQUESTED_AT, SyncState};
+use kube::ResourceExt;
+use servicenow_operator::api::{ConsentSession, RECONCILE_REQUESTED_AT, SyncState};
 use snowsim::{Fault, FaultAction};
 use support::{
-    browser::LoginOutcome,
-    consent::{CALLBACK, awaiting_consent, browser, consent_url},
-    control_plane::{Component, private_control_plane},
+    browser::{Browser, LoginOutcome},
+    consent::{CALLBACK, awaiting_consent, browser, consent_as, consent_url, new_consent_url},
+    control_plane::{Component, ControlPlane, private_control_plane},
     instance::{AGENT, HOST},
+    operator::Operator,
     poll_until,
     scene::{CONNECTION, Scene, assert_one_rule_and_one_property},
 };
-use tokio::sync::Mutex;
+use tokio::{sync::Mutex, task::JoinHandle};
 
 /// The faults take down the control plane every test of this binary uses: one at a time.
 static ONE_FAULT_AT_A_TIME: Mutex<()> = Mutex::const_new(());
@@ -204,20 +207,22 @@ async fn etcd_stopped_for_longer_than_the_lease_stops_the_leader_which_leads_aga
     scene.assert_no_secret_leaked().await;
 }
 
-/// How long the API server stays away while the consent's callback arrives: long enough for the
-/// browser to be sent to the callback and shown its answer meanwhile.
+/// How long the API server stays away in the consent tests: long enough for the browser to be
+/// sent to the callback and shown its answer meanwhile.
 const CALLBACK_OUTAGE: Duration = Duration::from_secs(6);
+/// How long the instance holds the code exchange of the second consent test: long enough for the
+/// API server to be killed meanwhile, shorter than [`CALLBACK_OUTAGE`], so the token Secret's read
+/// after it meets the outage.
+const EXCHANGE_HELD: Duration = Duration::from_secs(4);
 
-#[tokio::test]
-async fn a_consent_callback_that_meets_the_api_server_away_asks_for_a_reload_which_completes_it() {
-    let _alone = ONE_FAULT_AT_A_TIME.lock().await;
-    let plane = private_control_plane().await;
+/// A connection awaiting consent, its operator, its consentUrl, and a browser signed in to the
+/// instance through it, on the consent page (the operator recorded the ticket as used).
+async fn on_the_consent_page(shots: &str) -> (Scene, Operator, String, Browser) {
     let (scene, operator) = awaiting_consent(serde_json::json!({}), &[]).await;
     let url = consent_url(&scene).await;
     let browser = browser(&scene).await;
-    // Signed in and on the instance's consent page: the operator recorded the ticket as used.
     let signed_in = browser
-        .sign_in(&url, HOST, AGENT, AGENT, Path::new("control-plane/consent"))
+        .sign_in(&url, HOST, AGENT, AGENT, Path::new(shots))
         .await
         .unwrap_or_else(|error| panic!("not sent to the instance: {error}"));
     assert!(
@@ -225,20 +230,52 @@ async fn a_consent_callback_that_meets_the_api_server_away_asks_for_a_reload_whi
         "not on the consent page: {}",
         browser.page_text().await
     );
+    (scene, operator, url, browser)
+}
 
-    // The API server is killed; once it is gone, Allow sends the browser to the callback.
+/// Kills the API server of `plane` (away [`CALLBACK_OUTAGE`], then started again) and returns once
+/// it no longer answers `scene`'s client; the handle answers how long until it served again.
+async fn api_server_killed(plane: &'static ControlPlane, scene: &Scene) -> JoinHandle<Duration> {
     let restart = tokio::task::spawn_blocking(|| plane.restart(Component::ApiServer, CALLBACK_OUTAGE));
-    let client = scene.client.clone();
     poll_until(Duration::from_secs(10), "the API server to be gone", || async {
-        client.apiserver_version().await.err().map(|_| ())
+        scene.client.apiserver_version().await.err().map(|_| ())
     })
     .await;
+    restart
+}
+
+/// The title of the page `browser` shows, and its text.
+async fn page(browser: &Browser) -> (String, String) {
+    let title = browser.find("#title").await.text().await.expect("the page's title");
+    (title, browser.page_text().await)
+}
+
+/// After a consent recorded: READY_TO_SYNC with the token Secret, one rule and one property, no
+/// secret leaked.
+async fn assert_consented(scene: &Scene, after: &str) {
+    let status = scene
+        .wait_for("READY_TO_SYNC after the consent", |s| {
+            s.sync_state == Some(SyncState::ReadyToSync)
+        })
+        .await;
+    assert!(scene.token_secret().await.is_some(), "the token Secret");
+    assert_one_rule_and_one_property(scene, status, 0, after);
+    scene.assert_no_secret_leaked().await;
+}
+
+#[tokio::test]
+async fn a_consent_callback_that_meets_the_api_server_away_asks_for_a_reload_which_completes_it() {
+    let _alone = ONE_FAULT_AT_A_TIME.lock().await;
+    let plane = private_control_plane().await;
+    let (scene, operator, _, browser) = on_the_consent_page("control-plane/reload").await;
+
+    // Once the API server is gone, Allow sends the browser to the callback.
+    let restart = api_server_killed(plane, &scene).await;
     browser.click("#allow").await;
     let callback = browser
         .wait_for_url("the operator's callback", |url| url.path() == CALLBACK)
         .await;
-    let title = browser.find("#title").await.text().await.expect("the page's title");
-    let text = browser.page_text().await;
+    let (title, text) = page(&browser).await;
     assert_eq!(title, "Try again", "{text}");
     assert!(
         text.contains("could not reach the Kubernetes API. Reload this page in a moment."),
@@ -254,16 +291,70 @@ async fn a_consent_callback_that_meets_the_api_server_away_asks_for_a_reload_whi
 
     // The person reloads the page: the consent completes.
     browser.goto(callback.as_str()).await;
-    let title = browser.find("#title").await.text().await.expect("the page's title");
-    assert_eq!(title, "Consent recorded", "{}", browser.page_text().await);
+    let (title, text) = page(&browser).await;
+    assert_eq!(title, "Consent recorded", "{text}");
     browser.close().await;
-    let status = scene
-        .wait_for("READY_TO_SYNC after the reloaded callback", |s| {
-            s.sync_state == Some(SyncState::ReadyToSync)
+    assert_consented(&scene, "a consent across an API server restart").await;
+    drop(operator);
+}
+
+#[tokio::test]
+async fn a_consent_whose_token_cannot_be_stored_as_the_api_server_goes_away_says_to_start_again() {
+    let _alone = ONE_FAULT_AT_A_TIME.lock().await;
+    let plane = private_control_plane().await;
+    let (scene, operator, url, browser) = on_the_consent_page("control-plane/start-again").await;
+    // Every token request, the callback's code exchange among them, is held until the callback
+    // has answered.
+    scene.simulator.admin().inject_fault(Fault {
+        method: Some("POST".into()),
+        ..Fault::new(
+            "/oauth_token.do",
+            FaultAction::Latency {
+                ms: EXCHANGE_HELD.as_millis() as u64,
+            },
+        )
+    });
+
+    // Allow: the callback uses the state (the session is done), then waits for the held exchange;
+    // the API server is killed meanwhile, so the token Secret cannot be read or written.
+    // (A WebDriver click returns once the page it leads to has loaded: the kill runs beside it.)
+    let state_used_then_killed = async {
+        poll_until(Duration::from_secs(10), "the consent's state used", || async {
+            let connection = scene.api().get(CONNECTION).await.ok()?;
+            ConsentSession::of(connection.annotations())
+                .filter(|session| session.done)
+                .map(|_| ())
         })
         .await;
-    assert!(scene.token_secret().await.is_some(), "the token Secret");
-    assert_one_rule_and_one_property(&scene, status, 0, "a consent across an API server restart");
-    scene.assert_no_secret_leaked().await;
+        let restart = api_server_killed(plane, &scene).await;
+        restart.await.expect("the restart thread")
+    };
+    let ((), took) = tokio::join!(browser.click("#allow"), state_used_then_killed);
+    browser
+        .wait_for_url("the operator's callback", |url| url.path() == CALLBACK)
+        .await;
+    let (title, text) = page(&browser).await;
+    assert_eq!(title, "Try again", "{text}");
+    assert!(
+        text.contains("nothing was stored and the token just issued was revoked")
+            && text.contains("Open the connection's status.consentUrl again"),
+        "the page must say to start again (a reload is refused as used): {text}"
+    );
+    scene.simulator.admin().clear_faults();
+    eprintln!("kube-apiserver killed, away {CALLBACK_OUTAGE:?}, serving again after {took:?}");
+    assert!(
+        scene.token_secret().await.is_none(),
+        "a token stored while the API server was away"
+    );
+
+    browser.close().await;
+
+    // Started again from the new consentUrl (in a new browser), the consent completes.
+    let url = new_consent_url(&scene, &url).await;
+    let browser = self::browser(&scene).await;
+    let title = consent_as(&browser, &url, AGENT, AGENT, "#allow", "control-plane/start-again-2").await;
+    assert_eq!(title, "Consent recorded", "{}", browser.page_text().await);
+    browser.close().await;
+    assert_consented(&scene, "a consent started again after an unstored token").await;
     drop(operator);
 }
