@@ -17,6 +17,7 @@
 //! is used only at the latest `resourceVersion` the watch has seen) before it maps an event to
 //! the connections to wake — not those that concluded from that version already.
 
+mod backoff;
 mod index;
 
 use std::{
@@ -134,7 +135,7 @@ fn scope<S: ServiceNow>(
     let readers = Arc::new(Mutex::new(index::SecretIndex::default()));
     let indexed = readers.clone();
     let changes = watcher(connections, watcher::Config::default().any_semantic())
-        .default_backoff()
+        .backoff(backoff::watch_backoff())
         .reflect(writer)
         .inspect(move |event| {
             if let Ok(event) = event {
@@ -145,11 +146,12 @@ fn scope<S: ServiceNow>(
         .predicate_filter(trigger, Default::default());
     let controller =
         Controller::for_stream(changes, store.clone()).with_config(Config::default().concurrency(concurrency));
-    // The Secret watch keeps the Secret cache in step (latest versions, deletions, re-lists)
-    // before its events are mapped to the connections to wake.
+    // The Secret watch (retried as the connection watch is) keeps the Secret cache in step
+    // (latest versions, deletions, re-lists) before its events are mapped to the connections to
+    // wake.
     let observed = context.clone();
     let secret_changes = watcher(secret_metadata, watcher::Config::default().any_semantic())
-        .default_backoff()
+        .backoff(backoff::watch_backoff())
         .inspect(move |event| {
             if let Ok(event) = event {
                 observed.secrets.locked().observe(scope_namespace.as_deref(), event);

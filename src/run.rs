@@ -3,6 +3,8 @@
 //! listener) and `public` (the internet-facing listener, forwarding to the controller): clients,
 //! the controller, the listeners, and shutdown on a signal.
 
+mod lease;
+
 use std::{
     net::SocketAddr,
     sync::{
@@ -12,11 +14,13 @@ use std::{
     time::Duration,
 };
 
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::{coordination::v1::Lease, core::v1::Secret};
 use kube::Api;
 use kube_lease_manager::LeaseManagerBuilder;
 use prometheus_client::registry::Registry;
 use tokio::{sync::watch, task::JoinHandle};
+
+use self::lease::Leadership;
 
 use crate::{
     cli::{ControllerArgs, ControllerCommandArgs, CoreArgs, HttpArgs, PublicArgs, RunArgs, ServiceNowArgs},
@@ -369,7 +373,8 @@ async fn setup(core: CoreArgs, front: Front, stop: &Stop) -> Result<Operator, St
 }
 
 /// Leader election: stand by (serving HTTP, reconciling nothing) until this replica holds the
-/// Lease, run the controller while it does, and stand by again when it loses it; until `stop`.
+/// Lease, run the controller while it does, and stand by again when it loses it, to another
+/// replica or because it could not renew it before it expired ([`lease::follow`]); until `stop`.
 async fn lead(operator: &Operator, stop: &Stop) -> Result<(), StartError> {
     let LeaderElection {
         namespace,
@@ -380,7 +385,7 @@ async fn lead(operator: &Operator, stop: &Stop) -> Result<(), StartError> {
     let ready = &operator.ready;
     let identity = std::env::var("POD_NAME").unwrap_or_else(|_| format!("{}-{}", hostname(), std::process::id()));
     let seconds = lease_duration.as_secs();
-    let (mut leader, lease_task) = LeaseManagerBuilder::new(operator.kube.clone(), lease_name)
+    let (held, lease_task) = LeaseManagerBuilder::new(operator.kube.clone(), lease_name)
         .with_namespace(namespace)
         .with_identity(&identity)
         .with_duration(seconds)
@@ -390,20 +395,15 @@ async fn lead(operator: &Operator, stop: &Stop) -> Result<(), StartError> {
         .map_err(StartError::Lease)?
         .watch()
         .await;
+    let leases: Api<Lease> = Api::namespaced(operator.kube.clone(), namespace);
+    let mut leadership = lease::follow(held, leases, lease_name.clone(), identity.clone(), *lease_duration);
     let mut stopped = Box::pin(stop.stopped());
     loop {
         ready.store(true, Ordering::Release);
         tracing::info!(%identity, lease = %lease_name, "standing by for leadership");
-        let leads = async {
-            while !*leader.borrow_and_update() {
-                if leader.changed().await.is_err() {
-                    return false;
-                }
-            }
-            true
-        };
+        let leads = leadership.wait_for(|standing| *standing == Leadership::Leading);
         let became_leader = tokio::select! {
-            leads = leads => leads,
+            leads = leads => leads.is_ok(),
             () = &mut stopped => false,
         };
         if !became_leader {
@@ -415,7 +415,7 @@ async fn lead(operator: &Operator, stop: &Stop) -> Result<(), StartError> {
             let ready = ready.clone();
             move || ready.store(true, Ordering::Release)
         };
-        let mut lost = leader.clone();
+        let mut lost = leadership.clone();
         let controller = controller::run(
             operator.kube.clone(),
             &operator.namespaces,
@@ -429,17 +429,28 @@ async fn lead(operator: &Operator, stop: &Stop) -> Result<(), StartError> {
         // the new leader reconciles the same connections (a duplicate rule or property).
         tokio::select! {
             () = controller => {}
-            _ = lost.wait_for(|leads| !*leads) => {}
+            _ = lost.wait_for(|standing| *standing != Leadership::Leading) => {}
         }
         if stop.requested() {
             break;
         }
-        tracing::warn!(%identity, "lost leadership: the controller stopped");
+        if *leadership.borrow() == Leadership::Lapsed {
+            tracing::warn!(
+                %identity,
+                lease = %lease_name,
+                duration = ?lease_duration,
+                "lost leadership: the Lease could not be renewed within its duration (is the API server \
+                 answering?): the controller stopped; leading again once it is renewed"
+            );
+        } else {
+            tracing::warn!(%identity, "lost leadership: the controller stopped");
+        }
         // The new leader reports the connections now; stale series here would contradict it.
         operator.context.metrics.connections.clear();
     }
-    // Dropping the receiver makes the lease task release the Lease for the next leader.
-    drop(leader);
+    // Dropping the receiver stops the follower, which drops the lease manager's receiver: the
+    // lease task releases the Lease for the next leader.
+    drop(leadership);
     let _ = lease_task.await;
     Ok(())
 }

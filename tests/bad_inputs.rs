@@ -21,7 +21,7 @@ use std::{collections::BTreeMap, time::Duration};
 use k8s_openapi::{ByteString, jiff::Timestamp};
 use kube::api::{Api, Patch, PatchParams, ValidationDirective};
 use servicenow_operator::{
-    api::{ServiceNowConnection, duration},
+    api::{RECONCILE_REQUESTED_AT, RECONNECT, ServiceNowConnection, SyncState, duration, request},
     http::consent_state,
     secrets,
     servicenow::{
@@ -34,6 +34,7 @@ use snowsim::{Fault, FaultAction, drive};
 use support::{
     TestNamespace, install_crd,
     instance::{AGENT, APP, HOST},
+    scene::Scene,
 };
 
 /// One input and the words its error must contain.
@@ -551,4 +552,34 @@ async fn each_broken_answer_of_an_instance_is_a_clear_error() {
     server.admin().clear_faults();
     client.current_user(&instance, &token).await.unwrap();
     client.refresh_token(&instance, &credentials, &refresh).await.unwrap();
+}
+
+/// Request annotations as large as the API server takes: the status records their digest, not the
+/// values (`api::request`), and each request is handled.
+#[tokio::test]
+async fn huge_request_annotations_are_recorded_in_the_status_as_digests() {
+    let scene = Scene::new(serde_json::json!({})).await;
+    let operator = scene.start_operator(&[]).await;
+    scene
+        .wait_for("READY_TO_SYNC", |s| s.sync_state == Some(SyncState::ReadyToSync))
+        .await;
+    let reconcile = "r".repeat(100 * 1024);
+    let reconnect = "c".repeat(100 * 1024);
+    let (reconcile_recorded, reconnect_recorded) = (request::recorded(&reconcile), request::recorded(&reconnect));
+    assert!(
+        reconcile_recorded.starts_with(request::DIGEST_PREFIX),
+        "{reconcile_recorded}"
+    );
+    scene.annotate(RECONCILE_REQUESTED_AT, &reconcile).await;
+    scene.annotate(RECONNECT, &reconnect).await;
+    let status = scene
+        .wait_for("both requests recorded as digests", |s| {
+            s.last_handled_reconcile_at.as_deref() == Some(reconcile_recorded.as_str())
+                && s.last_handled_reconnect_at.as_deref() == Some(reconnect_recorded.as_str())
+        })
+        .await;
+    let written = serde_json::to_string(&status).expect("the status as JSON");
+    assert!(written.len() < 16 * 1024, "a status of {} bytes", written.len());
+    assert_eq!(status.sync_state, Some(SyncState::ReadyToSync));
+    drop(operator);
 }

@@ -21,7 +21,7 @@ use servicenow_operator::{
 use support::{
     audit::AuditLog,
     conditions::assert_condition,
-    consent::{CALLBACK, browser, calls_to, consent_as, consent_url},
+    consent::{CALLBACK, browser, calls_to, consent_as, consent_url, new_consent_url},
     instance::{AGENT, HOST},
     operator::{Operator, free_port},
     scene::{CONNECTION, RULE_QUERY, Scene, TOKEN_SECRET, ready_connection},
@@ -120,17 +120,6 @@ async fn snapshot(scene: &Scene) -> (Option<String>, String, String) {
         serde_json::to_string(connection.annotations()).unwrap(),
         serde_json::to_string(&connection.status).unwrap(),
     )
-}
-
-/// Waits until the status carries a consent URL other than `old`.
-async fn new_consent_url(scene: &Scene, old: &str) -> String {
-    scene
-        .wait_for("a new consentUrl", |s| {
-            s.consent_url.as_deref().is_some_and(|url| url != old)
-        })
-        .await
-        .consent_url
-        .expect("a consentUrl")
 }
 
 #[tokio::test]

@@ -19,7 +19,7 @@ use kube::{
     Api,
     api::{Patch, PatchParams},
 };
-use servicenow_operator::api::{ServiceNowConnectionStatus, SyncState, conditions::Reason};
+use servicenow_operator::api::{SyncState, conditions::Reason};
 use snowsim::{Fault, FaultAction};
 use support::{
     conditions::{assert_condition, condition},
@@ -28,7 +28,7 @@ use support::{
     instance,
     operator::{Operator, free_port},
     poll_until,
-    scene::{CONNECTION, LEGACY_QUERY, PROPERTY_QUERY, RULE_QUERY, Scene},
+    scene::{CONNECTION, Scene, assert_one_rule_and_one_property},
 };
 
 /// `METHOD path → status` of a request-log entry, a record's sys_id in the path as `{sys_id}`.
@@ -40,43 +40,6 @@ fn call(entry: &snowsim::RequestLogEntry) -> String {
         _ => entry.path.clone(),
     };
     format!("{} {path} → {}", entry.method, entry.status)
-}
-
-/// The invariants after a fault: exactly one rule and one property on the instance (the legacy
-/// rule gone), each created by exactly one request — beyond the `faulted` creates of the rule the
-/// instance refused to carry out — and `status` naming them. `after` says which fault, for the
-/// messages.
-fn assert_one_rule_and_one_property(scene: &Scene, status: ServiceNowConnectionStatus, faulted: usize, after: &str) {
-    let admin = scene.simulator.admin();
-    let rules = admin.records("sys_script", RULE_QUERY);
-    assert_eq!(rules.len(), 1, "{after}: exactly one rule: {rules:#?}");
-    let properties = admin.records("sys_properties", PROPERTY_QUERY);
-    assert_eq!(properties.len(), 1, "{after}: exactly one property: {properties:#?}");
-    assert!(
-        admin.records("sys_script", LEGACY_QUERY).is_empty(),
-        "{after}: the legacy rule is left"
-    );
-    let log = admin.request_log();
-    for (table, faulted) in [("sys_script", faulted), ("sys_properties", 0)] {
-        let creates = log
-            .iter()
-            .filter(|c| c.method == "POST" && c.path.ends_with(&format!("/table/{table}")))
-            .count();
-        assert_eq!(
-            creates,
-            1 + faulted,
-            "{after}: {table} created {creates} times, {faulted} faulted"
-        );
-    }
-    let webhook = status.webhook.expect("webhook status");
-    assert_eq!(
-        webhook.business_rule_sys_id.as_deref(),
-        Some(rules[0]["sys_id"].as_str())
-    );
-    assert_eq!(
-        webhook.callback_property_sys_id.as_deref(),
-        Some(properties[0]["sys_id"].as_str())
-    );
 }
 
 /// Provisions with a legacy rule to delete (so the first provisioning makes every kind of write),

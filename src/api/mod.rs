@@ -6,6 +6,7 @@ pub mod conditions;
 pub mod duration;
 mod key;
 pub mod paths;
+pub mod request;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::{CustomResource, KubeSchema};
@@ -315,7 +316,9 @@ pub struct ServiceNowConnectionStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub capabilities: Option<Capabilities>,
 
-    /// The value of the `neoagent.io/reconcile-requested-at` annotation last acted on.
+    /// The value of the `neoagent.io/reconcile-requested-at` annotation last acted on (as in the
+    /// other `lastHandled*At`: a value over 253 bytes is recorded as `sha256:` + its base64url
+    /// digest).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_handled_reconcile_at: Option<String>,
 

@@ -124,6 +124,18 @@ fn unavailable() -> Response {
     )
 }
 
+/// The page for a consent whose token could not be stored once its state was used (the token just
+/// issued is revoked): a reload would be refused as a used state, so it says to start again.
+fn unstored() -> Response {
+    page(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "Try again",
+        &format!(
+            "The operator could not reach the Kubernetes API, so nothing was stored and the token just issued was revoked. {START_AGAIN}"
+        ),
+    )
+}
+
 /// Reads the connection `namespace/name`; `None` when it does not exist or cannot be read (logged,
 /// never shown).
 async fn load<S>(context: &ConsentContext<S>, namespace: &str, name: &str) -> Result<Option<ServiceNowConnection>, ()> {
@@ -459,13 +471,13 @@ async fn finish<S: ServiceNow>(context: &ConsentContext<S>, headers: &HeaderMap,
         Err(error) => {
             tracing::error!(%error, connection = %verified.connection, "failed to read the token Secret");
             revoke_token(&stored.refresh_token, "unstored").await;
-            return unavailable();
+            return unstored();
         }
     };
     if let Err(error) = secrets::write_token(&secrets_api, &secret_name, &connection, &stored).await {
         tracing::error!(%error, connection = %verified.connection, "failed to store the refresh token");
         revoke_token(&stored.refresh_token, "unstored").await;
-        return unavailable();
+        return unstored();
     }
     tracing::info!(connection = %verified.connection, user = %user.user_name, "consent recorded");
     if let Some(replaced) = replaced.filter(|replaced| replaced.refresh_token != stored.refresh_token) {

@@ -63,3 +63,16 @@ reap() {
   while proc_running "$1"; do sleep 0.05; done
   wait "$1" 2>/dev/null || REAPED_STATUS=$?
 }
+
+# launch_component DIR PROGRAM NAME ARGS...: runs PROGRAM ARGS... in the background, detached from
+# our stdin/stdout/stderr (a caller reading our output must see EOF when we return), log in
+# DIR/logs/NAME.log, pid in DIR/pids/NAME, and the whole command line (NUL-separated) in
+# DIR/pids/NAME.cmd, so that tests/envtest/restart starts it again exactly so.
+launch_component() {
+  local dir=$1 program=$2 name=$3
+  shift 3
+  echo "--- $(date -u +%FT%TZ) $name $*" >>"$dir/logs/$name.log"
+  printf '%s\0' "$program" "$@" >"$dir/pids/$name.cmd"
+  "$program" "$@" </dev/null >>"$dir/logs/$name.log" 2>&1 &
+  record_pid "$dir/pids/$name" $!
+}

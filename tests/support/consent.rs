@@ -37,6 +37,17 @@ pub async fn consent_url(scene: &Scene) -> String {
     status.consent_url.expect("a consentUrl")
 }
 
+/// Waits until the status carries a consent URL other than `old`.
+pub async fn new_consent_url(scene: &Scene, old: &str) -> String {
+    scene
+        .wait_for("a new consentUrl", |s| {
+            s.consent_url.as_deref().is_some_and(|url| url != old)
+        })
+        .await
+        .consent_url
+        .expect("a consentUrl")
+}
+
 /// The requests the scene's instance answered on `path`.
 pub fn calls_to(scene: &Scene, path: &str) -> usize {
     scene

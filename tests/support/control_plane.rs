@@ -25,6 +25,8 @@ use super::poll_until;
 
 /// Where `tests/envtest/up` lives, relative to the repository.
 const UP_SCRIPT: &str = "tests/envtest/up";
+/// Where `tests/envtest/restart` lives, relative to the repository.
+const RESTART_SCRIPT: &str = "tests/envtest/restart";
 /// How long a new control plane may take to answer its first request.
 const FIRST_REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
 /// The `User-Agent` of every request the test harness's own clients make, so that counts of the
@@ -72,18 +74,85 @@ pub async fn control_plane() -> &'static ControlPlane {
     }
 }
 
+/// A control plane of this process's own, started even when `ENVTEST_KUBECONFIG` names a shared one:
+/// for a test binary whose tests stop and restart its processes ([`ControlPlane::restart`]), which
+/// would break every other binary's tests on a shared one. Call it before anything else asks for
+/// the control plane ([`control_plane`], [`install_crd`], a scene): they use this one from then on.
+/// Panics with the reason when it cannot be started, or when the process attached to a shared one
+/// already.
+pub async fn private_control_plane() -> &'static ControlPlane {
+    let plane =
+        tokio::task::spawn_blocking(|| CONTROL_PLANE.get_or_init(|| ControlPlane::open(ControlPlane::start()?)))
+            .await
+            .expect("the thread starting the control plane panicked");
+    match plane {
+        Ok(plane) if plane.started_in.is_some() => plane,
+        Ok(plane) => panic!(
+            "this process attached to the shared control plane {} before asking for a private one",
+            plane.kubeconfig_path.display()
+        ),
+        Err(reason) => panic!("no private Kubernetes control plane: {reason}"),
+    }
+}
+
+/// A component of the control plane that [`ControlPlane::restart`] takes away and brings back.
+#[derive(Clone, Copy, Debug)]
+pub enum Component {
+    /// kube-apiserver, killed (SIGKILL).
+    ApiServer,
+    /// etcd, stopped (SIGTERM).
+    Etcd,
+}
+
 impl ControlPlane {
+    /// Takes `component` away for `down_for` and starts it again as it was (`tests/envtest/restart`);
+    /// returns once it serves again. Blocking: run it on a blocking thread while the test observes.
+    /// Panics when this process did not start the control plane (see [`private_control_plane`]) or
+    /// the restart fails (with its output).
+    pub fn restart(&self, component: Component, down_for: Duration) -> Duration {
+        let dir = self
+            .started_in
+            .as_deref()
+            .expect("only a control plane this process started is restarted (private_control_plane)");
+        let name = match component {
+            Component::ApiServer => "apiserver",
+            Component::Etcd => "etcd",
+        };
+        let started = std::time::Instant::now();
+        let output = Command::new("bash")
+            .arg(repo_path(RESTART_SCRIPT))
+            .arg(dir)
+            .args([name, "--down-for", &down_for.as_secs().to_string()])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|error| panic!("could not run {RESTART_SCRIPT}: {error}"));
+        let log = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            output.status.success(),
+            "`{RESTART_SCRIPT} {} {name}` failed ({}):\n{log}",
+            dir.display(),
+            output.status
+        );
+        eprintln!("{log}");
+        started.elapsed()
+    }
+
     fn start_or_attach() -> Result<Self, String> {
+        match std::env::var_os("ENVTEST_KUBECONFIG") {
+            Some(path) => Self::open(Self::attach(PathBuf::from(path))?),
+            None => Self::open(Self::start()?),
+        }
+    }
+
+    fn open((kubeconfig_path, bin_dir, started_in): (PathBuf, PathBuf, Option<PathBuf>)) -> Result<Self, String> {
         // kube's rustls needs a process-wide provider; the project builds rustls with ring only.
         // An error only means another part of the process installed one first.
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let (kubeconfig_path, bin_dir, started_in) = match std::env::var_os("ENVTEST_KUBECONFIG") {
-            Some(path) => Self::attach(PathBuf::from(path))?,
-            None => Self::start()?,
-        };
         let (config, server_version) = load_and_check(&kubeconfig_path)?;
         let env_file = kubeconfig_path.with_file_name("env");
+        // The environment names the audit log of an attached control plane only.
         let audit_log = std::env::var_os("ENVTEST_AUDIT_LOG")
+            .filter(|_| started_in.is_none())
             .map(PathBuf::from)
             .or_else(|| value_from_env_file(&env_file, "ENVTEST_AUDIT_LOG").map(PathBuf::from))
             .ok_or_else(|| {

@@ -4,7 +4,8 @@
 //! * [`audit`]: the requests the API server received for a test's namespace, from its audit log:
 //!   how "no write" is counted.
 //! * [`control_plane`]: the one real control plane all tests of a test binary share (started or
-//!   attached, see there), and the CRD installed on it ([`install_crd`]).
+//!   attached, see there) or a private one its tests restart parts of, and the CRD installed on it
+//!   ([`install_crd`]).
 //! * [`namespace`]: a fresh [`TestNamespace`] per test, deleted on drop and dumped on failure.
 //! * [`instance`]: a snowsim instance and the credentials a platform team would hold for it.
 //! * [`operator`]: the operator binary as a child process, its logs and metrics.

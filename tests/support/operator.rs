@@ -266,6 +266,11 @@ impl Operator {
         fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// Whether the process still runs (it has not exited).
+    pub fn running(&mut self) -> bool {
+        self.child.try_wait().expect("check on the operator").is_none()
+    }
+
     /// Kills the process at once (SIGKILL), as a crash would.
     pub fn kill(&mut self) {
         let _ = self.child.kill();
@@ -332,7 +337,8 @@ fn controller_command(
         // per test, so concurrent tests never wait for each other's leader. Through the
         // environment, as the chart does, so that `env` can override it.
         .env("POD_NAMESPACE", namespace)
-        .args(["--lease-duration", "3s"])
+        // Through the environment, so that a test's `--lease-duration` takes precedence.
+        .env("LEASE_DURATION", "3s")
         .args(["--resolve", &format!("{HOST}={instance}")])
         .arg("--ca-bundle")
         .arg(&ca)

@@ -488,6 +488,48 @@ impl Scene {
     }
 }
 
+/// The invariants after a fault: exactly one rule and one property on the instance (the legacy
+/// rule gone), each created by exactly one request — beyond the `faulted` creates of the rule the
+/// instance refused to carry out — and `status` naming them. `after` says which fault, for the
+/// messages.
+pub fn assert_one_rule_and_one_property(
+    scene: &Scene,
+    status: ServiceNowConnectionStatus,
+    faulted: usize,
+    after: &str,
+) {
+    let admin = scene.simulator.admin();
+    let rules = admin.records("sys_script", RULE_QUERY);
+    assert_eq!(rules.len(), 1, "{after}: exactly one rule: {rules:#?}");
+    let properties = admin.records("sys_properties", PROPERTY_QUERY);
+    assert_eq!(properties.len(), 1, "{after}: exactly one property: {properties:#?}");
+    assert!(
+        admin.records("sys_script", LEGACY_QUERY).is_empty(),
+        "{after}: the legacy rule is left"
+    );
+    let log = admin.request_log();
+    for (table, faulted) in [("sys_script", faulted), ("sys_properties", 0)] {
+        let creates = log
+            .iter()
+            .filter(|c| c.method == "POST" && c.path.ends_with(&format!("/table/{table}")))
+            .count();
+        assert_eq!(
+            creates,
+            1 + faulted,
+            "{after}: {table} created {creates} times, {faulted} faulted"
+        );
+    }
+    let webhook = status.webhook.expect("webhook status");
+    assert_eq!(
+        webhook.business_rule_sys_id.as_deref(),
+        Some(rules[0]["sys_id"].as_str())
+    );
+    assert_eq!(
+        webhook.callback_property_sys_id.as_deref(),
+        Some(properties[0]["sys_id"].as_str())
+    );
+}
+
 /// A [`Scene`] with an operator running and the connection READY_TO_SYNC.
 pub struct Ready {
     /// The operator (declared first: it stops before the namespace goes).

@@ -29,7 +29,7 @@ use crate::{
     api::{
         CONSENT_RESULT, Capabilities, ConditionType, ConsentSession, ConsentTicket, Identity, RECONCILE_REQUESTED_AT,
         RECONNECT, RECONSENT, ServiceNowConnection, ServiceNowConnectionSpec, ServiceNowConnectionStatus, TokenStatus,
-        WebhookStatus, conditions::Reason, duration, paths,
+        WebhookStatus, conditions::Reason, duration, paths, request::recorded,
     },
     provision::{self, Desired, Step},
     secrets::{CredentialsError, OwnedSecret, StoredToken},
@@ -161,7 +161,7 @@ pub fn reconnect_request<'a>(
     connection
         .annotations()
         .get(RECONNECT)
-        .filter(|request| Some(*request) != status.last_handled_reconnect_at.as_ref())
+        .filter(|request| status.last_handled_reconnect_at.as_deref() != Some(recorded(request).as_str()))
 }
 
 /// The `neoagent.io/reconsent` request not handled yet, if any.
@@ -172,7 +172,7 @@ pub fn reconsent_request<'a>(
     connection
         .annotations()
         .get(RECONSENT)
-        .filter(|request| Some(*request) != status.last_handled_reconsent_at.as_ref())
+        .filter(|request| status.last_handled_reconsent_at.as_deref() != Some(recorded(request).as_str()))
 }
 
 /// The spec checks the API server could not make: the instance URL (parsed, for `gather`) and the
@@ -338,7 +338,7 @@ fn steps(
             }
             plan.acts.push(Act::ForgetStoredToken);
             plan.acts.push(Act::ForgetAccessToken);
-            plan.status.last_handled_reconsent_at = Some(request);
+            plan.status.last_handled_reconsent_at = Some(recorded(&request));
             None
         }
         None => layer(&gathered.stored, "token Secret")?.as_ref(),
@@ -742,12 +742,12 @@ pub fn conclude(connection: &ServiceNowConnection, plan: Plan, outcome: Outcome,
     let old = connection.status.clone().unwrap_or_default();
     status.last_handled_reconcile_at = annotations
         .get(RECONCILE_REQUESTED_AT)
-        .cloned()
+        .map(|value| recorded(value))
         .or(old.last_handled_reconcile_at.clone());
     let every = duration::parse(&connection.spec.resync_interval).unwrap_or(DEFAULT_RESYNC);
     let next = match end {
         Ok(()) => {
-            status.last_handled_reconnect_at = annotations.get(RECONNECT).cloned();
+            status.last_handled_reconnect_at = annotations.get(RECONNECT).map(|value| recorded(value));
             status::summarise(&mut status, Progress::Ready, None, generation, now);
             Next::Resync { every, due }
         }
