@@ -8,7 +8,10 @@
 //!   refuses through the CRD's schema and CEL rules (dry run, server-side apply, strict fields);
 //! * `each_broken_answer_of_an_instance_is_a_clear_error`: answers no Table API should give
 //!   (HTML, empty, truncated JSON, wrong shapes, 10 MiB), served by snowsim over HTTPS to the
-//!   operator's own client.
+//!   operator's own client; `each_broken_batch_answer_is_the_error_of_the_read_sent_alone`: the
+//!   same for the Batch API request that carries a drift check's reads (missing or unserviced
+//!   items, bodies that are not Base64, sub-answers 401/403/429/5xx, a whole answer that is not a
+//!   batch answer).
 //!
 //! The webhook receiver's HTTP-level refusals (65 KiB bodies, wrong media type, unsigned, replayed)
 //! are in `tests/webhook.rs`; the consent endpoints' in `tests/consent.rs` and
@@ -25,7 +28,8 @@ use servicenow_operator::{
     http::consent_state,
     secrets,
     servicenow::{
-        Client, ClientConfig, ClientCredentials, InstanceUrl, NoObserver, SecretString, ServiceNow, query::EncodedQuery,
+        Client, ClientConfig, ClientCredentials, InstanceUrl, Lookup, NoObserver, SecretString, ServiceNow,
+        query::EncodedQuery,
     },
     ticket,
     webhook::event,
@@ -582,4 +586,176 @@ async fn huge_request_annotations_are_recorded_in_the_status_as_digests() {
     assert!(written.len() < 16 * 1024, "a status of {} bytes", written.len());
     assert_eq!(status.sync_state, Some(SyncState::ReadyToSync));
     drop(operator);
+}
+
+/// The reads of a drift check, as the operator asks for them.
+fn drift_check(user_sys_id: &str) -> Lookup<'_> {
+    Lookup {
+        user_sys_id,
+        roles: &["itil", "admin"],
+        rule_names: &[servicenow_operator::provision::RULE_NAME],
+        property_name: servicenow_operator::provision::PROPERTY_NAME,
+    }
+}
+
+/// A batch answer: the roles' item (id 1) as `first`, the two others served empty.
+fn batch_answer(first: serde_json::Value) -> String {
+    use base64::Engine as _;
+    let empty = base64::engine::general_purpose::STANDARD.encode(r#"{"result":[]}"#);
+    let fine =
+        |id: &str| serde_json::json!({"id": id, "status_code": 200, "status_text": "OK", "headers": [], "body": empty});
+    serde_json::json!({
+        "batch_request_id": "1",
+        "serviced_requests": [first, fine("2"), fine("3")],
+        "unserviced_requests": [],
+    })
+    .to_string()
+}
+
+#[tokio::test]
+async fn each_broken_batch_answer_is_the_error_of_the_read_sent_alone() {
+    use base64::Engine as _;
+    let (server, client, instance, token) = instance().await;
+    let user = client.current_user(&instance, &token).await.unwrap();
+    let lookup = drift_check(&user.sys_id);
+    let roles_path = "/api/now/v2/table/sys_user_has_role";
+    let envelope = |message: &str| format!(r#"{{"error":{{"message":"{message}","detail":null}},"status":"failure"}}"#);
+    // Sub-answers: each gives the error the read gets when the instance answers it so alone.
+    let sub_answers: Vec<(u16, &str, String)> = vec![
+        (401, "application/json", envelope("User Not Authenticated")),
+        (403, "application/json", envelope("Operation Failed")),
+        (403, "application/json", envelope("Missing required api access scope")),
+        (429, "application/json", envelope("Rate limit exceeded")),
+        (500, "application/json", String::new()),
+        (503, "text/html", "<html>down</html>".to_owned()),
+        (200, "application/json", "{\"result\":\"none\"}".to_owned()),
+        (400, "application/json", envelope("Invalid query")),
+    ];
+    let mut wrong = Vec::new();
+    for (status, content_type, body) in sub_answers {
+        server.admin().clear_faults();
+        server
+            .admin()
+            .inject_fault(Fault::new(roles_path, page(status, content_type, body.clone())));
+        let alone = client
+            .user_roles(&instance, &token, &user.sys_id, lookup.roles)
+            .await
+            .err()
+            .map(|error| error.to_string());
+        server.admin().clear_faults();
+        let item = serde_json::json!({
+            "id": "1", "status_code": status, "status_text": "",
+            "headers": [{"name": "Content-Type", "value": content_type}],
+            "body": base64::engine::general_purpose::STANDARD.encode(&body),
+        });
+        server.admin().inject_fault(Fault::new(
+            snowsim::batch::PATH,
+            page(200, "application/json", batch_answer(item)),
+        ));
+        let found = client.lookup(&instance, &token, &lookup).await;
+        let batched = found.roles.as_ref().err().map(ToString::to_string);
+        if alone.is_none() || alone != batched {
+            wrong.push(format!(
+                "HTTP {status} {body:.40}: alone {alone:?}, batched {batched:?}"
+            ));
+        }
+        if !matches!(found.records, Some(Ok(_))) {
+            wrong.push(format!(
+                "HTTP {status}: the records' items were fine: {:?}",
+                found.records
+            ));
+        }
+    }
+    // Answers only a batch can give.
+    let only_batch: Vec<(String, &str)> = vec![
+        (
+            serde_json::json!({"serviced_requests": [], "unserviced_requests": ["1", "2", "3"]}).to_string(),
+            "its batch reached a size or time limit (unserviced)",
+        ),
+        (
+            serde_json::json!({"serviced_requests": [], "unserviced_requests": []}).to_string(),
+            "lists neither an answer for this call nor the call as unserviced",
+        ),
+        (
+            batch_answer(serde_json::json!({"id": "1", "status_code": 200, "body": "not base64!"})),
+            "has a body that is not Base64",
+        ),
+        (
+            batch_answer(serde_json::json!({"id": "1", "body": ""})),
+            "has no valid status_code",
+        ),
+        (
+            "<html><body>gateway</body></html>".to_owned(),
+            "HTTP 200 with a body that is not a batch answer",
+        ),
+    ];
+    for (answer, expected) in only_batch {
+        server.admin().clear_faults();
+        server.admin().inject_fault(Fault::new(
+            snowsim::batch::PATH,
+            page(200, "application/json", answer.clone()),
+        ));
+        match client.lookup(&instance, &token, &lookup).await.roles {
+            Err(error) if error.to_string().contains(expected) => {
+                assert!(
+                    error.to_string().contains("list sys_user_has_role") || expected.contains("batch answer"),
+                    "{error}"
+                );
+                assert!(!error.to_string().contains(token.expose()), "{error}");
+            }
+            outcome => wrong.push(format!("{answer:.60}: expected {expected:?}, got {outcome:?}")),
+        }
+    }
+    // The batch itself refused: a failed batch fails the roles, the records unread.
+    for (status, expected) in [(401, "401 Unauthorized"), (500, "the instance failed with HTTP 500")] {
+        server.admin().clear_faults();
+        server.admin().inject_fault(Fault::new(
+            snowsim::batch::PATH,
+            page(status, "application/json", envelope("x")),
+        ));
+        let found = client.lookup(&instance, &token, &lookup).await;
+        match (&found.roles, &found.records) {
+            (Err(error), None) if error.to_string().contains(expected) => {}
+            outcome => wrong.push(format!("batch HTTP {status}: expected {expected:?}, got {outcome:?}")),
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+    // Without the faults the same lookup succeeds: the errors were the answers'.
+    server.admin().clear_faults();
+    let found = client.lookup(&instance, &token, &lookup).await;
+    assert!(found.roles.unwrap().contains(&"itil".to_owned()));
+    assert!(matches!(found.records, Some(Ok(_))), "{:?}", found.records);
+}
+
+#[tokio::test]
+async fn an_instance_that_refuses_batches_is_read_apart_and_not_sent_one_again() {
+    let (server, client, instance, token) = instance().await;
+    let user = client.current_user(&instance, &token).await.unwrap();
+    let lookup = drift_check(&user.sys_id);
+    let expected = client.lookup(&instance, &token, &lookup).await;
+    let expected = (expected.roles.unwrap(), expected.records.map(Result::unwrap));
+    // The Batch API unknown to the instance (as `/api/now/batch` is): 400 "Requested URI does not
+    // represent any resource".
+    let unknown =
+        r#"{"error":{"message":"Requested URI does not represent any resource","detail":null},"status":"failure"}"#;
+    server
+        .admin()
+        .inject_fault(Fault::new(snowsim::batch::PATH, page(400, "application/json", unknown)));
+    server.admin().clear_request_log();
+    for round in ["refused", "remembered"] {
+        let found = client.lookup(&instance, &token, &lookup).await;
+        let found = (found.roles.unwrap(), found.records.map(Result::unwrap));
+        assert_eq!(found, expected, "{round}: the same answers apart");
+    }
+    let log = server.admin().request_log();
+    let batches = log.iter().filter(|c| c.path == snowsim::batch::PATH).count();
+    assert_eq!(batches, 1, "a batch sent again: {log:#?}");
+    let apart = |table: &str| {
+        log.iter()
+            .filter(|c| !c.batch_item && c.method == "GET" && c.path.ends_with(table))
+            .count()
+    };
+    for table in ["/sys_user_has_role", "/sys_script", "/sys_properties"] {
+        assert_eq!(apart(table), 2, "{table} not read apart each time: {log:#?}");
+    }
 }

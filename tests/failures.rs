@@ -28,9 +28,7 @@ const WRONG_SECRET: &str = "not-the-client-secret-0f9e8d7c";
 
 /// The calls that changed something on the instance.
 fn writes(log: &[RequestLogEntry]) -> Vec<&RequestLogEntry> {
-    log.iter()
-        .filter(|c| c.path.starts_with("/api/") && c.method != "GET")
-        .collect()
+    log.iter().filter(|c| c.is_write()).collect()
 }
 
 /// Asserts that the connection's Events hold a Warning with `reason` for condition `type_`.

@@ -82,7 +82,8 @@ async fn first_provisioning_calls() -> Vec<String> {
 #[tokio::test]
 async fn an_operator_killed_after_each_call_of_a_first_provisioning_ends_with_one_rule_and_one_property() {
     let calls = first_provisioning_calls().await;
-    // refresh, identity, roles, the lookups, then the three writes.
+    // refresh, identity, roles, the batch of lookups (its items logged each, then the batch), then
+    // the three writes.
     for write in [
         "POST /api/now/v2/table/sys_properties",
         "POST /api/now/v2/table/sys_script",

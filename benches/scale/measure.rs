@@ -100,6 +100,10 @@ impl ApiRequests {
 pub struct InstanceCalls {
     pub token: usize,
     pub reads: usize,
+    /// Batch API requests (`POST /api/now/v1/batch`): one call each.
+    pub batches: usize,
+    /// The items of those batches (logged each): not calls of their own.
+    pub batched: usize,
     pub writes: usize,
     pub other: usize,
 }
@@ -111,6 +115,8 @@ impl InstanceCalls {
         for admin in instances {
             for call in admin.request_log() {
                 match (call.path.as_str(), call.method.as_str()) {
+                    _ if call.batch_item => calls.batched += 1,
+                    (snowsim::batch::PATH, _) => calls.batches += 1,
                     ("/oauth_token.do", _) => calls.token += 1,
                     (path, "GET") if path.starts_with("/api/") => calls.reads += 1,
                     (path, _) if path.starts_with("/api/") => calls.writes += 1,
@@ -122,18 +128,20 @@ impl InstanceCalls {
         calls
     }
 
-    /// Every call.
+    /// Every call (a batch is one, whatever it carries).
     pub fn total(&self) -> usize {
-        self.token + self.reads + self.writes + self.other
+        self.token + self.reads + self.batches + self.writes + self.other
     }
 
-    /// `token + reads + writes (+ other)` per unit.
+    /// `token + reads + batches + writes (+ other)` per unit, and the batches' items.
     pub fn per(&self, units: f64) -> String {
         format!(
-            "{:.2} calls: {:.2} token, {:.2} reads, {:.2} writes, {:.2} other",
+            "{:.2} calls: {:.2} token, {:.2} reads, {:.2} batches (of {:.2} items), {:.2} writes, {:.2} other",
             self.total() as f64 / units,
             self.token as f64 / units,
             self.reads as f64 / units,
+            self.batches as f64 / units,
+            self.batched as f64 / units,
             self.writes as f64 / units,
             self.other as f64 / units
         )

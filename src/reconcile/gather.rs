@@ -1,6 +1,8 @@
 //! Phase 1, gather: all that a reconcile reads, in order — the credentials Secret, the stored
 //! refresh token, an access token (from memory, or one refresh at the instance), the OAuth user
-//! and its roles, the connection's webhook token, and the webhook records on the instance. A layer
+//! (once per token origin, then from memory), its roles and the webhook records on the instance
+//! (one Batch API call: `ServiceNow::lookup`; until the stored status says the roles passed, the
+//! roles are read alone first), and the connection's webhook token. A layer
 //! is read only when the one before it succeeded and `decide` could use it (a failure is kept, as
 //! it is, for `decide` to explain); nothing here sets a condition.
 //!
@@ -23,8 +25,9 @@ use super::{
 };
 use crate::{
     api::ServiceNowConnection,
+    provision::{LEGACY_RULE_NAME, PROPERTY_NAME, RULE_NAME},
     secrets::{self, CredentialsError, NotOwned, SecretError, Secrets, StoredToken},
-    servicenow::{self, ClientCredentials, InstanceUrl, SecretString, ServiceNow},
+    servicenow::{self, ClientCredentials, InstanceUrl, Lookup, ServiceNow, User},
 };
 
 /// Gathers for `connection`. `Err` only when the Kubernetes API failed (retried with backoff).
@@ -76,7 +79,7 @@ pub async fn gather<S: ServiceNow>(
         return Ok(gathered);
     };
 
-    let access = match access_token(context, &connection_key, instance, &credentials, &stored).await {
+    let (access, known_user) = match access_token(context, &connection_key, instance, &credentials, &stored).await {
         Ok(access) => access,
         Err(error) => {
             gathered.access = Some(Err(error));
@@ -87,22 +90,44 @@ pub async fn gather<S: ServiceNow>(
     let token = &access.token;
 
     let servicenow = &context.servicenow;
-    let user = match servicenow.current_user(instance, token).await {
-        Ok(user) => user,
-        Err(error) => {
-            gathered.user = Some(Err(error));
-            return Ok(gathered);
-        }
+    let user = match known_user {
+        Some(user) => user,
+        None => match servicenow.current_user(instance, token).await {
+            Ok(user) => {
+                context.tokens.remember_user(&connection_key, token, &user).await;
+                user
+            }
+            Err(error) => {
+                gathered.user = Some(Err(error));
+                return Ok(gathered);
+            }
+        },
     };
     gathered.user = Some(Ok(user.clone()));
-    let roles = servicenow
-        .user_roles(instance, token, &user.sys_id, &decide::CHECKED_ROLES)
-        .await;
-    let acceptable = roles
-        .as_ref()
-        .is_ok_and(|roles| decide::identity(&connection.spec, &user, roles).is_ok());
-    gathered.roles = Some(roles);
-    if !acceptable {
+    let acceptable = |roles: &Result<Vec<String>, servicenow::Error>| {
+        roles
+            .as_ref()
+            .is_ok_and(|roles| decide::identity(&connection.spec, &user, roles).is_ok())
+    };
+    if !decide::identity_resolved(&status) {
+        let roles = servicenow
+            .user_roles(instance, token, &user.sys_id, &decide::CHECKED_ROLES)
+            .await;
+        if !acceptable(&roles) {
+            gathered.roles = Some(roles);
+            return Ok(gathered);
+        }
+    }
+    let lookup = Lookup {
+        user_sys_id: &user.sys_id,
+        roles: &decide::CHECKED_ROLES,
+        rule_names: &[RULE_NAME, LEGACY_RULE_NAME],
+        property_name: PROPERTY_NAME,
+    };
+    let found = servicenow.lookup(instance, token, &lookup).await;
+    let passed = acceptable(&found.roles);
+    gathered.roles = Some(found.roles);
+    if !passed {
         return Ok(gathered);
     }
 
@@ -115,7 +140,7 @@ pub async fn gather<S: ServiceNow>(
             return Ok(gathered);
         }
     }
-    gathered.records = Some(records(servicenow, instance, token).await);
+    gathered.records = found.records;
     Ok(gathered)
 }
 
@@ -145,52 +170,48 @@ pub async fn credentials(
 }
 
 /// The connection's access token: the one in memory while it is fresh and was obtained with these
-/// credentials and this refresh token, or else one refresh (single-flight per connection).
+/// credentials and this refresh token, or else one refresh (single-flight per connection); with
+/// the OAuth user behind it when already read for this origin.
 async fn access_token<S: ServiceNow>(
     context: &Context<S>,
     connection_key: &str,
     instance: &InstanceUrl,
     credentials: &ClientCredentials,
     stored: &StoredToken,
-) -> Result<Access, servicenow::Error> {
+) -> Result<(Access, Option<User>), servicenow::Error> {
     let origin = tokens::origin(&credentials.fingerprint(), &stored.refresh_token);
     let slot = context.tokens.slot(connection_key);
     let mut cached = slot.lock().await;
     let now = Instant::now();
     if let Some(token) = cached.as_ref().filter(|t| t.origin == origin && t.is_fresh(now)) {
-        return Ok(Access {
+        let access = Access {
             token: token.token.clone(),
             lifetime: token.expires_at.saturating_duration_since(now),
             refreshed: None,
-        });
+        };
+        return Ok((access, token.user.clone()));
     }
     let grant = context
         .servicenow
         .refresh_token(instance, credentials, &stored.refresh_token)
         .await?;
     let refresh_token = grant.refresh_token.unwrap_or_else(|| stored.refresh_token.clone());
+    let new_origin = tokens::origin(&credentials.fingerprint(), &refresh_token);
+    // The user behind the same credentials and refresh token is the same user.
+    let user = cached
+        .as_ref()
+        .filter(|t| t.origin == new_origin)
+        .and_then(|t| t.user.clone());
     *cached = Some(AccessToken {
         token: grant.access_token.clone(),
         expires_at: Instant::now() + grant.expires_in,
-        origin: tokens::origin(&credentials.fingerprint(), &refresh_token),
+        origin: new_origin,
+        user: user.clone(),
     });
-    Ok(Access {
+    let access = Access {
         token: grant.access_token,
         lifetime: grant.expires_in,
         refreshed: Some(Refreshed { refresh_token }),
-    })
-}
-
-/// The rules (current and legacy names, one read) and the callback properties (one read).
-async fn records<S: ServiceNow>(
-    servicenow: &S,
-    instance: &InstanceUrl,
-    token: &SecretString,
-) -> Result<InstanceRecords, servicenow::Error> {
-    use crate::provision::{LEGACY_RULE_NAME, PROPERTY_NAME, RULE_NAME};
-    let rules = servicenow
-        .business_rules(instance, token, &[RULE_NAME, LEGACY_RULE_NAME])
-        .await?;
-    let properties = servicenow.properties(instance, token, PROPERTY_NAME).await?;
-    Ok(InstanceRecords { rules, properties })
+    };
+    Ok((access, user))
 }

@@ -1,5 +1,7 @@
 //! The access tokens the operator holds, in memory only, one per connection: reused until
-//! shortly before they expire, refreshed once when several reconciles need one at the same time.
+//! shortly before they expire, refreshed once when several reconciles need one at the same time;
+//! with each, the OAuth user behind it, read once per origin (the user behind a refresh token
+//! cannot change).
 
 use crate::sync::LockExt as _;
 use std::{
@@ -8,7 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::servicenow::SecretString;
+use crate::servicenow::{SecretString, User};
 
 /// How long before its expiry an access token is refreshed.
 pub const REFRESH_AHEAD: Duration = Duration::from_secs(60);
@@ -23,6 +25,8 @@ pub struct AccessToken {
     /// Fingerprint of the credentials and refresh token it was obtained with: a change of either
     /// makes it unusable.
     pub origin: String,
+    /// The OAuth user behind the token, once read: kept across refreshes of the same origin.
+    pub user: Option<User>,
 }
 
 impl AccessToken {
@@ -47,6 +51,18 @@ impl TokenCache {
     pub fn slot(&self, key: &str) -> Arc<tokio::sync::Mutex<Option<AccessToken>>> {
         let mut slots = self.slots.locked();
         slots.entry(key.to_owned()).or_default().clone()
+    }
+
+    /// Keeps `user` with the token of `key`, if the slot still holds `access_token`.
+    pub async fn remember_user(&self, key: &str, access_token: &SecretString, user: &User) {
+        let slot = self.slot(key);
+        let mut cached = slot.lock().await;
+        if let Some(token) = cached
+            .as_mut()
+            .filter(|token| token.token.expose() == access_token.expose())
+        {
+            token.user = Some(user.clone());
+        }
     }
 
     /// Forgets the token of `key` (rejected token, re-consent).
@@ -94,6 +110,7 @@ mod tests {
             token: SecretString::new("t"),
             expires_at: now + Duration::from_secs(90),
             origin: String::new(),
+            user: None,
         };
         assert!(token.is_fresh(now));
         assert!(!token.is_fresh(now + Duration::from_secs(31)));
@@ -107,6 +124,7 @@ mod tests {
                 token: SecretString::new("t"),
                 expires_at: Instant::now() + Duration::from_secs(1800),
                 origin: String::new(),
+                user: None,
             });
         };
         let held = |cache: &TokenCache| cache.slot("itsm/acme").try_lock().expect("free").is_some();
@@ -127,6 +145,37 @@ mod tests {
             !held(&cache),
             "a connection created again under the same name starts afresh"
         );
+    }
+
+    #[tokio::test]
+    async fn the_user_is_kept_with_the_token_it_was_read_with_only() {
+        let cache = TokenCache::default();
+        let user = User {
+            sys_id: "u1".into(),
+            user_name: "neo.agent".into(),
+            display_name: String::new(),
+        };
+        let (t1, t2) = (SecretString::new("t1"), SecretString::new("t2"));
+        cache.remember_user("itsm/acme", &t1, &user).await;
+        assert!(cache.slot("itsm/acme").lock().await.is_none(), "no token, nothing kept");
+        *cache.slot("itsm/acme").lock().await = Some(AccessToken {
+            token: t1.clone(),
+            expires_at: Instant::now() + Duration::from_secs(1800),
+            origin: "o1".into(),
+            user: None,
+        });
+        cache.remember_user("itsm/acme", &t2, &user).await;
+        let kept = |cache: &TokenCache| {
+            cache
+                .slot("itsm/acme")
+                .try_lock()
+                .expect("free")
+                .as_ref()
+                .and_then(|t| t.user.clone())
+        };
+        assert_eq!(kept(&cache), None, "another token (replaced meanwhile)");
+        cache.remember_user("itsm/acme", &t1, &user).await;
+        assert_eq!(kept(&cache), Some(user));
     }
 
     #[test]

@@ -1,17 +1,18 @@
 //! [`Client`]: the real [`ServiceNow`], over HTTPS, and the mapping between the records and
 //! their Table API columns.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Instant};
 
 use serde_json::{Map, Value};
 
 use super::{
-    BusinessRule, BusinessRuleFields, ClientConfig, ClientCredentials, Error, ErrorKind, InstanceUrl, SecretString,
-    ServiceNow, SystemProperty, SystemPropertyFields, TokenGrant, User,
+    BusinessRule, BusinessRuleFields, ClientConfig, ClientCredentials, Error, ErrorKind, Found, InstanceRecords,
+    InstanceUrl, Lookup, SecretString, ServiceNow, SystemProperty, SystemPropertyFields, TokenGrant, User,
+    batch::{self, Outcome, Refusals},
     http::{Call, Transport},
     oauth,
     query::EncodedQuery,
-    table::{Record, SYS_PROPERTIES, SYS_SCRIPT, SYS_USER_HAS_ROLE, TableApi},
+    table::{Read, ReadAnswer, Record, SYS_PROPERTIES, SYS_SCRIPT, SYS_USER_HAS_ROLE, Table, TableApi},
 };
 
 /// Most records one list reads: the names the operator looks up have a handful of rows at most
@@ -53,6 +54,8 @@ const PROPERTY_COLUMNS: [&str; 7] = [
 #[derive(Clone)]
 pub struct Client {
     transport: Arc<Transport>,
+    /// The instances that refused a batch lately: their lookups are sent apart.
+    refusals: Arc<Refusals>,
 }
 
 impl std::fmt::Debug for Client {
@@ -66,7 +69,30 @@ impl Client {
     pub fn new(config: ClientConfig) -> Result<Self, Error> {
         Ok(Client {
             transport: Arc::new(Transport::new(config)?),
+            refusals: Arc::new(Refusals::default()),
         })
+    }
+
+    /// A [`Lookup`] as separate reads, roles first: the webhook records are read only when the
+    /// roles were.
+    async fn lookup_apart(&self, instance: &InstanceUrl, access_token: &SecretString, lookup: &Lookup<'_>) -> Found {
+        let roles = self
+            .user_roles(instance, access_token, lookup.user_sys_id, lookup.roles)
+            .await;
+        if roles.is_err() {
+            return Found { roles, records: None };
+        }
+        let records = async {
+            Ok(InstanceRecords {
+                rules: self.business_rules(instance, access_token, lookup.rule_names).await?,
+                properties: self.properties(instance, access_token, lookup.property_name).await?,
+            })
+        }
+        .await;
+        Found {
+            roles,
+            records: Some(records),
+        }
     }
 
     fn table<'a>(&'a self, instance: &'a InstanceUrl, access_token: &'a SecretString) -> TableApi<'a> {
@@ -146,20 +172,7 @@ impl ServiceNow for Client {
         names: &[&str],
     ) -> Result<Vec<String>, Error> {
         let api = self.table(instance, access_token);
-        let query = EncodedQuery::new()
-            .equals("user", user_sys_id)
-            .and_then(|query| query.equals("state", "active"))
-            .and_then(|query| query.any_of("role.name", names))
-            .map_err(|error| api.refused(SYS_USER_HAS_ROLE, error))?;
-        let records = api.list(SYS_USER_HAS_ROLE, &query, &["role.name"], LIST_LIMIT).await?;
-        let mut roles: Vec<String> = records
-            .iter()
-            .map(|record| record.text("role.name"))
-            .filter(|role| !role.is_empty())
-            .collect();
-        roles.sort();
-        roles.dedup();
-        Ok(roles)
+        roles(api.get(&roles_read(&api, user_sys_id, names)?).await?)
     }
 
     async fn business_rules(
@@ -169,12 +182,47 @@ impl ServiceNow for Client {
         names: &[&str],
     ) -> Result<Vec<BusinessRule>, Error> {
         let api = self.table(instance, access_token);
-        let query = EncodedQuery::new()
-            .any_of("name", names)
-            .and_then(|query| query.order_by("sys_created_on"))
-            .map_err(|error| api.refused(SYS_SCRIPT, error))?;
-        let records = api.list(SYS_SCRIPT, &query, &RULE_COLUMNS, LIST_LIMIT).await?;
-        records.iter().map(|record| rule(instance, record)).collect()
+        rules(api.get(&rules_read(&api, names)?).await?)
+    }
+
+    async fn lookup(&self, instance: &InstanceUrl, access_token: &SecretString, lookup: &Lookup<'_>) -> Found {
+        let api = self.table(instance, access_token);
+        let reads = (
+            roles_read(&api, lookup.user_sys_id, lookup.roles),
+            rules_read(&api, lookup.rule_names),
+            properties_read(&api, lookup.property_name),
+        );
+        // A read that cannot be built is reported by the same read sent apart.
+        if let (Ok(roles_read), Ok(rules_read), Ok(properties_read)) = reads
+            && !self.refusals.apart(instance.host(), Instant::now())
+        {
+            let reads = [roles_read, rules_read, properties_read];
+            match batch::send(&api, &reads).await {
+                Outcome::Answered([held, found_rules, found_properties]) => {
+                    let records = found_rules.and_then(rules).and_then(|rules| {
+                        Ok(InstanceRecords {
+                            rules,
+                            properties: properties(found_properties?)?,
+                        })
+                    });
+                    return Found {
+                        roles: held.and_then(roles),
+                        records: Some(records),
+                    };
+                }
+                Outcome::Failed(error) => {
+                    return Found {
+                        roles: Err(error),
+                        records: None,
+                    };
+                }
+                Outcome::Refused(error) => {
+                    tracing::info!(instance = %instance.host(), %error, "the instance refused a batch: its reads are sent apart for an hour");
+                    self.refusals.note(instance.host(), Instant::now());
+                }
+            }
+        }
+        self.lookup_apart(instance, access_token, lookup).await
     }
 
     async fn create_business_rule(
@@ -220,12 +268,7 @@ impl ServiceNow for Client {
         name: &str,
     ) -> Result<Vec<SystemProperty>, Error> {
         let api = self.table(instance, access_token);
-        let query = EncodedQuery::new()
-            .equals("name", name)
-            .and_then(|query| query.order_by("sys_created_on"))
-            .map_err(|error| api.refused(SYS_PROPERTIES, error))?;
-        let records = api.list(SYS_PROPERTIES, &query, &PROPERTY_COLUMNS, LIST_LIMIT).await?;
-        records.iter().map(|record| property(instance, record)).collect()
+        properties(api.get(&properties_read(&api, name)?).await?)
     }
 
     async fn create_property(
@@ -263,6 +306,72 @@ impl ServiceNow for Client {
     ) -> Result<(), Error> {
         self.table(instance, access_token).delete(SYS_PROPERTIES, sys_id).await
     }
+}
+
+/// The grants of `names` to `user_sys_id`, active ones only, one row per grant: see
+/// [`ServiceNow::user_roles`].
+fn roles_read<'a>(api: &'a TableApi<'a>, user_sys_id: &str, names: &[&str]) -> Result<Read<'a>, Error> {
+    let query = EncodedQuery::new()
+        .equals("user", user_sys_id)
+        .and_then(|query| query.equals("state", "active"))
+        .and_then(|query| query.any_of("role.name", names))
+        .map_err(|error| api.refused(SYS_USER_HAS_ROLE, error))?;
+    api.list_read(SYS_USER_HAS_ROLE, &query, &["role.name"], LIST_LIMIT)
+}
+
+/// The role names of [`roles_read`]'s answer, sorted, without duplicates.
+fn roles(answer: ReadAnswer<'_>) -> Result<Vec<String>, Error> {
+    let mut roles: Vec<String> = answer
+        .records()?
+        .iter()
+        .map(|record| record.text("role.name"))
+        .filter(|role| !role.is_empty())
+        .collect();
+    roles.sort();
+    roles.dedup();
+    Ok(roles)
+}
+
+/// The Business Rules named any of `names`, oldest first.
+fn rules_read<'a>(api: &'a TableApi<'a>, names: &[&str]) -> Result<Read<'a>, Error> {
+    named_read(api, SYS_SCRIPT, names, &RULE_COLUMNS)
+}
+
+/// The rules of [`rules_read`]'s answer.
+fn rules(answer: ReadAnswer<'_>) -> Result<Vec<BusinessRule>, Error> {
+    each_record(&answer, rule)
+}
+
+/// The System Properties named `name`, oldest first.
+fn properties_read<'a>(api: &'a TableApi<'a>, name: &str) -> Result<Read<'a>, Error> {
+    named_read(api, SYS_PROPERTIES, &[name], &PROPERTY_COLUMNS)
+}
+
+/// The properties of [`properties_read`]'s answer.
+fn properties(answer: ReadAnswer<'_>) -> Result<Vec<SystemProperty>, Error> {
+    each_record(&answer, property)
+}
+
+/// The `columns` of the records of `table` named any of `names`, oldest first.
+fn named_read<'a>(api: &'a TableApi<'a>, table: Table, names: &[&str], columns: &[&str]) -> Result<Read<'a>, Error> {
+    let query = EncodedQuery::new()
+        .any_of("name", names)
+        .and_then(|query| query.order_by("sys_created_on"))
+        .map_err(|error| api.refused(table, error))?;
+    api.list_read(table, &query, columns, LIST_LIMIT)
+}
+
+/// Each record of a list's answer, as `convert` reads it.
+fn each_record<T>(
+    answer: &ReadAnswer<'_>,
+    convert: fn(&InstanceUrl, &Record) -> Result<T, Error>,
+) -> Result<Vec<T>, Error> {
+    let instance = answer.read.call.instance;
+    answer
+        .records()?
+        .iter()
+        .map(|record| convert(instance, record))
+        .collect()
 }
 
 /// A `sys_script` record as a [`BusinessRule`]; one without a sys_id is an unexpected answer.

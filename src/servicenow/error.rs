@@ -71,6 +71,10 @@ pub enum ErrorKind {
     /// any status, an HTML body): nothing else it said can be trusted.
     #[error("the instance is hibernating (it answered with its 'instance hibernating' page)")]
     Hibernating,
+    /// A call sent in a Batch API request that the instance left undone: the batch reached a
+    /// size or time limit (30 s) first (`unserviced_requests`, servicenow-api.md §7).
+    #[error("the instance left the call undone: its batch reached a size or time limit (unserviced)")]
+    Unserviced,
     /// HTTP 5xx.
     #[error("the instance failed with HTTP {status}")]
     Server {
@@ -103,6 +107,7 @@ impl Error {
             ErrorKind::RateLimited { .. }
                 | ErrorKind::Unreachable { .. }
                 | ErrorKind::Server { .. }
+                | ErrorKind::Unserviced
                 | ErrorKind::Hibernating
         )
     }
@@ -160,6 +165,7 @@ mod tests {
         assert!(rate_limited.is_transient());
         assert_eq!(rate_limited.retry_after(), Some(Duration::from_secs(7)));
         assert!(error(ErrorKind::Server { status: 503 }).is_transient());
+        assert!(error(ErrorKind::Unserviced).is_transient());
         assert!(
             error(ErrorKind::Unreachable {
                 reason: "connection refused".into()

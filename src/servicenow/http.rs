@@ -265,12 +265,7 @@ impl Transport {
         let status = response.status();
         self.observer.observe(call.metric, status.as_u16());
         let headers = std::mem::take(response.headers_mut());
-        if status == StatusCode::TOO_MANY_REQUESTS
-            && call.rate_limited()
-            && let Some(wait) = retry_after(&headers)
-        {
-            self.quiet(host, Instant::now() + wait);
-        }
+        self.note_rate_limit(call, status, &headers);
         let mut body = Vec::new();
         loop {
             match response.chunk().await {
@@ -304,6 +299,17 @@ impl Transport {
             Ok(answer)
         } else {
             Err(answer.error(call))
+        }
+    }
+
+    /// After a 429 with `Retry-After` to a REST API call (sent alone, or an item of a batch):
+    /// no REST API call to its instance is sent before that time.
+    pub fn note_rate_limit(&self, call: &Call<'_>, status: StatusCode, headers: &HeaderMap) {
+        if status == StatusCode::TOO_MANY_REQUESTS
+            && call.rate_limited()
+            && let Some(wait) = retry_after(headers)
+        {
+            self.quiet(call.instance.host(), Instant::now() + wait);
         }
     }
 

@@ -7,9 +7,10 @@
 //!
 //! Layout: `http` (the one HTTP client: TLS, resolve, proxy, timeouts, per-instance limit, call
 //! counting, error answers), `oauth` (authorize URL, PKCE, token grants, revocation), `table`
-//! (Table API calls) with `query` (encoded queries), `client` (the [`Client`]), `records` (plain
-//! structs), `error`, `secret`.
+//! (Table API calls) with `query` (encoded queries), `batch` (Table API reads in one Batch API
+//! request), `client` (the [`Client`]), `records` (plain structs), `error`, `secret`.
 
+mod batch;
 mod client;
 pub mod error;
 pub mod http;
@@ -20,12 +21,14 @@ pub mod records;
 pub mod secret;
 mod table;
 
+pub use batch::REFUSAL_MEMORY;
 pub use client::Client;
 pub use error::{Error, ErrorKind};
 pub use http::{CallObserver, ClientConfig, NoObserver};
 pub use instance_url::{InstanceUrl, InvalidInstanceUrl, UrlRule};
 pub use records::{
-    BusinessRule, BusinessRuleFields, ClientCredentials, SystemProperty, SystemPropertyFields, TokenGrant, User,
+    BusinessRule, BusinessRuleFields, ClientCredentials, Found, InstanceRecords, Lookup, SystemProperty,
+    SystemPropertyFields, TokenGrant, User,
 };
 pub use secret::SecretString;
 
@@ -87,6 +90,20 @@ pub trait ServiceNow: Send + Sync + 'static {
         access_token: &SecretString,
         names: &[&str],
     ) -> impl Future<Output = Result<Vec<BusinessRule>, Error>> + Send;
+
+    /// The reads of a drift check — [`ServiceNow::user_roles`], [`ServiceNow::business_rules`]
+    /// and [`ServiceNow::properties`] — in one Batch API request (`POST /api/now/v1/batch`;
+    /// each read runs under its own ACLs and Auth Scope, and its answer is checked as if sent
+    /// alone). An instance that refuses the batch (a 4xx other than 401 and 429: the API
+    /// disabled, or outside the OAuth application's auth scopes) is read apart, roles first, and
+    /// is not sent a batch again for [`REFUSAL_MEMORY`]. A batch that fails as a whole fails
+    /// the roles, with the webhook records unread.
+    fn lookup(
+        &self,
+        instance: &InstanceUrl,
+        access_token: &SecretString,
+        lookup: &Lookup<'_>,
+    ) -> impl Future<Output = Found> + Send;
 
     /// Creates a Business Rule.
     fn create_business_rule(

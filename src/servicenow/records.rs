@@ -117,6 +117,38 @@ pub struct User {
     pub display_name: String,
 }
 
+/// What one instance holds of the connection's webhook.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct InstanceRecords {
+    /// The Business Rules named like the current or the legacy rule, oldest first.
+    pub rules: Vec<BusinessRule>,
+    /// The callback properties, oldest first.
+    pub properties: Vec<SystemProperty>,
+}
+
+/// The reads of a drift check: which of `roles` the user `user_sys_id` holds, and the Business
+/// Rules named any of `rule_names` and the System Properties named `property_name`.
+#[derive(Clone, Copy, Debug)]
+pub struct Lookup<'a> {
+    /// The user whose roles are checked.
+    pub user_sys_id: &'a str,
+    /// The role names asked for.
+    pub roles: &'a [&'a str],
+    /// The Business Rule names looked up.
+    pub rule_names: &'a [&'a str],
+    /// The System Property name looked up.
+    pub property_name: &'a str,
+}
+
+/// What a [`Lookup`] found: each part as its own read would have answered.
+#[derive(Debug)]
+pub struct Found {
+    /// The roles held (sorted, without duplicates), or why they could not be read.
+    pub roles: Result<Vec<String>, super::Error>,
+    /// The webhook records; `None` when they were not read (the roles' read failed first).
+    pub records: Option<Result<InstanceRecords, super::Error>>,
+}
+
 /// What the token endpoint granted.
 #[derive(Clone, Debug)]
 pub struct TokenGrant {

@@ -86,26 +86,41 @@ pub(crate) struct TableApi<'a> {
 }
 
 impl TableApi<'_> {
-    /// Records of `table` matching `query`, with `fields` only, at most `limit`.
-    pub async fn list(
+    /// A list of the records of `table` matching `query`, with `fields` only, at most `limit`:
+    /// to send alone ([`TableApi::get`]) or in a batch.
+    pub fn list_read(
         &self,
         table: Table,
         query: &EncodedQuery,
         fields: &[&str],
         limit: u32,
-    ) -> Result<Vec<Record>, Error> {
+    ) -> Result<Read<'_>, Error> {
         let call = self.call(table, table.list, format!("list {}", table.name), "read");
-        let request = self.request(reqwest::Method::GET, &collection_path(table)).query(&[
+        let mut url = reqwest::Url::parse(&self.instance.join(&collection_path(table))).map_err(|error| {
+            call.error(ErrorKind::Protocol {
+                reason: format!("refused to build the URL: {error}"),
+            })
+        })?;
+        url.query_pairs_mut().extend_pairs([
             ("sysparm_query", query.as_str()),
             ("sysparm_fields", &fields.join(",")),
             ("sysparm_limit", &limit.to_string()),
             ("sysparm_exclude_reference_link", "true"),
             ("sysparm_no_count", "true"),
         ]);
-        let answer = self.transport.expect(&call, request, &[200]).await?;
-        answer
-            .json::<Envelope<Vec<Map<String, Value>>>>(&call)
-            .map(|envelope| envelope.result.into_iter().map(Record).collect())
+        Ok(Read { call, url })
+    }
+
+    /// Sends `read` on its own; its answer, when `200`.
+    pub async fn get<'r>(&self, read: &'r Read<'r>) -> Result<ReadAnswer<'r>, Error> {
+        let request = self
+            .transport
+            .client()
+            .get(read.url.clone())
+            .bearer_auth(self.access_token.expose())
+            .header(reqwest::header::ACCEPT, "application/json");
+        let answer = self.transport.expect(&read.call, request, &[200]).await?;
+        Ok(ReadAnswer { read, answer })
     }
 
     /// Inserts `values` into `table` (201); returns the new record's `fields`.
@@ -213,6 +228,42 @@ impl TableApi<'_> {
             .request(method, self.instance.join(path))
             .bearer_auth(self.access_token.expose())
             .header(reqwest::header::ACCEPT, "application/json")
+    }
+}
+
+/// A GET of the Table API, described before it is sent: alone ([`TableApi::get`]) or as an
+/// item of a Batch API request (`super::batch`), with the same URL and the same checks.
+pub(crate) struct Read<'a> {
+    /// How the call is counted and what its errors say.
+    pub call: Call<'a>,
+    /// The absolute URL, query included.
+    pub url: reqwest::Url,
+}
+
+impl Read<'_> {
+    /// The URL relative to the instance (path and query), as a batch item names it.
+    pub fn relative_url(&self) -> String {
+        match self.url.query() {
+            Some(query) => format!("{}?{query}", self.url.path()),
+            None => self.url.path().to_owned(),
+        }
+    }
+}
+
+/// The `200` answer to a [`Read`].
+pub(crate) struct ReadAnswer<'a> {
+    /// The read it answers.
+    pub read: &'a Read<'a>,
+    /// The answer.
+    pub answer: super::http::Answer,
+}
+
+impl ReadAnswer<'_> {
+    /// The records of a list's `{"result":[…]}`.
+    pub fn records(&self) -> Result<Vec<Record>, Error> {
+        self.answer
+            .json::<Envelope<Vec<Map<String, Value>>>>(&self.read.call)
+            .map(|envelope| envelope.result.into_iter().map(Record).collect())
     }
 }
 

@@ -5,8 +5,10 @@ use std::time::Duration;
 
 use crate::{
     secrets::{CredentialsError, NotOwned, StoredToken},
-    servicenow::{self, BusinessRule, ClientCredentials, SecretString, SystemProperty, User},
+    servicenow::{self, ClientCredentials, SecretString, User},
 };
+
+pub use crate::servicenow::InstanceRecords;
 
 /// A credentials Secret that cannot be used, for a reason a person must fix.
 pub type CredentialsProblem = CredentialsError;
@@ -28,15 +30,6 @@ pub struct Access {
 pub struct Refreshed {
     /// The refresh token in the grant (the instance's, or the stored one when it left it out).
     pub refresh_token: SecretString,
-}
-
-/// What the instance holds of the connection's webhook.
-#[derive(Clone, Debug)]
-pub struct InstanceRecords {
-    /// The Business Rules named like the current or the legacy rule, oldest first.
-    pub rules: Vec<BusinessRule>,
-    /// The callback properties, oldest first.
-    pub properties: Vec<SystemProperty>,
 }
 
 /// Everything gathered. Each layer is `None` when it was not read (an earlier layer failed or

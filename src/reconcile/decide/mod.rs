@@ -153,6 +153,17 @@ pub enum Next {
     },
 }
 
+/// Whether the stored status says the OAuth user and its roles passed: the next drift check
+/// may read the roles and the webhook records together (one Batch API call). Until they pass, the
+/// roles are read alone first, so an account without the rights to provision never reads the
+/// records it may not write.
+pub fn identity_resolved(status: &ServiceNowConnectionStatus) -> bool {
+    status
+        .conditions
+        .iter()
+        .any(|c| c.type_ == ConditionType::IdentityResolved.as_str() && c.status == "True")
+}
+
 /// The `neoagent.io/reconnect` request not handled yet, if any.
 pub fn reconnect_request<'a>(
     connection: &'a ServiceNowConnection,

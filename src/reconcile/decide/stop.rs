@@ -69,7 +69,7 @@ pub fn classify(condition: ConditionType, failure: Reason, error: &servicenow::E
             progress: Progress::Working,
             retry: Retry::After(HIBERNATION_RETRY),
         },
-        ErrorKind::Unreachable { .. } | ErrorKind::Server { .. } => Stop {
+        ErrorKind::Unreachable { .. } | ErrorKind::Server { .. } | ErrorKind::Unserviced => Stop {
             verdict: Verdict::new(condition, Truth::Unknown, Reason::Unreachable, message),
             progress: Progress::Working,
             retry: Retry::Backoff,

@@ -1292,3 +1292,24 @@ fn records_fixed_by_hand_after_a_failure_make_the_webhook_provisioned_without_a_
         Some(("True", "Provisioned"))
     );
 }
+
+#[test]
+fn the_records_are_read_with_the_roles_only_once_the_identity_passed() {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+    let with = |type_: &str, status: &str| ServiceNowConnectionStatus {
+        conditions: vec![Condition {
+            type_: type_.into(),
+            status: status.into(),
+            last_transition_time: Time(Timestamp::UNIX_EPOCH),
+            message: String::new(),
+            reason: "Test".into(),
+            observed_generation: None,
+        }],
+        ..ServiceNowConnectionStatus::default()
+    };
+    assert!(!identity_resolved(&ServiceNowConnectionStatus::default()));
+    assert!(!identity_resolved(&with("IdentityResolved", "False")));
+    assert!(!identity_resolved(&with("IdentityResolved", "Unknown")));
+    assert!(!identity_resolved(&with("Authorized", "True")));
+    assert!(identity_resolved(&with("IdentityResolved", "True")));
+}

@@ -24,6 +24,17 @@ pub struct RequestLogEntry {
     pub status: u16,
     /// When (`YYYY-MM-DD HH:MM:SS` UTC, simulated clock).
     pub time: String,
+    /// The request was an item of a Batch API request (logged as a request of its own, as its
+    /// batch's `POST /api/now/v1/batch` is): it came over no connection of its own.
+    pub batch_item: bool,
+}
+
+impl RequestLogEntry {
+    /// Whether the request may have changed the instance: a REST API call other than a GET —
+    /// but for the Batch API's own POST, which changes only what its items (logged each) do.
+    pub fn is_write(&self) -> bool {
+        self.path.starts_with("/api/") && self.method != "GET" && self.path != crate::batch::PATH
+    }
 }
 
 /// Severity of a system log entry.

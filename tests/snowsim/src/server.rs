@@ -192,8 +192,9 @@ async fn gateway(State(shared): State<Arc<Shared>>, mut request: Request, next: 
     };
     let method = request.method().to_string();
     let query = request.uri().query().unwrap_or("").to_string();
+    let batch_item = request.extensions().get::<BatchCaller>().is_some();
     if instance.state.lock().behaviour.hibernating {
-        log_request(&instance, &method, &path, &query, None, 200);
+        log_request(&instance, (&method, &path, &query, batch_item), None, 200);
         return hibernation_page();
     }
     let transaction_id = transaction_id();
@@ -205,7 +206,7 @@ async fn gateway(State(shared): State<Arc<Shared>>, mut request: Request, next: 
     let mut user = None;
     let mut response = match plan.outcome {
         Some(FaultOutcome::Drop) => {
-            log_request(&instance, &method, &path, &query, None, 0);
+            log_request(&instance, (&method, &path, &query, batch_item), None, 0);
             let mut response = StatusCode::INTERNAL_SERVER_ERROR.into_response();
             response.extensions_mut().insert(DropConnection);
             return response;
@@ -293,11 +294,22 @@ async fn gateway(State(shared): State<Arc<Shared>>, mut request: Request, next: 
     if is_api && user.is_some() {
         add_session_cookies(&mut response, &instance.host);
     }
-    log_request(&instance, &method, &path, &query, user, response.status().as_u16());
+    log_request(
+        &instance,
+        (&method, &path, &query, batch_item),
+        user,
+        response.status().as_u16(),
+    );
     response
 }
 
-fn log_request(instance: &Instance, method: &str, path: &str, query: &str, user: Option<String>, status: u16) {
+/// Logs a request: `(method, path, query, batch item)`, who made it, and the answer's status.
+fn log_request(
+    instance: &Instance,
+    (method, path, query, batch_item): (&str, &str, &str, bool),
+    user: Option<String>,
+    status: u16,
+) {
     let time = instance.clock.glide_now();
     instance.state.lock().logs.requests.push(RequestLogEntry {
         method: method.to_string(),
@@ -306,6 +318,7 @@ fn log_request(instance: &Instance, method: &str, path: &str, query: &str, user:
         user,
         status,
         time,
+        batch_item,
     });
 }
 

@@ -135,20 +135,31 @@ async fn a_get_and_a_post_in_one_batch_run_as_the_caller_and_an_acl_refusal_is_a
     assert_eq!(item_body(&items[2])["error"]["message"], "Operation Failed");
     assert!(server.admin().records("sys_script", "name=no").is_empty());
 
-    let log: Vec<(String, String, Option<String>, u16)> = server
-        .admin()
-        .request_log()
+    let entries = server.admin().request_log();
+    let writes: Vec<bool> = entries.iter().map(|e| e.is_write()).collect();
+    assert_eq!(
+        writes,
+        [true, false, true, false],
+        "the batch's own POST writes nothing"
+    );
+    let log: Vec<(String, String, Option<String>, u16, bool)> = entries
         .into_iter()
-        .map(|e| (e.method, e.path, e.user, e.status))
+        .map(|e| (e.method, e.path, e.user, e.status, e.batch_item))
         .collect();
     let bob = Some("bob".to_string());
     assert_eq!(
         log,
         [
-            ("POST".into(), "/api/now/table/incident".into(), bob.clone(), 201),
-            ("GET".into(), "/api/now/table/incident".into(), bob.clone(), 200),
-            ("POST".into(), "/api/now/table/sys_script".into(), bob.clone(), 403),
-            ("POST".into(), BATCH.into(), bob, 200),
+            ("POST".into(), "/api/now/table/incident".into(), bob.clone(), 201, true),
+            ("GET".into(), "/api/now/table/incident".into(), bob.clone(), 200, true),
+            (
+                "POST".into(),
+                "/api/now/table/sys_script".into(),
+                bob.clone(),
+                403,
+                true
+            ),
+            ("POST".into(), BATCH.into(), bob, 200, false),
         ],
         "each item is a request of its own in the log"
     );
