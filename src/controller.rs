@@ -50,6 +50,14 @@ fn connections_using(
         .connections_using(&secret.namespace().unwrap_or_default(), &secret.name_any())
 }
 
+/// Drops what the reconcile never reads before a connection enters the cache: its
+/// `metadata.managedFields` (the field managers' records — the creator's, the operator's, the
+/// webhook counter's — as large as the rest of the object), which the cache would otherwise hold
+/// for every connection. Spec, status, labels and annotations stay: the reconcile reads them.
+fn without_managed_fields(connection: &mut ServiceNowConnection) {
+    connection.metadata.managed_fields = None;
+}
+
 /// What of a connection wakes its reconcile: what a person can change on it
 /// ([`reconcile::inputs`]) and its finalizers (the first reconcile adds the finalizer
 /// and waits for that change). Its status is not part of it.
@@ -127,6 +135,7 @@ fn scope<S: ServiceNow>(
     let indexed = readers.clone();
     let changes = watcher(connections, watcher::Config::default().any_semantic())
         .default_backoff()
+        .modify(without_managed_fields)
         .reflect(writer)
         .inspect(move |event| {
             if let Ok(event) = event {
