@@ -27,7 +27,7 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long an idle connection (to an instance or a sink) is kept for the next call. A
 /// reconcile's calls to its instance come back to back, and its next reconcile is a resync
 /// interval away (30 s at the least): kept longer, an idle TLS connection — its buffers and a
-/// descriptor, about 60 KiB — would wait for nothing, one per instance, tens of thousands for an
+/// descriptor, some 40 KiB — would wait for nothing, one per instance, tens of thousands for an
 /// operator holding thousands of connections (reqwest's default keeps them 90 s). A sink that
 /// receives events keeps its connections busy. Below the 5 s after which common servers close an
 /// idle connection themselves (Node.js), so a call seldom lands on one being closed.
