@@ -61,6 +61,14 @@ fn connections_to_wake(
     cache.locked().stale_readers(&secret.metadata, readers)
 }
 
+/// Drops what the reconcile never reads before a connection enters the cache: its
+/// `metadata.managedFields` (the field managers' records — the creator's, the operator's, the
+/// webhook counter's — as large as the rest of the object), which the cache would otherwise hold
+/// for every connection. Spec, status, labels and annotations stay: the reconcile reads them.
+fn without_managed_fields(connection: &mut ServiceNowConnection) {
+    connection.metadata.managed_fields = None;
+}
+
 /// What of a connection wakes its reconcile: what a person can change on it
 /// ([`reconcile::inputs`]). Its status is not part of it, nor its finalizers: the first
 /// reconcile adds the finalizer and carries on, so the change need not wake another (a
@@ -136,6 +144,7 @@ fn scope<S: ServiceNow>(
     let indexed = readers.clone();
     let changes = watcher(connections, watcher::Config::default().any_semantic())
         .backoff(backoff::watch_backoff())
+        .modify(without_managed_fields)
         .reflect(writer)
         .inspect(move |event| {
             if let Ok(event) = event {

@@ -12,7 +12,10 @@ use kube::{
 };
 use servicenow_operator::{api::ServiceNowConnection, secrets::ownership};
 
-use crate::support::instance::{AGENT, APP};
+use crate::support::{
+    instance::{AGENT, APP},
+    operator::{Operator, free_port},
+};
 
 /// Kubernetes creates in flight at once.
 const CREATES_IN_FLIGHT: usize = 64;
@@ -67,6 +70,15 @@ pub async fn instances(count: usize) -> (snowsim::Server, Vec<Member>) {
         })
         .collect();
     (server, members)
+}
+
+/// The operator watching `namespace`, every instance host under `*.service-now.com` resolved to
+/// `simulator`, logging at `info` (as deployed: at `debug` it writes lines per call and per
+/// event), with the flags `extra` on top.
+pub async fn operator(namespace: &str, simulator: &snowsim::Server, extra: &[&str]) -> Operator {
+    let wildcard = format!("*.service-now.com={}", simulator.addr());
+    let flags = [&["--resolve", &wildcard, "--log-filter", "info"], extra].concat();
+    Operator::start_with(namespace, simulator, free_port(), &flags).await
 }
 
 /// An Opaque Secret `name` holding `data`.
@@ -153,16 +165,26 @@ pub async fn create(client: &Client, namespace: &str, members: &[Member], connec
 /// Sets every member's `resyncInterval` to 30 s, the shortest the API allows, so that a steady-state
 /// pass comes in reasonable time (a spec change: one reconcile each, not steady).
 pub async fn resync_often(client: &Client, namespace: &str, members: &[Member]) {
+    patch_specs(
+        client,
+        namespace,
+        members,
+        &serde_json::json!({"spec": {"resyncInterval": "30s"}}),
+    )
+    .await;
+}
+
+/// Merges `patch` into every member's connection, `CREATES_IN_FLIGHT` at a time.
+pub async fn patch_specs(client: &Client, namespace: &str, members: &[Member], patch: &serde_json::Value) {
     let connections: Api<ServiceNowConnection> = Api::namespaced(client.clone(), namespace);
-    let patch = serde_json::json!({"spec": {"resyncInterval": "30s"}});
     stream::iter(members)
         .for_each_concurrent(CREATES_IN_FLIGHT, |member| {
-            let (connections, patch) = (connections.clone(), &patch);
+            let connections = connections.clone();
             async move {
                 connections
                     .patch(&member.name, &PatchParams::default(), &Patch::Merge(patch))
                     .await
-                    .expect("shorten the resync interval");
+                    .expect("patch a connection");
             }
         })
         .await;

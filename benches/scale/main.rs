@@ -33,11 +33,7 @@ use kube::{
     runtime::{WatchStreamExt as _, watcher, watcher::watch_object},
 };
 use servicenow_operator::api::{ServiceNowConnection, SyncState};
-use support::{
-    TestNamespace, install_crd,
-    operator::{Operator, free_port},
-    poll_until,
-};
+use support::{TestNamespace, install_crd, poll_until};
 
 use crate::measure::{ApiRequests, InstanceCalls, load, process_usage};
 
@@ -210,21 +206,7 @@ async fn main() {
     let connections: Api<ServiceNowConnection> = Api::namespaced(client.clone(), ns.name());
     let before = ApiRequests::read(&client).await;
     let started = Instant::now();
-    let wildcard = format!("*.service-now.com={}", simulator.addr());
-    let operator = Operator::start_with(
-        ns.name(),
-        &simulator,
-        free_port(),
-        &[
-            "--resolve",
-            &wildcard,
-            "--concurrency",
-            &concurrency.to_string(),
-            "--log-filter",
-            "info",
-        ],
-    )
-    .await;
+    let operator = fleet::operator(ns.name(), &simulator, &["--concurrency", &concurrency.to_string()]).await;
     let up = started.elapsed();
     all_ready(connections.clone(), count, Duration::from_secs(3600)).await;
     let ready = started.elapsed();

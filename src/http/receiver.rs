@@ -114,7 +114,7 @@ async fn handle(receiver: &Receiver, query: &str, request: Request) -> Result<()
         ));
     }
     let event = event::parse(&body)?;
-    if !event.is_from(&target.instance_url) {
+    if !event.is_from(target.instance_host.as_deref()) {
         return Err(Refusal::new(
             StatusCode::FORBIDDEN,
             "instance_mismatch",

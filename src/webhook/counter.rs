@@ -75,15 +75,18 @@ impl Counter {
 
     /// Counts one event for the connection `key` (`namespace/name`), accepted at `at`.
     pub fn count(&self, key: &str, at: Timestamp) {
-        self.add(key.to_owned(), Tally { events: 1, last: at });
+        self.add(key, Tally { events: 1, last: at });
     }
 
-    fn add(&self, key: String, tally: Tally) {
+    /// Adds `tally` to what `key` has pending (its key copied only when it has none).
+    fn add(&self, key: &str, tally: Tally) {
         let mut pending = self.pending.locked();
-        pending
-            .entry(key)
-            .and_modify(|kept| *kept = kept.plus(tally))
-            .or_insert(tally);
+        match pending.get_mut(key) {
+            Some(kept) => *kept = kept.plus(tally),
+            None => {
+                pending.insert(key.to_owned(), tally);
+            }
+        }
     }
 
     /// Writes the tallies every [`FLUSH_EVERY`] until `shutdown` resolves, then once more.
@@ -112,7 +115,7 @@ impl Counter {
                 }
                 Err(error) => {
                     tracing::warn!(connection = %key, events = tally.events, %error, "failed to count webhook events; trying again");
-                    self.add(key, tally);
+                    self.add(&key, tally);
                 }
             }
         }

@@ -282,20 +282,24 @@ fn is_guid(text: &str) -> bool {
     text.len() == 32 && text.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
+/// The host of `url` as [`TaskEvent::is_from`] compares it: lower case, without a trailing dot;
+/// `None` when `url` is not a URL with a host.
+pub fn host_of(url: &str) -> Option<String> {
+    url::Url::parse(url).ok().and_then(|url| {
+        url.host_str()
+            .map(|host| host.trim_end_matches('.').to_ascii_lowercase())
+    })
+}
+
 impl TaskEvent {
-    /// `false` when the event names its sending instance and that is not `instance_url` (the
-    /// connection's): a clone that kept the production instance's callback property sends it.
-    /// Compared by host, case and a trailing dot aside; an event that does not say is taken.
-    pub fn is_from(&self, instance_url: &str) -> bool {
-        let host = |url: &str| {
-            url::Url::parse(url).ok().and_then(|url| {
-                url.host_str()
-                    .map(|host| host.trim_end_matches('.').to_ascii_lowercase())
-            })
-        };
+    /// `false` when the event names its sending instance and its host is not `instance_host`
+    /// (the connection's `spec.instanceUrl`, through [`host_of`] — once per connection, not per
+    /// event): a clone that kept the production instance's callback property sends it. Compared
+    /// by host, case and a trailing dot aside; an event that does not say is taken.
+    pub fn is_from(&self, instance_host: Option<&str>) -> bool {
         self.instance
             .as_deref()
-            .is_none_or(|sent| host(sent).is_some_and(|sent| Some(sent) == host(instance_url)))
+            .is_none_or(|sent| host_of(sent).is_some_and(|sent| Some(sent.as_str()) == instance_host))
     }
 }
 
@@ -427,7 +431,9 @@ mod tests {
     #[test]
     fn an_event_naming_another_instance_is_not_from_the_connections() {
         let from = |instance: Value| event(with("instance", instance)).unwrap();
-        let connection = "https://acme.service-now.com";
+        let connection = host_of("https://acme.service-now.com");
+        let connection = connection.as_deref();
+        assert_eq!(connection, Some("acme.service-now.com"));
         for same in [
             "https://acme.service-now.com/",
             "https://ACME.service-now.com.",
@@ -442,7 +448,7 @@ mod tests {
             from(Value::Null).is_from(connection),
             "an event that does not say is taken"
         );
-        assert!(!from("https://acme.service-now.com/".into()).is_from("not a url"));
+        assert!(!from("https://acme.service-now.com/".into()).is_from(host_of("not a url").as_deref()));
     }
 
     #[test]

@@ -9,7 +9,7 @@
 
 use std::{
     collections::HashMap,
-    sync::Mutex,
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
@@ -36,6 +36,9 @@ pub struct Target {
     pub key: String,
     /// `spec.instanceUrl`.
     pub instance_url: String,
+    /// Its host, as [`event::host_of`](super::event::host_of) gives it (what an event's
+    /// `instance` is compared with).
+    pub instance_host: Option<String>,
     /// `spec.webhook.sinkUrl`.
     pub sink_url: Option<String>,
 }
@@ -52,17 +55,17 @@ pub enum Refused {
     Unavailable(#[source] kube::Error),
 }
 
-/// A connection and its keys, as read.
-#[derive(Clone)]
+/// A connection and its keys, as read; shared, so that a request takes it from the cache without
+/// copying its strings.
 struct Known {
-    target: Target,
+    target: Arc<Target>,
     keys: WebhookKeys,
 }
 
 /// An existing connection's keys, and when they were read.
 struct Entry {
     read_at: Instant,
-    known: Known,
+    known: Arc<Known>,
 }
 
 /// What was read lately: the connections that exist, and the names that name none.
@@ -96,7 +99,7 @@ impl Lookup {
         &self,
         connection: Option<&str>,
         accepts: impl Fn(&WebhookKeys) -> bool,
-    ) -> Result<Target, Refused> {
+    ) -> Result<Arc<Target>, Refused> {
         let Some((namespace, name)) = connection.and_then(crate::api::split_key) else {
             return Err(Refused::Unauthorized);
         };
@@ -108,7 +111,7 @@ impl Lookup {
         match self.cached(&key, now) {
             Some((_, None)) => return Err(Refused::Unauthorized),
             Some((read_at, Some(known))) => {
-                let verdict = check(Some(&known), &accepts);
+                let verdict = check(Some(&*known), &accepts);
                 if verdict.is_ok() || now.duration_since(read_at) < RECHECK_AFTER {
                     return verdict;
                 }
@@ -116,14 +119,14 @@ impl Lookup {
             None => {}
         }
         let known = self.read(namespace, name).await.map_err(Refused::Unavailable)?;
-        let verdict = check(known.as_ref(), &accepts);
+        let verdict = check(known.as_deref(), &accepts);
         self.keep(key, now, known);
         verdict
     }
 
     /// What is kept of `key` and still fresh: when it was read and the connection (`None`: it
     /// names no connection).
-    fn cached(&self, key: &str, now: Instant) -> Option<(Instant, Option<Known>)> {
+    fn cached(&self, key: &str, now: Instant) -> Option<(Instant, Option<Arc<Known>>)> {
         let cache = self.cache.locked();
         let fresh = |read_at: &Instant| now.duration_since(*read_at) < TTL;
         if let Some(entry) = cache.known.get(key).filter(|entry| fresh(&entry.read_at)) {
@@ -136,7 +139,7 @@ impl Lookup {
             .map(|read_at| (*read_at, None))
     }
 
-    fn keep(&self, key: String, read_at: Instant, known: Option<Known>) {
+    fn keep(&self, key: String, read_at: Instant, known: Option<Arc<Known>>) {
         let mut cache = self.cache.locked();
         match known {
             Some(known) => {
@@ -153,25 +156,28 @@ impl Lookup {
         }
     }
 
-    async fn read(&self, namespace: &str, name: &str) -> Result<Option<Known>, kube::Error> {
+    async fn read(&self, namespace: &str, name: &str) -> Result<Option<Arc<Known>>, kube::Error> {
         let connections: Api<ServiceNowConnection> = Api::namespaced(self.kube.clone(), namespace);
         let Some(connection) = connections.get_opt(name).await? else {
             return Ok(None);
         };
         let secrets_api = secrets::Secrets::uncached(Api::namespaced(self.kube.clone(), namespace));
         let keys = secrets::read_webhook_keys(&secrets_api, &connection).await?;
-        Ok(keys.map(|keys| Known {
-            target: Target {
-                key: crate::api::key(&connection),
-                instance_url: connection.spec.instance_url.clone(),
-                sink_url: connection.spec.webhook.sink_url.clone(),
-            },
-            keys,
+        Ok(keys.map(|keys| {
+            Arc::new(Known {
+                target: Arc::new(Target {
+                    key: crate::api::key(&connection),
+                    instance_host: super::event::host_of(&connection.spec.instance_url),
+                    instance_url: connection.spec.instance_url.clone(),
+                    sink_url: connection.spec.webhook.sink_url.clone(),
+                }),
+                keys,
+            })
         }))
     }
 }
 
-fn check(known: Option<&Known>, accepts: impl Fn(&WebhookKeys) -> bool) -> Result<Target, Refused> {
+fn check(known: Option<&Known>, accepts: impl Fn(&WebhookKeys) -> bool) -> Result<Arc<Target>, Refused> {
     match known {
         Some(known) if accepts(&known.keys) => Ok(known.target.clone()),
         _ => Err(Refused::Unauthorized),

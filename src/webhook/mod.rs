@@ -71,7 +71,7 @@ impl Receiver {
         signed: &Signed,
         body: &[u8],
         now: Timestamp,
-    ) -> Result<Target, Refused> {
+    ) -> Result<Arc<Target>, Refused> {
         self.lookup
             .authenticate(connection, |keys| signed.made_by_one_of(keys.usable(now), body))
             .await
