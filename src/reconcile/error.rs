@@ -22,6 +22,12 @@ pub enum Error {
         /// Which Secret, and why it is not the connection's.
         source: crate::secrets::NotOwned,
     },
+    /// The API server refused the status write, conditional on the version of the connection the
+    /// reconcile started from (409): the cached connection was older than the stored one — a
+    /// status another reconcile or the consent page wrote meanwhile, which this write must not
+    /// undo (a consent ticket replaced, say). Nothing was written; the reconcile looks again.
+    #[error("failed to write the connection's status: the connection changed since it was read")]
+    StaleStatus,
     /// The finalizer helper failed.
     #[error("failed to run the finalizer: {0}")]
     Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
@@ -62,20 +68,26 @@ impl Error {
                 kube::runtime::finalizer::Error::CleanupFailed(Error::Cleanup(cleanup)) => cleanup,
                 _ => return false,
             },
-            Error::Kube { .. } | Error::NotOwned { .. } => return false,
+            Error::Kube { .. } | Error::NotOwned { .. } | Error::StaleStatus => return false,
         };
         cleanup.needs_a_person()
     }
 
-    /// `true` when the API server refused the finalizer patch because the cached connection was
-    /// older than its own (the removal's JSON-patch `test` failed, 422; the addition's
-    /// `resourceVersion` precondition, 409): the watch brings the newer object and wakes the
-    /// reconcile, so there is nothing to back off from.
-    pub fn is_stale_finalizer_patch(&self) -> bool {
+    /// `true` when the API server refused a conditional write because the cached connection was
+    /// older than the stored one: the status write ([`Error::StaleStatus`]), or the finalizer
+    /// patch (the removal's JSON-patch `test` failed, 422; the addition's `resourceVersion`
+    /// precondition, 409). The cache catches up within moments, so there is nothing to back off
+    /// from: the reconcile looks again soon.
+    pub fn is_stale_cache(&self) -> bool {
         use kube::runtime::finalizer::Error as Finalizer;
-        let Error::Finalizer(error) = self else {
-            return false;
+        let error = match self {
+            Error::Finalizer(error) => error,
+            Error::StaleStatus => return true,
+            _ => return false,
         };
+        if let Finalizer::ApplyFailed(inner) = error.as_ref() {
+            return matches!(inner, Error::StaleStatus);
+        }
         matches!(
             error.as_ref(),
             Finalizer::AddFinalizer(kube::Error::Api(status)) if status.code == 409
@@ -104,7 +116,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_a_refused_finalizer_patch_is_a_stale_cache() {
+    fn only_a_refused_conditional_write_is_a_stale_cache() {
         use kube::{core::Status, runtime::finalizer::Error as Finalizer};
         let api = |code| {
             kube::Error::Api(
@@ -114,11 +126,11 @@ mod tests {
             )
         };
         let finalizer = |error| Error::Finalizer(Box::new(error));
-        assert!(finalizer(Finalizer::AddFinalizer(api(409))).is_stale_finalizer_patch());
-        assert!(finalizer(Finalizer::RemoveFinalizer(api(422))).is_stale_finalizer_patch());
-        assert!(!finalizer(Finalizer::AddFinalizer(api(403))).is_stale_finalizer_patch());
-        assert!(!finalizer(Finalizer::AddFinalizer(api(422))).is_stale_finalizer_patch());
-        assert!(!finalizer(Finalizer::RemoveFinalizer(api(409))).is_stale_finalizer_patch());
+        assert!(finalizer(Finalizer::AddFinalizer(api(409))).is_stale_cache());
+        assert!(finalizer(Finalizer::RemoveFinalizer(api(422))).is_stale_cache());
+        assert!(!finalizer(Finalizer::AddFinalizer(api(403))).is_stale_cache());
+        assert!(!finalizer(Finalizer::AddFinalizer(api(422))).is_stale_cache());
+        assert!(!finalizer(Finalizer::RemoveFinalizer(api(409))).is_stale_cache());
         let cleanup = || {
             Error::Cleanup(CleanupError::Credentials(
                 crate::secrets::CredentialsError::SecretMissing {
@@ -126,14 +138,16 @@ mod tests {
                 },
             ))
         };
-        assert!(!finalizer(Finalizer::ApplyFailed(cleanup())).is_stale_finalizer_patch());
+        assert!(!finalizer(Finalizer::ApplyFailed(cleanup())).is_stale_cache());
         assert!(
             !Error::Kube {
                 action: "patch the status",
                 source: api(422)
             }
-            .is_stale_finalizer_patch()
+            .is_stale_cache()
         );
+        assert!(Error::StaleStatus.is_stale_cache());
+        assert!(finalizer(Finalizer::ApplyFailed(Error::StaleStatus)).is_stale_cache());
     }
 
     #[test]

@@ -181,13 +181,14 @@ async fn add_finalizer(
 const STALE_CACHE_RETRY: Duration = Duration::from_secs(2);
 
 /// kube-runtime's error policy: per-connection exponential backoff with jitter — except for a
-/// finalizer patch refused because the cache lagged behind, which is no failure.
+/// conditional write (the finalizer patch, the status) refused because the cache lagged behind,
+/// which is no failure.
 pub fn error_policy<S: ServiceNow>(
     connection: Arc<ServiceNowConnection>,
     error: &Error,
     context: Arc<Context<S>>,
 ) -> Action {
-    if error.is_stale_finalizer_patch() {
+    if error.is_stale_cache() {
         tracing::debug!(connection = %key(&connection), %error, "the cached connection was stale; waiting for the watch");
         return Action::requeue(STALE_CACHE_RETRY);
     }

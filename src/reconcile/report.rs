@@ -70,6 +70,10 @@ pub fn publish<S>(context: &Context<S>, connection: &ServiceNowConnection, trans
     });
 }
 
+/// Applies `status`, conditional on the version of `connection` the reconcile started from: a
+/// reconcile that ran on a cached connection older than the stored one (the cache lags behind a
+/// write made a moment ago, a status with a consent ticket in it, say) is refused, 409, rather
+/// than undo that write with what it decided from the older one.
 async fn write_status<S>(
     connection: &ServiceNowConnection,
     context: &Context<S>,
@@ -80,16 +84,21 @@ async fn write_status<S>(
     let patch = serde_json::json!({
         "apiVersion": "neoagent.io/v1alpha1",
         "kind": "ServiceNowConnection",
+        "metadata": {"resourceVersion": connection.resource_version()},
         "status": applied_status(status),
     });
-    api.patch_status(
-        &connection.name_any(),
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&patch),
-    )
-    .await
-    .map_err(kube("write the connection's status"))?;
-    Ok(())
+    match api
+        .patch_status(
+            &connection.name_any(),
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(refused)) if refused.code == 409 => Err(Error::StaleStatus),
+        Err(error) => Err(kube("write the connection's status")(error)),
+    }
 }
 
 /// `status` as the reconcile applies it: without `webhook.eventsReceived` and
