@@ -153,8 +153,12 @@ fn scope<S: ServiceNow>(
         })
         .applied_objects()
         .predicate_filter(trigger, Default::default());
-    let controller =
-        Controller::for_stream(changes, store.clone()).with_config(Config::default().concurrency(concurrency));
+    // kube-runtime retries the merged trigger streams too, after any error of one of them (a 410
+    // Expired once the API server is back, say), with a backoff of its own: bounded the same way,
+    // or it grows to 30 s during an outage and a change waits a minute after it.
+    let controller = Controller::for_stream(changes, store.clone())
+        .with_config(Config::default().concurrency(concurrency))
+        .trigger_backoff(backoff::watch_backoff());
     // The Secret watch (retried as the connection watch is) keeps the Secret cache in step
     // (latest versions, deletions, re-lists) before its events are mapped to the connections to
     // wake.

@@ -46,11 +46,11 @@ const HELD: Duration = Duration::from_secs(12);
 /// How long the API server stays away: longer than [`HELD`], so every held create is answered, and
 /// every status write that follows it made, while the API server is away.
 const API_SERVER_DOWN: Duration = Duration::from_secs(14);
-/// How long a change made after the restart may take to be reconciled: the watches retry within
-/// a few seconds of an error (`src/controller/backoff.rs`), then meet 410 Expired once the API
-/// server's watch cache is up again — 4 to 22 s after it serves, measured on this machine, the
-/// later under load. With kube-runtime's default backoff (growing to 30 s) it took 56-67 s.
-const WATCH_RESUMED: Duration = Duration::from_secs(40);
+/// How long a change made after the restart may take to be reconciled: the watches, and
+/// kube-runtime's retry of the streams that trigger reconciles, retry within a few seconds of an
+/// error (`src/controller/backoff.rs`), then meet 410 Expired once the API server's watch cache
+/// is up again. With kube-runtime's default backoff (growing to 30 s) it took 56-72 s.
+const WATCH_RESUMED: Duration = Duration::from_secs(30);
 /// The operators' Lease: longer than the API server is away, so they lead throughout and the
 /// change made after the restart reaches them through the watches they had before it (not
 /// those of a controller started again after a lost Lease, see the etcd test).
