@@ -58,7 +58,16 @@ fn connections_to_wake(
     let readers = index
         .locked()
         .connections_using(&secret.namespace().unwrap_or_default(), &secret.name_any());
-    cache.locked().stale_readers(&secret.metadata, readers)
+    let woken = cache.locked().stale_readers(&secret.metadata, readers);
+    if !woken.is_empty() {
+        tracing::debug!(
+            secret = %format!("{}/{}", secret.namespace().unwrap_or_default(), secret.name_any()),
+            version = secret.resource_version().unwrap_or_default(),
+            connections = woken.len(),
+            "a Secret changed: waking the connections that read it"
+        );
+    }
+    woken
 }
 
 /// Drops what the reconcile never reads before a connection enters the cache: its

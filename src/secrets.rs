@@ -11,7 +11,10 @@
 pub mod cache;
 pub mod ownership;
 
-use std::{collections::BTreeMap, sync::Mutex};
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::Mutex,
+};
 
 use k8s_openapi::{
     ByteString, api::core::v1::Secret, apimachinery::pkg::apis::meta::v1::OwnerReference, jiff::Timestamp,
@@ -36,6 +39,12 @@ pub struct Secrets<'a> {
     namespace: String,
     /// The cache, and the connection whose reconcile reads.
     cache: Option<(&'a Mutex<SecretCache>, String)>,
+    /// A reconcile's own reads and writes, by name (`None`: there is none): it concludes from
+    /// one value of each Secret, read once, so the reads [`prefetch`] started are not repeated.
+    seen: Mutex<HashMap<String, Option<Secret>>>,
+    /// Set when the watch brought someone else's version of a Secret while this reconcile was
+    /// writing it ([`SecretCache::end_write`]).
+    changed_while_writing: std::sync::atomic::AtomicBool,
 }
 
 impl<'a> Secrets<'a> {
@@ -45,6 +54,8 @@ impl<'a> Secrets<'a> {
             api,
             namespace: String::new(),
             cache: None,
+            seen: Mutex::default(),
+            changed_while_writing: Default::default(),
         }
     }
 
@@ -55,22 +66,38 @@ impl<'a> Secrets<'a> {
             api: Api::namespaced(client, &namespace),
             namespace,
             cache: Some((cache, connection.name_any())),
+            seen: Mutex::default(),
+            changed_while_writing: Default::default(),
         }
     }
 
     /// The Secret `name` (`None`: there is none), holding only the data keys of `keep` (all
     /// when `None`) once cached.
     async fn get_opt(&self, name: &str, keep: Option<&[&str]>) -> Result<Option<Secret>, kube::Error> {
-        if let Some((cache, connection)) = &self.cache {
-            let key = (self.namespace.clone(), name.to_owned());
-            let mut cache = cache.locked();
-            if let Some(secret) = cache.get(&key) {
-                cache.remember(&key, connection, Some(&secret), keep);
-                return Ok(Some(secret));
-            }
+        let Some((cache, connection)) = &self.cache else {
+            return self.api.get_opt(name).await;
+        };
+        if let Some(secret) = self.seen.locked().get(name) {
+            return Ok(secret.clone());
         }
-        let secret = self.api.get_opt(name).await?;
-        self.remember(name, secret.as_ref(), keep);
+        let key = (self.namespace.clone(), name.to_owned());
+        let held = {
+            let mut cache = cache.locked();
+            let held = cache.get(&key);
+            if let Some(secret) = &held {
+                cache.remember(&key, connection, Some(secret), keep);
+            }
+            held
+        };
+        let secret = match held {
+            Some(secret) => Some(secret),
+            None => {
+                let secret = self.api.get_opt(name).await?;
+                self.remember(name, secret.as_ref(), keep);
+                secret
+            }
+        };
+        self.seen.locked().insert(name.to_owned(), secret.clone());
         Ok(secret)
     }
 
@@ -79,14 +106,14 @@ impl<'a> Secrets<'a> {
         if let Some((cache, connection)) = &self.cache {
             let key = (self.namespace.clone(), name.to_owned());
             cache.locked().remember(&key, connection, secret, keep);
+            self.seen.locked().insert(name.to_owned(), secret.cloned());
         }
     }
 
     /// Creates `secret`.
     async fn create(&self, params: &PostParams, secret: &Secret) -> Result<Secret, kube::Error> {
-        let created = self.api.create(params, secret).await?;
-        self.remember(&created.name_any(), Some(&created), None);
-        Ok(created)
+        let name = secret.name_any();
+        self.writing(&name, self.api.create(params, secret)).await
     }
 
     /// Patches the Secret `name`.
@@ -96,9 +123,35 @@ impl<'a> Secrets<'a> {
         params: &PatchParams,
         patch: &Patch<P>,
     ) -> Result<Secret, kube::Error> {
-        let patched = self.api.patch(name, params, patch).await?;
-        self.remember(name, Some(&patched), None);
-        Ok(patched)
+        self.writing(name, self.api.patch(name, params, patch)).await
+    }
+
+    /// Runs `write` of the Secret `name`, holding the watch's events for it meanwhile, and
+    /// remembers what it wrote.
+    async fn writing(
+        &self,
+        name: &str,
+        write: impl Future<Output = Result<Secret, kube::Error>>,
+    ) -> Result<Secret, kube::Error> {
+        let Some((cache, connection)) = &self.cache else {
+            return write.await;
+        };
+        let in_flight = WriteInFlight::begin(cache, (self.namespace.clone(), name.to_owned()), connection);
+        let written = write.await;
+        if in_flight.end(written.as_ref().ok()) {
+            self.changed_while_writing
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        if let Ok(secret) = &written {
+            self.seen.locked().insert(name.to_owned(), Some(secret.clone()));
+        }
+        written
+    }
+
+    /// `true` when someone else changed a Secret while this reconcile wrote it: the reconcile
+    /// must look again, for the watch event that would have woken it was held.
+    pub fn changed_while_writing(&self) -> bool {
+        self.changed_while_writing.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Deletes the Secret `name`.
@@ -106,6 +159,48 @@ impl<'a> Secrets<'a> {
         let deleted = self.api.delete(name, params).await;
         self.remember(name, None, None);
         deleted.map(|_| ())
+    }
+}
+
+/// A reconcile's write of one Secret, in flight: ended with what it wrote, or — should the
+/// reconcile be dropped before the answer — as failed.
+struct WriteInFlight<'a> {
+    cache: &'a Mutex<SecretCache>,
+    key: cache::Key,
+    connection: &'a str,
+    ended: bool,
+}
+
+impl<'a> WriteInFlight<'a> {
+    fn begin(cache: &'a Mutex<SecretCache>, key: cache::Key, connection: &'a str) -> Self {
+        cache.locked().begin_write(&key, connection);
+        WriteInFlight {
+            cache,
+            key,
+            connection,
+            ended: false,
+        }
+    }
+
+    /// Ends the write, which stored `written` (`None`: it failed), and remembers it: `true` when
+    /// someone else's version came meanwhile.
+    fn end(mut self, written: Option<&Secret>) -> bool {
+        self.ended = true;
+        let mut cache = self.cache.locked();
+        let version = written.and_then(|secret| secret.metadata.resource_version.as_deref());
+        let changed = cache.end_write(&self.key, self.connection, version);
+        if written.is_some() {
+            cache.remember(&self.key, self.connection, written, None);
+        }
+        changed
+    }
+}
+
+impl Drop for WriteInFlight<'_> {
+    fn drop(&mut self) {
+        if !self.ended {
+            self.cache.locked().end_write(&self.key, self.connection, None);
+        }
     }
 }
 
@@ -181,6 +276,21 @@ impl CredentialsError {
     pub fn is_transient(&self) -> bool {
         matches!(self, CredentialsError::Kube { .. })
     }
+}
+
+/// Reads `connection`'s three Secrets — credentials, token, webhook key — at once, for a
+/// reconcile's reads of them that follow (a first provisioning's, while its finalizer is
+/// added). A failure is left for those reads to meet and report.
+pub async fn prefetch(secrets: &Secrets<'_>, connection: &ServiceNowConnection) {
+    let (token, webhook) = (token_secret_name(connection), webhook_secret_name(connection));
+    let _ = futures::join!(
+        secrets.get_opt(
+            &connection.spec.credentials_secret_ref.name,
+            Some(&[CLIENT_ID_KEY, CLIENT_SECRET_KEY])
+        ),
+        secrets.get_opt(&token, None),
+        secrets.get_opt(&webhook, None),
+    );
 }
 
 /// Reads and checks the credentials Secret `name`.

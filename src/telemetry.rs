@@ -31,8 +31,10 @@ pub enum LogFormat {
 
 /// Installs the global tracing subscriber.
 pub fn init_logging(args: &TelemetryArgs) {
+    // Colours only on a terminal: a pod's log, a file or a pipe gets plain text.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(args.log_filter.as_str())
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     match args.log_format {
         LogFormat::Plain => builder.init(),

@@ -74,10 +74,12 @@ pub async fn instances(count: usize) -> (snowsim::Server, Vec<Member>) {
 
 /// The operator watching `namespace`, every instance host under `*.service-now.com` resolved to
 /// `simulator`, logging at `info` (as deployed: at `debug` it writes lines per call and per
-/// event), with the flags `extra` on top.
+/// event) or at `SCALE_LOG_FILTER` (`info,servicenow_operator::reconcile=debug` logs each
+/// reconcile with what woke it), with the flags `extra` on top.
 pub async fn operator(namespace: &str, simulator: &snowsim::Server, extra: &[&str]) -> Operator {
     let wildcard = format!("*.service-now.com={}", simulator.addr());
-    let flags = [&["--resolve", &wildcard, "--log-filter", "info"], extra].concat();
+    let filter = std::env::var("SCALE_LOG_FILTER").unwrap_or_else(|_| "info".to_owned());
+    let flags = [&["--resolve", &wildcard, "--log-filter", &filter], extra].concat();
     Operator::start_with(namespace, simulator, free_port(), &flags).await
 }
 

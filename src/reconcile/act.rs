@@ -12,7 +12,7 @@ use super::{
 use crate::{
     api::ServiceNowConnection,
     provision::Step,
-    secrets,
+    secrets::{self, Secrets},
     servicenow::{ClientCredentials, ErrorKind, InstanceUrl, SecretString, ServiceNow},
 };
 
@@ -21,13 +21,13 @@ use crate::{
 pub async fn act<S: ServiceNow>(
     connection: &ServiceNowConnection,
     context: &Context<S>,
+    secrets_api: &Secrets<'_>,
     instance: &InstanceUrl,
     credentials: Option<&ClientCredentials>,
     access_token: Option<&SecretString>,
     plan: &Plan,
 ) -> Result<Outcome, Error> {
     let mut outcome = Outcome::default();
-    let secrets_api = context.secrets_of(connection);
     for act in &plan.acts {
         match act {
             Act::ForgetAccessToken => context.tokens.forget(&key(connection)),
@@ -49,13 +49,13 @@ pub async fn act<S: ServiceNow>(
                 }
             }
             Act::ForgetStoredToken => {
-                secrets::forget_token(&secrets_api, &secrets::token_secret_name(connection), connection)
+                secrets::forget_token(secrets_api, &secrets::token_secret_name(connection), connection)
                     .await
                     .map_err(secret("delete the token Secret for re-consent"))?
             }
             Act::StoreRefreshToken(token) => {
                 secrets::write_token(
-                    &secrets_api,
+                    secrets_api,
                     &secrets::token_secret_name(connection),
                     connection,
                     &token.0,

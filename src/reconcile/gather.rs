@@ -34,13 +34,13 @@ use crate::{
 pub async fn gather<S: ServiceNow>(
     connection: &ServiceNowConnection,
     context: &Context<S>,
+    secrets_api: &Secrets<'_>,
     instance: &InstanceUrl,
 ) -> Result<Gathered, Error> {
     let mut gathered = Gathered::default();
-    let secrets_api = context.secrets_of(connection);
     let status = connection.status.clone().unwrap_or_default();
 
-    let credentials = match credentials(&secrets_api, &connection.spec.credentials_secret_ref.name).await? {
+    let credentials = match credentials(secrets_api, &connection.spec.credentials_secret_ref.name).await? {
         Ok(credentials) => credentials,
         Err(problem) => {
             gathered.credentials = Some(Err(problem));
@@ -54,7 +54,7 @@ pub async fn gather<S: ServiceNow>(
         context.tokens.forget_for_reconnect(&connection_key, request);
     }
     let stored = match owned(
-        secrets::read_owned_token(&secrets_api, connection).await,
+        secrets::read_owned_token(secrets_api, connection).await,
         "read the token Secret",
     )? {
         Ok(stored) => stored,
@@ -132,7 +132,7 @@ pub async fn gather<S: ServiceNow>(
     }
 
     let rotation = connection.annotations().get(crate::api::ROTATE_WEBHOOK_KEY);
-    let webhook_token = secrets::ensure_webhook_key(&secrets_api, connection, rotation.map(String::as_str)).await;
+    let webhook_token = secrets::ensure_webhook_key(secrets_api, connection, rotation.map(String::as_str)).await;
     match owned(webhook_token, "create or rotate the webhook signing key")? {
         Ok(webhook_token) => gathered.webhook_token = Some(webhook_token),
         Err(not_owned) => {

@@ -110,19 +110,30 @@ pub async fn reconcile<S: ServiceNow>(
     context: Arc<Context<S>>,
 ) -> Result<Action, Error> {
     let started = std::time::Instant::now();
+    // At `debug`, one line per reconcile; kube-runtime's span around it names what woke it
+    // (`object.reason`).
+    tracing::debug!(connection = %key(&connection), "reconciling");
     let namespace = connection.namespace().unwrap_or_default();
     let api: Api<ServiceNowConnection> = Api::namespaced(context.kube.clone(), &namespace);
     let result = async {
+        let secrets = context.secrets_of(&connection);
         // kube-runtime's helper would add the finalizer and wait for the watch to bring the
         // change back; adding it here lets the same reconcile carry on (the helper then applies).
+        // A first reconcile reads the connection's Secrets meanwhile.
         let connection = if needs_finalizer(&connection) {
-            Arc::new(add_finalizer(&api, &connection).await?)
+            let prefetch = async {
+                if decide::validate(&connection.spec).is_ok() {
+                    crate::secrets::prefetch(&secrets, &connection).await;
+                }
+            };
+            let (patched, ()) = tokio::join!(add_finalizer(&api, &connection), prefetch);
+            Arc::new(patched?)
         } else {
             connection
         };
         finalizer(&api, FINALIZER, connection, |event| async {
             match event {
-                FinalizerEvent::Apply(connection) => apply(&connection, &context).await,
+                FinalizerEvent::Apply(connection) => apply(&connection, &context, &secrets).await,
                 FinalizerEvent::Cleanup(connection) => {
                     let action = cleanup::cleanup(&connection, &context).await?;
                     // The connection is gone: so are its access token, failure count, any hold and
@@ -139,6 +150,14 @@ pub async fn reconcile<S: ServiceNow>(
         })
         .await
         .map_err(|error| Error::Finalizer(Box::new(error)))
+        // The watch event that would have woken it was held while it wrote.
+        .map(|action| {
+            if secrets.changed_while_writing() {
+                Action::requeue(Duration::ZERO)
+            } else {
+                action
+            }
+        })
     }
     .await;
     context
@@ -216,8 +235,13 @@ pub fn inputs(connection: &ServiceNowConnection) -> u64 {
     hash.finish()
 }
 
-/// Reconciles a connection that is not being deleted: gather → decide → act → conclude → report.
-pub async fn apply<S: ServiceNow>(connection: &ServiceNowConnection, context: &Context<S>) -> Result<Action, Error> {
+/// Reconciles a connection that is not being deleted: gather (its Secrets through `secrets`) →
+/// decide → act → conclude → report.
+pub async fn apply<S: ServiceNow>(
+    connection: &ServiceNowConnection,
+    context: &Context<S>,
+    secrets: &crate::secrets::Secrets<'_>,
+) -> Result<Action, Error> {
     let connection_key = key(connection);
     let inputs = inputs(connection);
     if let Some(rest) = context.backoff.held(&connection_key, inputs, Instant::now()) {
@@ -229,7 +253,7 @@ pub async fn apply<S: ServiceNow>(connection: &ServiceNowConnection, context: &C
     let now = k8s_openapi::jiff::Timestamp::now();
     let instance = decide::validate(&connection.spec).ok();
     let gathered = match &instance {
-        Some(instance) => gather::gather(connection, context, instance).await?,
+        Some(instance) => gather::gather(connection, context, secrets, instance).await?,
         None => gather::Gathered::default(),
     };
     let plan = decide::decide(connection, &gathered, &context.public_url, now);
@@ -237,7 +261,7 @@ pub async fn apply<S: ServiceNow>(connection: &ServiceNowConnection, context: &C
         Some(instance) => {
             let token = gathered.access.as_ref().and_then(|a| a.as_ref().ok()).map(|a| &a.token);
             let credentials = gathered.credentials.as_ref().and_then(|c| c.as_ref().ok());
-            act::act(connection, context, instance, credentials, token, &plan).await?
+            act::act(connection, context, secrets, instance, credentials, token, &plan).await?
         }
         None => decide::Outcome::default(),
     };

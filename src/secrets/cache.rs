@@ -9,6 +9,10 @@
 //! (dropped as soon as the watch sees another version); and the version each connection last
 //! concluded from, so that a watch event for a version a connection already used — its own
 //! write, or a value it read before the event came — need not wake it ([`SecretCache::stale_readers`]).
+//! While a reconcile writes a Secret, the watch may bring the write back before its answer does:
+//! such events are held for that connection ([`SecretCache::begin_write`]) and compared with
+//! the version written once it is known ([`SecretCache::end_write`]) — only another version
+//! means someone else changed the Secret meanwhile.
 //!
 //! A value is held stripped to what the reconcile needs: its name, version, uid, labels and
 //! owner references (so [`super::ownership`] still judges a cached Secret) and its data — for
@@ -42,6 +46,9 @@ pub struct SecretCache {
     /// The version of each Secret each connection (by name, in the Secret's namespace) last
     /// concluded from.
     used: HashMap<Key, BTreeMap<String, String>>,
+    /// The writes in flight: for each Secret, the connections writing it and the versions the
+    /// watch brought since each began (`None`: a deletion).
+    writing: HashMap<Key, BTreeMap<String, Vec<Option<String>>>>,
 }
 
 impl std::fmt::Debug for SecretCache {
@@ -139,21 +146,53 @@ impl SecretCache {
     }
 
     /// Of `readers` (the connections that read the Secret `meta` names), those that have not
-    /// concluded from its version `meta` carries: the ones to wake.
+    /// concluded from its version `meta` carries: the ones to wake. A reader writing the Secret
+    /// is not woken: the version is held for [`SecretCache::end_write`].
     pub fn stale_readers(
-        &self,
+        &mut self,
         meta: &ObjectMeta,
         readers: Vec<ObjectRef<ServiceNowConnection>>,
     ) -> Vec<ObjectRef<ServiceNowConnection>> {
         let key = key_of(meta);
         let used = self.used.get(&key);
+        let mut writing = self.writing.get_mut(&key);
         readers
             .into_iter()
-            .filter(|reader| match &meta.resource_version {
-                Some(version) => used.and_then(|used| used.get(&reader.name)) != Some(version),
-                None => true,
+            .filter(|reader| {
+                if let Some(seen) = writing.as_mut().and_then(|writing| writing.get_mut(&reader.name)) {
+                    seen.push(meta.resource_version.clone());
+                    return false;
+                }
+                match &meta.resource_version {
+                    Some(version) => used.and_then(|used| used.get(&reader.name)) != Some(version),
+                    None => true,
+                }
             })
             .collect()
+    }
+
+    /// `connection` starts writing the Secret `key`: watch events for it are held from now until
+    /// [`SecretCache::end_write`].
+    pub fn begin_write(&mut self, key: &Key, connection: &str) {
+        self.writing
+            .entry(key.clone())
+            .or_default()
+            .insert(connection.to_owned(), Vec::new());
+    }
+
+    /// `connection`'s write of `key` ended, having written `written` (`None`: it failed): `true`
+    /// when the watch brought another version meanwhile — a change by someone else, which the
+    /// connection must look at again.
+    pub fn end_write(&mut self, key: &Key, connection: &str, written: Option<&str>) -> bool {
+        let Some(writers) = self.writing.get_mut(key) else {
+            return false;
+        };
+        let seen = writers.remove(connection).unwrap_or_default();
+        if writers.is_empty() {
+            self.writing.remove(key);
+        }
+        seen.iter()
+            .any(|version| version.as_deref() != written || written.is_none())
     }
 
     /// Forgets what the connection `name` in `namespace` used (a deleted connection).
@@ -317,23 +356,60 @@ mod tests {
     fn only_readers_that_did_not_conclude_from_a_version_are_woken_by_it() {
         let mut cache = SecretCache::default();
         let readers = || vec![ObjectRef::new("acme").within("a"), ObjectRef::new("beta").within("a")];
-        let woken = |cache: &SecretCache, v: &str| -> Vec<String> {
+        let woken = |cache: &mut SecretCache, v: &str| -> Vec<String> {
             cache
                 .stale_readers(&meta("shared", v), readers())
                 .into_iter()
                 .map(|r| r.name)
                 .collect()
         };
-        assert_eq!(woken(&cache, "4"), ["acme", "beta"]);
+        assert_eq!(woken(&mut cache, "4"), ["acme", "beta"]);
         cache.remember(&key("shared"), "acme", Some(&secret("shared", "4", &[])), None);
-        assert_eq!(woken(&cache, "4"), ["beta"], "acme wrote or read version 4 already");
-        assert_eq!(woken(&cache, "5"), ["acme", "beta"], "a newer version wakes both");
+        assert_eq!(woken(&mut cache, "4"), ["beta"], "acme wrote or read version 4 already");
+        assert_eq!(woken(&mut cache, "5"), ["acme", "beta"], "a newer version wakes both");
         let mut unversioned = meta("shared", "4");
         unversioned.resource_version = None;
         assert_eq!(cache.stale_readers(&unversioned, readers()).len(), 2);
         cache.forget_connection("a", "acme");
-        assert_eq!(woken(&cache, "4"), ["acme", "beta"]);
+        assert_eq!(woken(&mut cache, "4"), ["acme", "beta"]);
         assert!(cache.used.is_empty());
+    }
+
+    #[test]
+    fn a_write_brought_back_before_its_answer_wakes_nobody_but_another_version_does() {
+        let mut cache = SecretCache::default();
+        let readers = || vec![ObjectRef::new("acme").within("a"), ObjectRef::new("beta").within("a")];
+        let names = |woken: Vec<ObjectRef<ServiceNowConnection>>| -> Vec<String> {
+            woken.into_iter().map(|r| r.name).collect()
+        };
+        // acme's own create comes back on the watch before its answer: held, not woken.
+        cache.begin_write(&key("w"), "acme");
+        assert_eq!(names(cache.stale_readers(&meta("w", "7"), readers())), ["beta"]);
+        assert!(
+            !cache.end_write(&key("w"), "acme", Some("7")),
+            "only its own version came"
+        );
+        cache.remember(&key("w"), "acme", Some(&secret("w", "7", &[])), None);
+        assert_eq!(names(cache.stale_readers(&meta("w", "7"), readers())), ["beta"]);
+        assert!(cache.writing.is_empty());
+
+        // Someone else's version arrives while acme writes: acme must look again.
+        cache.begin_write(&key("w"), "acme");
+        assert_eq!(names(cache.stale_readers(&meta("w", "8"), readers())), ["beta"]);
+        assert_eq!(names(cache.stale_readers(&meta("w", "9"), readers())), ["beta"]);
+        assert!(
+            cache.end_write(&key("w"), "acme", Some("9")),
+            "version 8 was not acme's"
+        );
+
+        // A failed write with events meanwhile: look again; without events: nothing to see.
+        cache.begin_write(&key("w"), "acme");
+        assert!(!cache.end_write(&key("w"), "acme", None));
+        cache.begin_write(&key("w"), "acme");
+        cache.stale_readers(&meta("w", "10"), readers());
+        assert!(cache.end_write(&key("w"), "acme", None));
+        assert!(!cache.end_write(&key("w"), "acme", Some("10")), "no write in flight");
+        assert!(cache.writing.is_empty());
     }
 
     #[test]
