@@ -35,7 +35,7 @@ use kube::{
 use servicenow_operator::api::{ServiceNowConnection, SyncState};
 use support::{TestNamespace, install_crd, poll_until};
 
-use crate::measure::{ApiRequests, InstanceCalls, load, process_usage};
+use crate::measure::{ApiRequests, CpuLedger, InstanceCalls, load, process_usage};
 
 /// Credentials Secret changes measured (fewer when N is smaller).
 const SECRET_CHANGES: usize = 100;
@@ -190,7 +190,11 @@ async fn main() {
         .build()
         .expect("the floor's HTTP client");
     let floor_connections: Api<ServiceNowConnection> = Api::namespaced(client.clone(), floor_ns.name());
+    let plane = support::control_plane::control_plane().await;
+    let ledger = CpuLedger::of_control_plane(plane.kubeconfig_path());
+    let cpu_before = ledger.read();
     let floor_time = floor::run(&http, &floor_connections, &members, concurrency).await;
+    let floor_cpu = ledger.since(&cpu_before, count as f64);
     let admins: Vec<snowsim::Admin> = members.iter().map(|m| m.admin.clone()).collect();
     let floor_calls = InstanceCalls::take(&admins);
     println!(
@@ -200,17 +204,20 @@ async fn main() {
         floor_calls.per(count as f64),
         load()
     );
+    println!("  CPU per connection: {floor_cpu}");
     floor::undo(&members).await;
 
     // The operator: start to all READY_TO_SYNC.
     let connections: Api<ServiceNowConnection> = Api::namespaced(client.clone(), ns.name());
     let before = ApiRequests::read(&client).await;
+    let cpu_before = ledger.read();
     let started = Instant::now();
     let operator = fleet::operator(ns.name(), &simulator, &["--concurrency", &concurrency.to_string()]).await;
     let up = started.elapsed();
     all_ready(connections.clone(), count, Duration::from_secs(3600)).await;
     let ready = started.elapsed();
     let provisioning = ApiRequests::read(&client).await.since(&before);
+    let provisioning_cpu = ledger.since(&cpu_before, count as f64);
     let calls = InstanceCalls::take(&admins);
     let (rss, cpu) = process_usage(operator.pid());
     let n = count as f64;
@@ -229,6 +236,10 @@ async fn main() {
     println!("  per connection, API server: {}", api_summary(&provisioning, n));
     println!("{}", provisioning.breakdown(n));
     println!("  operator so far: peak RSS {rss:.1} MiB, CPU {cpu:.1} s");
+    println!(
+        "  CPU per connection: operator {:.2} ms, {provisioning_cpu}",
+        cpu / n * 1000.0
+    );
     let reconcile_seconds = "servicenow_operator_reconcile_duration_seconds";
     let (inside, reconciles) = (
         operator.metric(&format!("{reconcile_seconds}_sum")).await,

@@ -174,3 +174,47 @@ pub fn load() -> String {
     let text = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     text.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
 }
+
+/// CPU seconds of the processes that share the machine in a phase: the control plane's
+/// kube-apiserver and etcd (their pids from the `env` file `tests/envtest/up` writes beside the
+/// kubeconfig) and this process (snowsim and the floor's client or the benchmark's watches).
+pub struct CpuLedger {
+    processes: Vec<(&'static str, u32)>,
+}
+
+impl CpuLedger {
+    /// The control plane's processes and this one.
+    pub fn of_control_plane(kubeconfig: &std::path::Path) -> CpuLedger {
+        let env = kubeconfig.with_file_name("env");
+        let text = std::fs::read_to_string(&env).unwrap_or_else(|e| panic!("read {}: {e}", env.display()));
+        let pid = |name: &str| -> u32 {
+            text.lines()
+                .find_map(|line| line.strip_prefix(&format!("{name}=")))
+                .and_then(|value| value.trim().parse().ok())
+                .unwrap_or_else(|| panic!("{name} in {}", env.display()))
+        };
+        CpuLedger {
+            processes: vec![
+                ("kube-apiserver", pid("ENVTEST_APISERVER_PID")),
+                ("etcd", pid("ENVTEST_ETCD_PID")),
+                ("bench (snowsim, clients)", std::process::id()),
+            ],
+        }
+    }
+
+    /// CPU seconds of each process so far.
+    pub fn read(&self) -> Vec<f64> {
+        self.processes.iter().map(|(_, pid)| process_usage(*pid).1).collect()
+    }
+
+    /// The CPU seconds each process spent since `before` (a [`CpuLedger::read`]), per `per`.
+    pub fn since(&self, before: &[f64], per: f64) -> String {
+        self.processes
+            .iter()
+            .zip(self.read())
+            .zip(before)
+            .map(|(((name, _), now), then)| format!("{name} {:.2} ms", (now - then) / per * 1000.0))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}

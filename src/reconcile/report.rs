@@ -38,7 +38,9 @@ pub async fn report<S>(
 /// Publishes `transitions` as Events on `connection`, in order, off the reconcile's path (best
 /// effort, as client-go's recorder: a failed Event is logged, and the reconcile does not wait for
 /// the API server to store them — two to three POSTs a first provisioning would otherwise add to
-/// every connection's latency).
+/// every connection's latency). Each is a new Event: only transitions are posted, so the repeats
+/// a recorder's memory would count as a series are rare, and that memory grew with every
+/// connection ([`Context::reporter`]).
 pub fn publish<S>(context: &Context<S>, connection: &ServiceNowConnection, transitions: &[Transition]) {
     use kube::runtime::events::{Event, EventType};
     if transitions.is_empty() {
@@ -59,7 +61,7 @@ pub fn publish<S>(context: &Context<S>, connection: &ServiceNowConnection, trans
         })
         .collect();
     let reference = connection.object_ref(&());
-    let recorder = context.recorder.clone();
+    let recorder = kube::runtime::events::Recorder::new(context.kube.clone(), context.reporter.clone());
     let connection_key = key(connection);
     tokio::spawn(async move {
         for event in &events {
