@@ -171,6 +171,8 @@ async fn main() {
         .expect("an HTTP client");
 
     let (_, cpu_before) = measure::process_usage(operator.pid());
+    let split_before = measure::cpu_split(operator.pid());
+    let own_before = measure::cpu_split(std::process::id());
     let started = Instant::now();
     let outcomes: Vec<(u16, Duration)> = futures::stream::iter(requests)
         .map(|request| {
@@ -211,6 +213,8 @@ async fn main() {
         }
     }
     let (rss, cpu_after) = measure::process_usage(operator.pid());
+    let split_after = measure::cpu_split(operator.pid());
+    let own_after = measure::cpu_split(std::process::id());
 
     println!(
         "webhook receiver, loopback, {events} signed events to {CONNECTIONS} connections, {IN_FLIGHT} in flight; load {}:",
@@ -238,6 +242,21 @@ async fn main() {
         "  operator: {:.2} CPU s for the run ({:.0} events per CPU second), peak RSS {rss:.1} MiB",
         cpu_after - cpu_before,
         accepted as f64 / (cpu_after - cpu_before)
+    );
+    let per_event = |after: (f64, f64), before: (f64, f64)| {
+        (
+            (after.0 - before.0) / accepted as f64 * 1e6,
+            (after.1 - before.1) / accepted as f64 * 1e6,
+        )
+    };
+    let (user, system) = per_event(split_after, split_before);
+    let (own_user, own_system) = per_event(own_after, own_before);
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    println!(
+        "  CPU per event: operator {user:.0} µs user + {system:.0} µs kernel; load generator and sink (this \
+         process) {own_user:.0} µs user + {own_system:.0} µs kernel; {cores} cores: {:.0} events/s at most at \
+         this cost",
+        cores as f64 * 1e6 / (user + system + own_user + own_system)
     );
     let refused: Vec<u16> = outcomes
         .iter()

@@ -6,6 +6,11 @@ use servicenow_operator::{
     run::{self, StartError},
 };
 
+/// mimalloc, not glibc's malloc: allocation is on every request's path (glibc's malloc and free
+/// took 17 % of the webhook receiver's CPU, measured with perf).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     match Cli::parse().command {
         Command::Crd => match servicenow_operator::crd::yaml() {

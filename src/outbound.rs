@@ -10,8 +10,8 @@
 //!   port. `--resolve *.DOMAIN=IP:PORT` does the same for every host under `DOMAIN` ([`wildcard`]):
 //!   one simulator serving an instance per customer, say.
 //! * `HTTPS_PROXY` / `NO_PROXY` are honoured (reqwest's system-proxy behaviour).
-//! * Idle connections are closed after [`POOL_IDLE_TIMEOUT`], so one operator holding thousands
-//!   of instances does not hold a TLS connection to each.
+//! * Idle connections are closed soon ([`Peer::idle_timeout`]), so one operator holding
+//!   thousands of instances does not hold a TLS connection to each.
 //! * Redirects are not followed: an API answering with a redirect (a hibernating instance sends
 //!   the browser elsewhere) is an unexpected answer, and credentials never follow one.
 
@@ -24,14 +24,19 @@ use reqwest::header::HeaderMap;
 /// Longest wait for a TCP + TLS connection (capped by the request timeout).
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// How long an idle connection (to an instance or a sink) is kept for the next call. A
-/// reconcile's calls to its instance come back to back, and its next reconcile is a resync
-/// interval away (30 s at the least): kept longer, an idle TLS connection — its buffers and a
-/// descriptor, some 40 KiB — would wait for nothing, one per instance, tens of thousands for an
-/// operator holding thousands of connections (reqwest's default keeps them 90 s). A sink that
-/// receives events keeps its connections busy. Below the 5 s after which common servers close an
-/// idle connection themselves (Node.js), so a call seldom lands on one being closed.
-pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(4);
+/// How long an idle connection to an instance is kept for the next call. A reconcile's calls to
+/// its instance come back to back (a Kubernetes request or two between them at most), and its
+/// next reconcile is a resync interval away (30 s at the least): kept longer, an idle TLS
+/// connection — its buffers and a descriptor, tens of KiB — waits for nothing. An operator
+/// resyncing 10,000 connections makes some 350 new ones a second: at 4 s it held about 1,400 of
+/// them at a time, at 1 s about 350 (reqwest's default keeps them 90 s).
+pub const INSTANCE_IDLE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// How long an idle connection to a webhook sink is kept: a sink that receives events keeps its
+/// connections busy, and one that receives a few should not pay a handshake for each. Below the
+/// 5 s after which common servers close an idle connection themselves (Node.js), so a call
+/// seldom lands on one being closed.
+pub const SINK_IDLE_TIMEOUT: Duration = Duration::from_secs(4);
 
 /// What every outbound client shares.
 #[derive(Clone, Debug)]
@@ -46,13 +51,23 @@ pub struct Settings<'a> {
     pub request_timeout: Duration,
 }
 
-/// Which URLs a client may call.
+/// What a client calls.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Schemes {
-    /// `https://` only (ServiceNow instances).
-    HttpsOnly,
-    /// `http://` too (webhook sinks: in-cluster sinks often are plain HTTP).
-    HttpAndHttps,
+pub enum Peer {
+    /// ServiceNow instances: `https://` only.
+    Instance,
+    /// Webhook sinks: `http://` too (in-cluster sinks often are plain HTTP).
+    Sink,
+}
+
+impl Peer {
+    /// How long an idle connection to this peer is kept.
+    pub fn idle_timeout(self) -> Duration {
+        match self {
+            Peer::Instance => INSTANCE_IDLE_TIMEOUT,
+            Peer::Sink => SINK_IDLE_TIMEOUT,
+        }
+    }
 }
 
 /// A client could not be built.
@@ -65,16 +80,16 @@ pub struct SetupError {
     pub reason: String,
 }
 
-/// A client with `settings` for `schemes` (see the module documentation). Fails on a CA bundle
+/// A client with `settings` for `peer` (see the module documentation). Fails on a CA bundle
 /// that cannot be read or holds no certificate.
-pub fn client(settings: &Settings<'_>, schemes: Schemes) -> Result<reqwest::Client, SetupError> {
+pub fn client(settings: &Settings<'_>, peer: Peer) -> Result<reqwest::Client, SetupError> {
     let mut builder = reqwest::Client::builder()
         .use_rustls_tls()
         .tls_built_in_root_certs(true)
         .redirect(reqwest::redirect::Policy::none())
         .connect_timeout(CONNECT_TIMEOUT.min(settings.request_timeout))
         .timeout(settings.request_timeout)
-        .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+        .pool_idle_timeout(peer.idle_timeout())
         .user_agent(concat!("servicenow-operator/", env!("CARGO_PKG_VERSION")));
     if let Some(path) = settings.ca_bundle {
         for certificate in read_ca_bundle(path)? {
@@ -92,7 +107,7 @@ pub fn client(settings: &Settings<'_>, schemes: Schemes) -> Result<reqwest::Clie
     if !wildcards.is_empty() {
         builder = builder.dns_resolver(Arc::new(wildcard::Resolver::new(wildcards)));
     }
-    if schemes == Schemes::HttpsOnly {
+    if peer == Peer::Instance {
         builder = builder.https_only(true);
     }
     builder
@@ -183,7 +198,7 @@ mod tests {
             resolve: &[],
             request_timeout: Duration::from_secs(1),
         };
-        let error = client(&settings, Schemes::HttpAndHttps).unwrap_err();
+        let error = client(&settings, Peer::Sink).unwrap_err();
         assert!(
             error
                 .to_string()

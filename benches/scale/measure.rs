@@ -150,12 +150,24 @@ impl InstanceCalls {
 
 /// Peak resident memory (MiB) and CPU seconds (user + system) of process `pid` so far.
 pub fn process_usage(pid: u32) -> (f64, f64) {
+    let (user, system) = cpu_split(pid);
+    (peak_rss(pid), user + system)
+}
+
+/// Peak resident memory (MiB) of process `pid` so far.
+fn peak_rss(pid: u32) -> f64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read /proc/<pid>/status");
     let peak_kib: f64 = status
         .lines()
         .find_map(|line| line.strip_prefix("VmHWM:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .expect("VmHWM in /proc/<pid>/status");
+    peak_kib / 1024.0
+}
+
+/// CPU seconds of process `pid` so far: in user space, in the kernel (its system calls, and the
+/// loopback deliveries its writes cause).
+pub fn cpu_split(pid: u32) -> (f64, f64) {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read /proc/<pid>/stat");
     // The fields after the command name (which may hold spaces) end with `)`.
     let fields: Vec<&str> = stat
@@ -164,9 +176,9 @@ pub fn process_usage(pid: u32) -> (f64, f64) {
         .1
         .split_whitespace()
         .collect();
-    let ticks: f64 = fields[11].parse::<f64>().expect("utime") + fields[12].parse::<f64>().expect("stime");
     // USER_HZ is 100 on Linux.
-    (peak_kib / 1024.0, ticks / 100.0)
+    let seconds = |field: &str| field.parse::<f64>().expect("a tick count") / 100.0;
+    (seconds(fields[11]), seconds(fields[12]))
 }
 
 /// The machine's load averages, as /proc/loadavg shows them (1, 5, 15 minutes).

@@ -17,7 +17,7 @@ use tokio::sync::Semaphore;
 
 use super::{Error, ErrorKind, InstanceUrl};
 // Two leaves (see `tests/architecture.rs`); one `use` each, so the import check sees their names.
-use crate::outbound::{self, Schemes, SetupError, transport_reason};
+use crate::outbound::{self, Peer, SetupError, transport_reason};
 use crate::sync::LockExt as _;
 
 /// Calls in flight to one instance at a time; more wait their turn.
@@ -223,7 +223,7 @@ pub(crate) struct Transport {
 impl Transport {
     /// Builds the transport. Fails on a CA bundle that cannot be read or holds no certificate.
     pub fn new(config: ClientConfig) -> Result<Self, Error> {
-        let client = outbound::client(&settings(&config), Schemes::HttpsOnly).map_err(setup_error)?;
+        let client = outbound::client(&settings(&config), Peer::Instance).map_err(setup_error)?;
         Ok(Transport {
             client,
             observer: config.observer,
@@ -347,7 +347,7 @@ impl Transport {
 /// instances' client, but plain `http://` allowed (in-cluster sinks often are). Fails like
 /// [`Transport::new`].
 pub fn outbound_client(config: &ClientConfig) -> Result<reqwest::Client, Error> {
-    outbound::client(&settings(config), Schemes::HttpAndHttps).map_err(setup_error)
+    outbound::client(&settings(config), Peer::Sink).map_err(setup_error)
 }
 
 /// The part of `config` that [`outbound::client`] takes.
