@@ -7,7 +7,9 @@ use servicenow_operator::{
 };
 
 /// mimalloc, not glibc's malloc: allocation is on every request's path (glibc's malloc and free
-/// took 17 % of the webhook receiver's CPU, measured with perf).
+/// took 17 % of the webhook receiver's CPU, measured with perf). Built with `no_thp`: mimalloc
+/// turns transparent huge pages off for the process, which on a host that has them "always"
+/// would back its arena with 2 MiB pages (20–25 MiB more resident memory, measured).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
