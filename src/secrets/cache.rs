@@ -415,7 +415,17 @@ mod tests {
     #[test]
     fn only_what_the_reconcile_needs_is_held() {
         let mut cache = SecretCache::default();
-        let full = secret("c", "1", &[("clientId", "i"), ("clientSecret", "s"), ("ca.crt", "pem")]);
+        let mut full = secret("c", "1", &[("clientId", "i"), ("clientSecret", "s"), ("ca.crt", "pem")]);
+        full.metadata.uid = Some("0a1b".into());
+        full.metadata.labels = Some(BTreeMap::from([("app".into(), "x".into())]));
+        full.metadata.owner_references = Some(vec![k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
+            api_version: "neoagent.io/v1alpha1".into(),
+            kind: "ServiceNowConnection".into(),
+            name: "acme".into(),
+            uid: "9f8e".into(),
+            controller: Some(true),
+            block_owner_deletion: None,
+        }]);
         cache.remember(&key("c"), "acme", Some(&full), Some(&["clientId", "clientSecret"]));
         cache.observe(None, &watcher::Event::Apply(event("c", "1")));
         let held = cache.get(&key("c")).expect("held");
@@ -424,6 +434,13 @@ mod tests {
             ["clientId", "clientSecret"]
         );
         assert_eq!(held.metadata.annotations, None);
+        // What ownership and the reconcile read of it stays: name, namespace, version, uid, labels.
+        assert_eq!(held.metadata.name.as_deref(), Some("c"));
+        assert_eq!(held.metadata.namespace.as_deref(), Some("a"));
+        assert_eq!(held.metadata.resource_version.as_deref(), Some("1"));
+        assert_eq!(held.metadata.uid.as_deref(), Some("0a1b"));
+        assert_eq!(held.metadata.labels, full.metadata.labels);
+        assert_eq!(held.metadata.owner_references, full.metadata.owner_references);
         assert_eq!(format!("{cache:?}"), "SecretCache { watched: 1, values: 1, .. }");
     }
 }
