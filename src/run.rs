@@ -66,9 +66,13 @@ pub enum StartError {
     /// Leader election could not start.
     #[error("failed to start leader election: {0}")]
     Lease(#[source] kube_lease_manager::LeaseManagerError),
-    /// A listener failed.
-    #[error("failed to serve HTTP on {address}: {source}")]
+    /// A listener could not be bound or failed.
+    #[error(
+        "failed to serve HTTP on {address} ({flag}): {source}; if another process listens there, give {flag} another address"
+    )]
     Listen {
+        /// The flag that set the address.
+        flag: &'static str,
         /// The address.
         address: std::net::SocketAddr,
         /// Why.
@@ -133,14 +137,13 @@ pub async fn public(args: PublicArgs) -> Result<(), StartError> {
         ready: Arc::new(AtomicBool::new(true)),
         registry: Arc::new(registry),
     });
-    let admin_server = tokio::spawn(http::serve(admin.admin_listen, admin_router, stop.stopped()));
+    let admin_listener = listen((ADMIN_FLAG, admin.admin_listen)).await?;
+    let public_listener = listen((PUBLIC_FLAG, public.listen)).await?;
+    let admin_server = tokio::spawn(http::serve(admin_listener, admin_router, stop.stopped()));
     let (consent, webhook) = forwarder.routers();
     let router = http::with_security_headers(limits.router(consent, webhook));
-    let public_result = limits.serve(public.listen, router, stop.stopped()).await;
-    listened([
-        (admin.admin_listen, admin_server.await),
-        (public.listen, Ok(public_result)),
-    ])
+    limits.serve(public_listener, router, stop.stopped()).await;
+    listened([((ADMIN_FLAG, admin.admin_listen), admin_server.await)])
 }
 
 /// Where the consent and webhook endpoints are served; `L`: the public limits' settings, then
@@ -150,6 +153,16 @@ enum Front<L = PublicLimitsArgs> {
     Public { listen: SocketAddr, limits: L },
     /// To the public component, behind the hand-off key (`controller`).
     HandOff { listen: SocketAddr, key: HandOffKey },
+}
+
+impl<L> Front<L> {
+    /// Where it listens, and the flag that says so.
+    fn address(&self) -> ListenAt {
+        match self {
+            Front::Public { listen, .. } => (PUBLIC_FLAG, *listen),
+            Front::HandOff { listen, .. } => (HANDOFF_FLAG, *listen),
+        }
+    }
 }
 
 impl Front {
@@ -240,9 +253,9 @@ struct Operator {
 
 /// The listeners and the receiver's workers, stopped in order by [`shutdown`].
 struct Listeners {
-    admin: (SocketAddr, JoinHandle<std::io::Result<()>>),
+    admin: (ListenAt, JoinHandle<std::io::Result<()>>),
     /// The listener of the consent and webhook endpoints: the public one or the hand-off one.
-    front: (SocketAddr, JoinHandle<std::io::Result<()>>),
+    front: (ListenAt, JoinHandle<std::io::Result<()>>),
     receiver: Arc<Receiver>,
     counting: JoinHandle<()>,
     public_stopped: tokio::sync::oneshot::Sender<()>,
@@ -298,7 +311,10 @@ async fn setup(core: CoreArgs, front: Front, stop: &Stop) -> Result<Operator, St
         ready: ready.clone(),
         registry: Arc::new(registry),
     });
-    let admin_server = tokio::spawn(http::serve(admin_listen, admin, stop.stopped()));
+    let admin_listener = listen((ADMIN_FLAG, admin_listen)).await?;
+    let front_at = front.address();
+    let front_listener = listen(front_at).await?;
+    let admin_server = tokio::spawn(http::serve(admin_listener, admin, stop.stopped()));
 
     // An empty POD_NAMESPACE counts as unset.
     let operator_namespace = operator_namespace
@@ -336,17 +352,17 @@ async fn setup(core: CoreArgs, front: Front, stop: &Stop) -> Result<Operator, St
     });
     let webhook = http::receiver::router(receiver.clone());
     let stopped = stop.stopped();
-    let (listen, front_server) = match front {
-        Front::Public { listen, limits } => {
+    let front_server = match front {
+        Front::Public { limits, .. } => {
             let public = http::with_security_headers(limits.router(consent, webhook));
-            (
-                listen,
-                tokio::spawn(async move { limits.serve(listen, public, stopped).await }),
-            )
+            tokio::spawn(async move {
+                limits.serve(front_listener, public, stopped).await;
+                Ok(())
+            })
         }
-        Front::HandOff { listen, key } => {
+        Front::HandOff { key, .. } => {
             let handoff = http::handoff::authenticated(key, consent.merge(webhook));
-            (listen, tokio::spawn(http::serve(listen, handoff, stopped)))
+            tokio::spawn(http::serve(front_listener, handoff, stopped))
         }
     };
 
@@ -363,8 +379,8 @@ async fn setup(core: CoreArgs, front: Front, stop: &Stop) -> Result<Operator, St
             lease_duration,
         },
         listeners: Listeners {
-            admin: (admin_listen, admin_server),
-            front: (listen, front_server),
+            admin: ((ADMIN_FLAG, admin_listen), admin_server),
+            front: (front_at, front_server),
             receiver,
             counting,
             public_stopped,
@@ -473,11 +489,28 @@ async fn shutdown(listeners: Listeners) -> Result<(), StartError> {
     listened([(admin_address, admin_server.await), (front_address, front_result)])
 }
 
+/// A listener's address, with the flag that set it (for the error that names both).
+type ListenAt = (&'static str, SocketAddr);
+
+/// The flags of the listeners' addresses.
+const PUBLIC_FLAG: &str = "--listen or LISTEN";
+const ADMIN_FLAG: &str = "--admin-listen or ADMIN_LISTEN";
+const HANDOFF_FLAG: &str = "--handoff-listen or HANDOFF_LISTEN";
+
+/// Binds a listener at the start ([`http::bind`]); a failure names the address.
+async fn listen((flag, address): ListenAt) -> Result<tokio::net::TcpListener, StartError> {
+    http::bind(address)
+        .await
+        .map_err(|source| StartError::Listen { flag, address, source })
+}
+
 /// The first listener that failed, as the error.
-fn listened(results: [(SocketAddr, Result<std::io::Result<()>, tokio::task::JoinError>); 2]) -> Result<(), StartError> {
-    for (address, result) in results {
+fn listened<const N: usize>(
+    results: [(ListenAt, Result<std::io::Result<()>, tokio::task::JoinError>); N],
+) -> Result<(), StartError> {
+    for ((flag, address), result) in results {
         if let Ok(Err(source)) = result {
-            return Err(StartError::Listen { address, source });
+            return Err(StartError::Listen { flag, address, source });
         }
     }
     Ok(())

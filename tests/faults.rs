@@ -316,3 +316,44 @@ async fn a_leader_that_loses_its_lease_mid_reconcile_stops_at_once_and_the_next_
     assert_one_rule_and_one_property(&scene, status, 0, "the Lease lost mid-reconcile");
     scene.assert_no_secret_leaked().await;
 }
+
+/// A listener whose address is taken stops the start at once, with an error naming the address
+/// and the flag that set it: never a process that passes its `/readyz` without that listener (a
+/// controller once did without its hand-off listener, and the public component's requests
+/// reached whatever else held the port).
+#[tokio::test]
+async fn an_address_in_use_stops_the_start_naming_it_and_its_flag() {
+    let scene = Scene::new(serde_json::json!({})).await;
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = taken.local_addr().expect("address").port();
+    let address = format!("127.0.0.1:{port}");
+    let free = format!("127.0.0.1:{}", free_port());
+    let key_file = std::env::temp_dir().join(format!("{}-handoff-key", scene.ns.name()));
+    std::fs::write(&key_file, "k".repeat(64)).expect("write the hand-off key");
+    let key_file = key_file.display().to_string();
+    let cases: [(&str, u16, Vec<&str>, &str); 3] = [
+        ("run", free_port(), vec!["--listen", &address], "--listen or LISTEN"),
+        ("run", port, vec!["--listen", &free], "--admin-listen or ADMIN_LISTEN"),
+        (
+            "controller",
+            free_port(),
+            vec!["--handoff-listen", &address, "--handoff-key-file", &key_file],
+            "--handoff-listen or HANDOFF_LISTEN",
+        ),
+    ];
+    for (subcommand, admin_port, extra, flag) in cases {
+        let (status, logs) =
+            Operator::run_to_exit(subcommand, scene.ns.name(), &scene.simulator, admin_port, &extra).await;
+        assert!(!status.success(), "{subcommand} {extra:?} ended with {status}: {logs}");
+        assert!(
+            logs.contains(&format!("failed to serve HTTP on {address} ({flag})")),
+            "{subcommand} {extra:?}: the error does not name {address} and {flag}: {logs}"
+        );
+        assert!(
+            logs.contains(&format!("give {flag} another address")),
+            "no remedy: {logs}"
+        );
+    }
+    drop(taken);
+    let _ = std::fs::remove_file(&key_file);
+}

@@ -312,22 +312,10 @@ impl PublicLimits {
     }
 
     /// Serves `router` (the client's address in each request as `ConnectInfo<SocketAddr>`) over
-    /// HTTP/1.1 on `address`, with the header-read timeout and the connection cap, until
-    /// `shutdown` resolves; then the connections open get the whole-request timeout to finish.
+    /// HTTP/1.1 on `listener` ([`super::bind`]), with the header-read timeout and the connection
+    /// cap, until `shutdown` resolves; then the connections open get the whole-request timeout to
+    /// finish.
     pub async fn serve(
-        &self,
-        address: SocketAddr,
-        router: Router,
-        shutdown: impl Future<Output = ()> + Send + 'static,
-    ) -> std::io::Result<()> {
-        let listener = TcpListener::bind(address).await?;
-        tracing::info!(%address, "listening");
-        self.serve_on(listener, router, shutdown).await;
-        Ok(())
-    }
-
-    /// [`Self::serve`] on a bound listener.
-    async fn serve_on(
         &self,
         listener: TcpListener,
         router: Router,
@@ -648,7 +636,7 @@ mod tests {
             let limits = limits.clone();
             async move {
                 limits
-                    .serve_on(listener, app(&limits), async {
+                    .serve(listener, app(&limits), async {
                         let _ = stopped.await;
                     })
                     .await;
@@ -686,7 +674,7 @@ mod tests {
         let address = listener.local_addr().expect("address");
         tokio::spawn({
             let limits = limits.clone();
-            async move { limits.serve_on(listener, app(&limits), std::future::pending()).await }
+            async move { limits.serve(listener, app(&limits), std::future::pending()).await }
         });
         let mut answers = Vec::new();
         for size in [MAX_BUFFER_BYTES / 2, 2 * MAX_BUFFER_BYTES] {

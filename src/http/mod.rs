@@ -14,14 +14,21 @@ use std::net::SocketAddr;
 
 use tokio::net::TcpListener;
 
-/// Serves `router` on `address` until `shutdown` resolves.
+/// Binds `address`: done before anything is served, so that a listener that cannot be had (the
+/// port taken, the address not this host's) stops the start with an error that names it, rather
+/// than leave a process that looks ready without it.
+pub async fn bind(address: SocketAddr) -> std::io::Result<TcpListener> {
+    let listener = TcpListener::bind(address).await?;
+    tracing::info!(%address, "listening");
+    Ok(listener)
+}
+
+/// Serves `router` on `listener` until `shutdown` resolves.
 pub async fn serve(
-    address: SocketAddr,
+    listener: TcpListener,
     router: axum::Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let listener = TcpListener::bind(address).await?;
-    tracing::info!(%address, "listening");
     axum::serve(listener, router).with_graceful_shutdown(shutdown).await
 }
 

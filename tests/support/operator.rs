@@ -11,13 +11,22 @@ use std::{
 
 use super::{Observed, control_plane, instance::HOST, poll_until};
 
-/// A free TCP port on 127.0.0.1 (bound and released; fine for a test's own listeners).
+/// A free TCP port on 127.0.0.1 (bound and released; fine for a test's own listeners), never
+/// one this test binary was given before: its tests run side by side, and a port released but
+/// not yet bound again by the listener it was chosen for could otherwise go to a second one.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("address")
-        .port()
+    static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .expect("bind")
+            .local_addr()
+            .expect("address")
+            .port();
+        if GIVEN.lock().expect("the ports given").insert(port) {
+            return port;
+        }
+    }
 }
 
 /// The operator binary, running as a child process until dropped.
@@ -191,6 +200,46 @@ impl Operator {
         )
         .await;
         (controller, public)
+    }
+
+    /// Runs `subcommand` against `simulator` watching `namespace`, its admin listener on
+    /// `admin_port` and `extra` flags on top, as a start that must fail: waits up to 30 s for it
+    /// to exit (killed and failed after that); returns how it ended and what it wrote.
+    pub async fn run_to_exit(
+        subcommand: &str,
+        namespace: &str,
+        simulator: &snowsim::Server,
+        admin_port: u16,
+        extra: &[&str],
+    ) -> (std::process::ExitStatus, String) {
+        let plane = control_plane().await;
+        let mut command = controller_command(
+            subcommand,
+            namespace,
+            simulator,
+            simulator.addr(),
+            "http://127.0.0.1:9",
+            admin_port,
+        );
+        command.args(extra).env("KUBECONFIG", plane.kubeconfig_path());
+        let dir = log_dir(namespace);
+        fs::create_dir_all(&dir).expect("log dir");
+        let log = dir.join(format!("{subcommand}-{admin_port}-exit.log"));
+        let log_file = fs::File::create(&log).expect("log file");
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone().expect("log file"))
+            .stderr(log_file)
+            .spawn()
+            .expect("start the operator binary");
+        let mut operator = Operator {
+            child,
+            log,
+            public_url: String::new(),
+            admin_url: format!("http://127.0.0.1:{admin_port}"),
+        };
+        let status = operator.wait_for_exit(Duration::from_secs(30)).await;
+        (status, operator.logs())
     }
 
     /// Starts `command` (its output in a log file `name` among `namespace`'s) and waits for its
