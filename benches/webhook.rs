@@ -3,7 +3,7 @@
 //! rate limiter included) and forwards to a sink, with the latency of an accepted request, for
 //! [`CONNECTIONS`] connections — each its own instance in snowsim (`c00001.service-now.com` …,
 //! as `make bench-scale` has them), its own signing key and its own forwarding queue — posted to
-//! over [`IN_FLIGHT`] HTTP connections at once. Prints the figures and their ratio to the target
+//! over `WEBHOOK_IN_FLIGHT` HTTP connections at once (default [`IN_FLIGHT`]). Prints the figures and their ratio to the target
 //! of issue 16 (≥ 20,000 events/s accepted); never asserts them.
 //!
 //! `cargo bench --bench webhook` (with `ENVTEST_KUBECONFIG` set, as `make bench` does, or it
@@ -44,7 +44,8 @@ use support::{TestNamespace, install_crd, operator::free_port, poll_until};
 const CONNECTIONS: usize = 100;
 /// Events sent to each connection.
 const EVENTS_PER_CONNECTION: usize = 400;
-/// Requests in flight at once (as many HTTP connections to the receiver).
+/// Requests in flight at once (as many HTTP connections to the receiver), unless
+/// `WEBHOOK_IN_FLIGHT` says otherwise.
 const IN_FLIGHT: usize = 100;
 /// The target of issue 16, in events accepted per second.
 const TARGET: f64 = 20_000.0;
@@ -165,8 +166,15 @@ async fn main() {
             }
         })
         .collect();
+    let in_flight = std::env::var("WEBHOOK_IN_FLIGHT").map_or(IN_FLIGHT, |value| {
+        value
+            .parse::<usize>()
+            .ok()
+            .filter(|&value| value > 0)
+            .unwrap_or_else(|| panic!("WEBHOOK_IN_FLIGHT must be a whole number above 0, not {value:?}"))
+    });
     let http = reqwest::Client::builder()
-        .pool_max_idle_per_host(IN_FLIGHT)
+        .pool_max_idle_per_host(in_flight)
         .build()
         .expect("an HTTP client");
 
@@ -191,7 +199,7 @@ async fn main() {
                 (status, sent.elapsed())
             }
         })
-        .buffer_unordered(IN_FLIGHT)
+        .buffer_unordered(in_flight)
         .collect()
         .await;
     let took = started.elapsed();
@@ -217,7 +225,7 @@ async fn main() {
     let own_after = measure::cpu_split(std::process::id());
 
     println!(
-        "webhook receiver, loopback, {events} signed events to {CONNECTIONS} connections, {IN_FLIGHT} in flight; load {}:",
+        "webhook receiver, loopback, {events} signed events to {CONNECTIONS} connections, {in_flight} in flight; load {}:",
         measure::load()
     );
     let rate = accepted as f64 / took.as_secs_f64();

@@ -46,6 +46,12 @@ use crate::{
     sync::LockExt as _,
 };
 
+/// How long the connections' reconciles wait, at the start, for the Secret watch's first list:
+/// as controller-runtime starts no worker before its caches are synced, a first reconcile
+/// decides from a complete view of the Secrets (the webhook Secret the watch did not list need
+/// not be asked for before it is created). Past it — the watch refused, say — they run without.
+const SECRET_LIST_GRACE: Duration = Duration::from_secs(30);
+
 /// The connections a Secret watch event wakes: those that read `secret` ([`index`]) and have
 /// not concluded from the version the event carries already — a version a connection wrote
 /// itself, or read before the event came, wakes nothing; a change by anyone else, and a
@@ -149,6 +155,10 @@ fn scope<S: ServiceNow>(
 ) -> (Store<ServiceNowConnection>, impl Future<Output = ()>) {
     let (store, writer) = reflector::store();
     let scope_namespace = secret_metadata.namespace().map(str::to_owned);
+    let (secrets_listed, listed) = tokio::sync::watch::channel(false);
+    let first_listed = listed.clone();
+    let listed_by = tokio::time::Instant::now() + SECRET_LIST_GRACE;
+    let warned = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let readers = Arc::new(Mutex::new(index::SecretIndex::default()));
     let indexed = readers.clone();
     let changes = watcher(connections, watcher::Config::default().any_semantic())
@@ -161,7 +171,19 @@ fn scope<S: ServiceNow>(
             }
         })
         .applied_objects()
-        .predicate_filter(trigger, Default::default());
+        .predicate_filter(trigger, Default::default())
+        .then(move |change| {
+            let (mut listed, warned) = (listed.clone(), warned.clone());
+            async move {
+                let waited = tokio::time::timeout_at(listed_by, listed.wait_for(|listed| *listed)).await;
+                if waited.is_err() && !warned.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                    tracing::warn!(
+                        "the Secret watch has not listed its Secrets within {SECRET_LIST_GRACE:?}: reconciling without it"
+                    );
+                }
+                change
+            }
+        });
     // kube-runtime retries the merged trigger streams too, after any error of one of them (a 410
     // Expired once the API server is back, say), with a backoff of its own: bounded the same way,
     // or it grows to 30 s during an outage and a change waits a minute after it.
@@ -177,9 +199,15 @@ fn scope<S: ServiceNow>(
         .inspect(move |event| {
             if let Ok(event) = event {
                 observed.secrets.locked().observe(scope_namespace.as_deref(), event);
+                if matches!(event, watcher::Event::InitDone) {
+                    secrets_listed.send_replace(true);
+                }
             }
         })
-        .touched_objects();
+        .touched_objects()
+        // The first list's Secrets wake nobody: every connection is reconciled once it is done,
+        // on its own watch's event.
+        .filter(move |_| std::future::ready(*first_listed.borrow()));
     let cache = context.clone();
     let run = controller
         .watches_stream(secret_changes, move |secret| {

@@ -101,6 +101,28 @@ impl<'a> Secrets<'a> {
         Ok(secret)
     }
 
+    /// [`Self::get_opt`] of a Secret that only the operator creates (the webhook key's): `None`
+    /// without asking the API server when the cache has seen nothing of it
+    /// ([`SecretCache::unseen`]). Should it exist after all (created a moment ago, the watch not
+    /// there yet), the create that follows is refused (409) and [`Self::forget`] lets the next
+    /// read ask.
+    async fn get_opt_unless_unseen(&self, name: &str) -> Result<Option<Secret>, kube::Error> {
+        let unseen = self
+            .cache
+            .as_ref()
+            .is_some_and(|(cache, _)| cache.locked().unseen(&(self.namespace.clone(), name.to_owned())));
+        if unseen && !self.seen.locked().contains_key(name) {
+            self.seen.locked().insert(name.to_owned(), None);
+            return Ok(None);
+        }
+        self.get_opt(name, None).await
+    }
+
+    /// Forgets what this reconcile concluded of `name`: its next read asks again.
+    fn forget(&self, name: &str) {
+        self.seen.locked().remove(name);
+    }
+
     /// Records that the connection concluded from `secret` (read or written) as `name`.
     fn remember(&self, name: &str, secret: Option<&Secret>, keep: Option<&[&str]>) {
         if let Some((cache, connection)) = &self.cache {
@@ -289,7 +311,7 @@ pub async fn prefetch(secrets: &Secrets<'_>, connection: &ServiceNowConnection) 
             Some(&[CLIENT_ID_KEY, CLIENT_SECRET_KEY])
         ),
         secrets.get_opt(&token, None),
-        secrets.get_opt(&webhook, None),
+        secrets.get_opt_unless_unseen(&webhook),
     );
 }
 
@@ -525,7 +547,25 @@ pub async fn ensure_webhook_key(
     rotation: Option<&str>,
 ) -> Result<SecretString, SecretError> {
     let name = webhook_secret_name(owner);
-    let existing = owned(secrets, &name, OwnedSecret::Webhook, owner).await?;
+    match ensure_webhook_key_once(secrets, &name, owner, rotation).await {
+        // Created meanwhile, or taken as absent before the watch brought it
+        // ([`Secrets::get_opt_unless_unseen`]): read it and decide again.
+        Err(SecretError::Kube(kube::Error::Api(refused))) if refused.code == 409 => {
+            secrets.forget(&name);
+            ensure_webhook_key_once(secrets, &name, owner, rotation).await
+        }
+        done => done,
+    }
+}
+
+/// [`ensure_webhook_key`] from one read of the Secret `name`.
+async fn ensure_webhook_key_once(
+    secrets: &Secrets<'_>,
+    name: &str,
+    owner: &ServiceNowConnection,
+    rotation: Option<&str>,
+) -> Result<SecretString, SecretError> {
+    let existing = owned(secrets, name, OwnedSecret::Webhook, owner).await?;
     let kept = existing.clone().and_then(WebhookKeys::of);
     let replaced = match &kept {
         Some(keys) if rotation.is_none_or(|request| keys.rotation.as_deref() == Some(request)) => {
@@ -552,7 +592,7 @@ pub async fn ensure_webhook_key(
     if let Some(request) = rotation {
         data.insert(WEBHOOK_ROTATION_KEY.to_owned(), ByteString(request.into()));
     }
-    write_owned(secrets, &name, owner, existing.as_ref(), data).await?;
+    write_owned(secrets, name, owner, existing.as_ref(), data).await?;
     Ok(key)
 }
 

@@ -36,12 +36,29 @@ async fn with_an_administrator_account_too() {
 /// The happy path on an instance set up as `config` says.
 async fn reaches_ready_to_sync_with_one_rule_and_one_property(config: snowsim::Config) {
     let simulator = instance::simulator_of(config).await;
-    let ready = Scene::with_simulator(simulator, serde_json::json!({}))
-        .await
-        .ready(&[])
-        .await;
+    let scene = Scene::with_simulator(simulator, serde_json::json!({})).await;
+    let audit = AuditLog::of(&scene.client, scene.ns.name()).await;
+    let mark = audit.mark().await;
+    let ready = scene.ready(&[]).await;
     let admin = ready.simulator.admin();
     let connection = ready.api().get("acme").await.unwrap();
+    // The webhook Secret, which only the operator creates, is not asked for before it is created:
+    // the Secret watch had listed the namespace without it (a create would be refused, 409, if
+    // it existed after all).
+    let requests = audit.since(&mark).await;
+    let webhook_secret = servicenow_operator::secrets::webhook_secret_name(&connection);
+    let of_webhook_secret = |verb: &str| {
+        requests
+            .matching(|r| r.verb == verb && r.object_ref.resource == "secrets" && r.object_ref.name == webhook_secret)
+    };
+    let created = of_webhook_secret("create");
+    assert_eq!(created.len(), 1, "one create of {webhook_secret}:\n{requests}");
+    assert!(
+        of_webhook_secret("get")
+            .iter()
+            .all(|get| get.received() > created[0].received()),
+        "{webhook_secret} was read before it was created:\n{requests}"
+    );
     let status = connection.status.clone().unwrap();
     assert_eq!(condition(&status, "Ready"), Some(("True".into(), "ReadyToSync".into())));
     assert_eq!(status.observed_generation, connection.metadata.generation);

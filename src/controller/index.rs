@@ -3,7 +3,7 @@
 //! instead of a scan of every connection (a cold start with N connections and 3N Secrets was
 //! O(N²)).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 
 use kube::{
     ResourceExt,
@@ -20,8 +20,9 @@ type Key = (String, String);
 pub struct SecretIndex {
     /// Each connection's Secret names.
     names: HashMap<Key, [String; 3]>,
-    /// Each Secret's connections (by name, in the Secret's namespace).
-    readers: HashMap<Key, BTreeSet<String>>,
+    /// Each Secret's connections (by name, in the Secret's namespace), sorted: one or a few, so a
+    /// small vector rather than a tree of its own (whose first node alone is 300 bytes).
+    readers: HashMap<Key, Vec<String>>,
     /// The connections of a relist in progress: they replace `names` once it is complete.
     relist: Option<HashMap<Key, [String; 3]>>,
 }
@@ -76,10 +77,10 @@ impl SecretIndex {
     fn insert(&mut self, connection: Key, names: [String; 3]) {
         self.remove(&connection);
         for name in &names {
-            self.readers
-                .entry((connection.0.clone(), name.clone()))
-                .or_default()
-                .insert(connection.1.clone());
+            let readers = self.readers.entry((connection.0.clone(), name.clone())).or_default();
+            if let Err(at) = readers.binary_search(&connection.1) {
+                readers.insert(at, connection.1.clone());
+            }
         }
         self.names.insert(connection, names);
     }
@@ -91,7 +92,7 @@ impl SecretIndex {
         for name in names {
             let secret = (connection.0.clone(), name);
             if let Some(readers) = self.readers.get_mut(&secret) {
-                readers.remove(&connection.1);
+                readers.retain(|reader| reader != &connection.1);
                 if readers.is_empty() {
                     self.readers.remove(&secret);
                 }

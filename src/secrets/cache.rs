@@ -19,9 +19,9 @@
 //! the user's credentials Secret only the two credential keys. Nothing here is ever logged:
 //! [`SecretCache`]'s `Debug` shows counts only.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::{ByteString, api::core::v1::Secret, apimachinery::pkg::apis::meta::v1::OwnerReference};
 use kube::{
     api::ObjectMeta,
     core::PartialObjectMeta,
@@ -41,14 +41,18 @@ pub struct SecretCache {
     /// The versions of each re-list in progress, by the namespace its watch covers (`None`: all
     /// namespaces): they replace that namespace's part of `watched` once it is complete.
     relists: HashMap<Option<String>, HashMap<Key, String>>,
-    /// The last value read or written of each Secret (its version in its metadata).
-    values: HashMap<Key, Secret>,
+    /// The last value read or written of each Secret.
+    values: HashMap<Key, Held>,
     /// The version of each Secret each connection (by name, in the Secret's namespace) last
-    /// concluded from.
-    used: HashMap<Key, BTreeMap<String, String>>,
+    /// concluded from: (connection, version), by connection. A Secret has one reader or a few,
+    /// so a small vector rather than a tree of its own (whose first node alone is 500 bytes).
+    used: HashMap<Key, Vec<(String, String)>>,
     /// The writes in flight: for each Secret, the connections writing it and the versions the
     /// watch brought since each began (`None`: a deletion).
     writing: HashMap<Key, BTreeMap<String, Vec<Option<String>>>>,
+    /// The scopes (a namespace, `None`: all) whose first list is complete: what `watched` lacks
+    /// of them did not exist when the watch last looked.
+    listed: BTreeSet<Option<String>>,
 }
 
 impl std::fmt::Debug for SecretCache {
@@ -94,13 +98,14 @@ impl SecretCache {
                     .insert(key_of(&secret.metadata), version);
             }
             watcher::Event::InitDone => {
+                self.listed.insert(namespace.map(str::to_owned));
                 let listed = self.relists.remove(&namespace.map(str::to_owned)).unwrap_or_default();
                 self.watched
                     .retain(|(secret_namespace, _), _| namespace.is_some_and(|scope| scope != secret_namespace));
                 self.watched.extend(listed);
                 let watched = &self.watched;
                 self.values
-                    .retain(|key, value| watched.get(key) == value.metadata.resource_version.as_ref());
+                    .retain(|key, value| watched.get(key) == Some(&value.version));
                 self.used.retain(|key, _| watched.contains_key(key));
             }
         }
@@ -108,11 +113,7 @@ impl SecretCache {
 
     /// Drops the value held of `key` unless it is at `version`.
     fn drop_unless(&mut self, key: &Key, version: &str) {
-        if self
-            .values
-            .get(key)
-            .is_some_and(|value| value.metadata.resource_version.as_deref() != Some(version))
-        {
+        if self.values.get(key).is_some_and(|value| value.version != version) {
             self.values.remove(key);
         }
     }
@@ -122,8 +123,21 @@ impl SecretCache {
         let watched = self.watched.get(key)?;
         self.values
             .get(key)
-            .filter(|value| value.metadata.resource_version.as_ref() == Some(watched))
-            .cloned()
+            .filter(|value| &value.version == watched)
+            .map(|value| value.secret(key))
+    }
+
+    /// Whether nothing has seen the Secret `key`: its namespace was listed, and neither the
+    /// watch since, nor a read or a write of a reconcile, nor a write in flight knows of it. A
+    /// Secret created a moment ago may still be on its way: only a Secret whose create would be
+    /// refused (409) if it existed may be taken as absent on this alone.
+    pub fn unseen(&self, key: &Key) -> bool {
+        self.listed
+            .iter()
+            .any(|scope| scope.as_deref().is_none_or(|namespace| namespace == key.0))
+            && !self.watched.contains_key(key)
+            && !self.values.contains_key(key)
+            && !self.writing.contains_key(key)
     }
 
     /// Records what `connection` read (`None`: no such Secret) or wrote of `key`: it concluded
@@ -133,16 +147,17 @@ impl SecretCache {
         let Some(secret) = secret else {
             self.values.remove(key);
             if let Some(used) = self.used.get_mut(key) {
-                used.remove(connection);
+                used.retain(|(reader, _)| reader != connection);
             }
             return;
         };
         let version = secret.metadata.resource_version.clone().unwrap_or_default();
-        self.used
-            .entry(key.clone())
-            .or_default()
-            .insert(connection.to_owned(), version);
-        self.values.insert(key.clone(), stripped(secret, keep));
+        let used = self.used.entry(key.clone()).or_default();
+        match used.iter_mut().find(|(reader, _)| reader == connection) {
+            Some((_, used)) => used.clone_from(&version),
+            None => used.push((connection.to_owned(), version)),
+        }
+        self.values.insert(key.clone(), Held::of(secret, keep));
     }
 
     /// Of `readers` (the connections that read the Secret `meta` names), those that have not
@@ -164,7 +179,10 @@ impl SecretCache {
                     return false;
                 }
                 match &meta.resource_version {
-                    Some(version) => used.and_then(|used| used.get(&reader.name)) != Some(version),
+                    Some(version) => !used.is_some_and(|used| {
+                        used.iter()
+                            .any(|(used_by, used)| used_by == &reader.name && used == version)
+                    }),
                     None => true,
                 }
             })
@@ -199,34 +217,60 @@ impl SecretCache {
     pub fn forget_connection(&mut self, namespace: &str, name: &str) {
         self.used.retain(|(secret_namespace, _), used| {
             if secret_namespace == namespace {
-                used.remove(name);
+                used.retain(|(reader, _)| reader != name);
             }
             !used.is_empty()
         });
     }
 }
 
-/// `secret` with only what a reconcile uses of it.
-fn stripped(secret: &Secret, keep: Option<&[&str]>) -> Secret {
-    let meta = &secret.metadata;
-    let data = secret.data.as_ref().map(|data| {
-        data.iter()
-            .filter(|(key, _)| keep.is_none_or(|keep| keep.contains(&key.as_str())))
-            .map(|(key, value)| (key.clone(), value.clone()))
-            .collect()
-    });
-    Secret {
-        metadata: ObjectMeta {
-            name: meta.name.clone(),
-            namespace: meta.namespace.clone(),
-            resource_version: meta.resource_version.clone(),
+/// A Secret as held: what a reconcile uses of it — its version, uid, labels and owner
+/// references (what [`super::ownership`] judges) and its data, of the user's credentials Secret
+/// only the two credential keys — without the rest of a `Secret` (its name and namespace are the
+/// key): a whole `Secret` is some 500 bytes before any of its strings, held three times per
+/// connection.
+#[derive(Clone, Debug)]
+struct Held {
+    version: String,
+    uid: Option<String>,
+    labels: Option<BTreeMap<String, String>>,
+    owner_references: Option<Vec<OwnerReference>>,
+    data: Option<BTreeMap<String, ByteString>>,
+}
+
+impl Held {
+    /// `secret` with only what a reconcile uses of it: the data keys of `keep` (all when `None`).
+    fn of(secret: &Secret, keep: Option<&[&str]>) -> Held {
+        let meta = &secret.metadata;
+        Held {
+            version: meta.resource_version.clone().unwrap_or_default(),
             uid: meta.uid.clone(),
             labels: meta.labels.clone(),
             owner_references: meta.owner_references.clone(),
-            ..ObjectMeta::default()
-        },
-        data,
-        ..Secret::default()
+            data: secret.data.as_ref().map(|data| {
+                data.iter()
+                    .filter(|(key, _)| keep.is_none_or(|keep| keep.contains(&key.as_str())))
+                    .map(|(key, value)| (key.clone(), value.clone()))
+                    .collect()
+            }),
+        }
+    }
+
+    /// The Secret `key` as held.
+    fn secret(&self, (namespace, name): &Key) -> Secret {
+        Secret {
+            metadata: ObjectMeta {
+                name: Some(name.clone()),
+                namespace: Some(namespace.clone()),
+                resource_version: Some(self.version.clone()),
+                uid: self.uid.clone(),
+                labels: self.labels.clone(),
+                owner_references: self.owner_references.clone(),
+                ..ObjectMeta::default()
+            },
+            data: self.data.clone(),
+            ..Secret::default()
+        }
     }
 }
 
@@ -293,6 +337,47 @@ mod tests {
         cache.observe(None, &watcher::Event::Delete(event("s", "6")));
         assert_eq!(version(&cache, "s"), None);
         assert!(cache.values.is_empty() && cache.used.is_empty() && cache.watched.is_empty());
+    }
+
+    #[test]
+    fn a_secret_is_unseen_only_once_its_namespace_was_listed_and_while_nothing_knows_of_it() {
+        let mut cache = SecretCache::default();
+        assert!(
+            !cache.unseen(&key("w")),
+            "nothing listed yet: the watch may not have looked"
+        );
+        cache.observe(Some("b"), &watcher::Event::Init);
+        cache.observe(Some("b"), &watcher::Event::InitDone);
+        assert!(!cache.unseen(&key("w")), "another namespace was listed, not this one");
+        cache.observe(Some("a"), &watcher::Event::Init);
+        assert!(!cache.unseen(&key("w")), "the list is not complete");
+        cache.observe(Some("a"), &watcher::Event::InitApply(event("listed", "1")));
+        cache.observe(Some("a"), &watcher::Event::InitDone);
+        assert!(cache.unseen(&key("w")));
+        assert!(!cache.unseen(&key("listed")), "the list had it");
+        // A write in flight, then its value, then the watch: each knows of it.
+        cache.begin_write(&key("w"), "acme");
+        assert!(!cache.unseen(&key("w")), "being written");
+        cache.end_write(&key("w"), "acme", Some("4"));
+        assert!(
+            cache.unseen(&key("w")),
+            "the write failed, or its answer is not remembered yet"
+        );
+        cache.remember(&key("w"), "acme", Some(&secret("w", "4", &[])), None);
+        assert!(
+            !cache.unseen(&key("w")),
+            "written by a reconcile, the watch not there yet"
+        );
+        cache.observe(Some("a"), &watcher::Event::Apply(event("w", "4")));
+        cache.remember(&key("w"), "acme", None, None);
+        assert!(!cache.unseen(&key("w")), "the watch has it");
+        cache.observe(Some("a"), &watcher::Event::Delete(event("w", "4")));
+        assert!(cache.unseen(&key("w")), "deleted");
+        // A watch of all namespaces covers every one.
+        let mut all = SecretCache::default();
+        all.observe(None, &watcher::Event::Init);
+        all.observe(None, &watcher::Event::InitDone);
+        assert!(all.unseen(&key("w")) && all.unseen(&("z".into(), "w".into())));
     }
 
     #[test]
