@@ -222,29 +222,14 @@ impl Operator {
             admin_port,
         );
         command.args(extra).env("KUBECONFIG", plane.kubeconfig_path());
-        let dir = log_dir(namespace);
-        fs::create_dir_all(&dir).expect("log dir");
-        let log = dir.join(format!("{subcommand}-{admin_port}-exit.log"));
-        let log_file = fs::File::create(&log).expect("log file");
-        let child = command
-            .stdin(Stdio::null())
-            .stdout(log_file.try_clone().expect("log file"))
-            .stderr(log_file)
-            .spawn()
-            .expect("start the operator binary");
-        let mut operator = Operator {
-            child,
-            log,
-            public_url: String::new(),
-            admin_url: format!("http://127.0.0.1:{admin_port}"),
-        };
+        let name = format!("{subcommand}-{admin_port}-exit");
+        let mut operator = Self::spawn_logged(command, namespace, &name, "", admin_port);
         let status = operator.wait_for_exit(Duration::from_secs(30)).await;
         (status, operator.logs())
     }
 
-    /// Starts `command` (its output in a log file `name` among `namespace`'s) and waits for its
-    /// `/readyz` on `admin_port`.
-    async fn launch(mut command: Command, namespace: &str, name: &str, public_url: &str, admin_port: u16) -> Operator {
+    /// Starts `command`, its output in a log file `name` among `namespace`'s.
+    fn spawn_logged(mut command: Command, namespace: &str, name: &str, public_url: &str, admin_port: u16) -> Operator {
         let dir = log_dir(namespace);
         fs::create_dir_all(&dir).expect("log dir");
         let log = dir.join(format!("{name}.log"));
@@ -255,15 +240,18 @@ impl Operator {
             .stderr(log_file)
             .spawn()
             .expect("start the operator binary");
-        // The test namespace is also the operator's own: its Lease and state-key Secret stay
-        // per test, so concurrent tests never wait for each other's leader. Through the
-        // environment, as the chart does, so that `env` can override it.
-        let operator = Operator {
+        Operator {
             child,
             log,
             public_url: public_url.to_owned(),
             admin_url: format!("http://127.0.0.1:{admin_port}"),
-        };
+        }
+    }
+
+    /// Starts `command` (its output in a log file `name` among `namespace`'s) and waits for its
+    /// `/readyz` on `admin_port`.
+    async fn launch(command: Command, namespace: &str, name: &str, public_url: &str, admin_port: u16) -> Operator {
+        let operator = Self::spawn_logged(command, namespace, name, public_url, admin_port);
         let readyz = format!("{}/readyz", operator.admin_url);
         let logs = operator.log.clone();
         poll_until(Duration::from_secs(30), "the operator's /readyz", || {
