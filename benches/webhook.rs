@@ -312,4 +312,3 @@ fn machine_cpu() -> (f64, f64) {
     // user nice system idle iowait irq softirq steal …: idle and iowait are not busy.
     (total - ticks[3] - ticks[4], total)
 }
-
