@@ -458,6 +458,15 @@ mod tests {
         cache.forget_connection("a", "acme");
         assert_eq!(woken(&mut cache, "4"), ["acme", "beta"]);
         assert!(cache.used.is_empty());
+        // Each reader's version is its own: a newer one replaces it, an absence forgets it.
+        cache.remember(&key("shared"), "acme", Some(&secret("shared", "4", &[])), None);
+        cache.remember(&key("shared"), "beta", Some(&secret("shared", "4", &[])), None);
+        cache.remember(&key("shared"), "acme", Some(&secret("shared", "6", &[])), None);
+        assert_eq!(woken(&mut cache, "4"), ["acme"], "acme moved on to version 6");
+        assert_eq!(woken(&mut cache, "6"), ["beta"]);
+        cache.remember(&key("shared"), "beta", None, None);
+        assert_eq!(woken(&mut cache, "6"), ["beta"], "beta read it as absent since");
+        assert_eq!(woken(&mut cache, "4"), ["acme", "beta"]);
     }
 
     #[test]
