@@ -45,16 +45,6 @@ const CONNECTIONS: usize = 100;
 /// Events sent to each connection, unless `WEBHOOK_EVENTS_PER_CONNECTION` says otherwise.
 const EVENTS_PER_CONNECTION: usize = 400;
 
-/// A whole number above 0 from the environment variable `name`, or `default`.
-fn setting(name: &str, default: usize) -> usize {
-    std::env::var(name).map_or(default, |value| {
-        value
-            .parse::<usize>()
-            .ok()
-            .filter(|&value| value > 0)
-            .unwrap_or_else(|| panic!("{name} must be a whole number above 0, not {value:?}"))
-    })
-}
 /// Requests in flight at once (as many HTTP connections to the receiver), unless
 /// `WEBHOOK_IN_FLIGHT` says otherwise.
 const IN_FLIGHT: usize = 100;
@@ -155,7 +145,7 @@ async fn main() {
     // Signed up front, as each instance signs its events before it sends them; the connections
     // take turns.
     let now = k8s_openapi::jiff::Timestamp::now().as_millisecond().to_string();
-    let events = CONNECTIONS * setting("WEBHOOK_EVENTS_PER_CONNECTION", EVENTS_PER_CONNECTION);
+    let events = CONNECTIONS * measure::env_number("WEBHOOK_EVENTS_PER_CONNECTION", EVENTS_PER_CONNECTION);
     let requests: Vec<Signed> = (0..events)
         .map(|n| {
             let (member, key) = (&members[n % CONNECTIONS], &keys[n % CONNECTIONS]);
@@ -177,7 +167,7 @@ async fn main() {
             }
         })
         .collect();
-    let in_flight = setting("WEBHOOK_IN_FLIGHT", IN_FLIGHT);
+    let in_flight = measure::env_number("WEBHOOK_IN_FLIGHT", IN_FLIGHT);
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(in_flight)
         .build()

@@ -111,9 +111,8 @@ impl<'a> Secrets<'a> {
             .cache
             .as_ref()
             .is_some_and(|(cache, _)| cache.locked().unseen(&(self.namespace.clone(), name.to_owned())));
-        if unseen && !self.seen.locked().contains_key(name) {
-            self.seen.locked().insert(name.to_owned(), None);
-            return Ok(None);
+        if unseen {
+            return Ok(self.seen.locked().entry(name.to_owned()).or_insert(None).clone());
         }
         self.get_opt(name, None).await
     }
@@ -548,7 +547,7 @@ pub async fn ensure_webhook_key(
 ) -> Result<SecretString, SecretError> {
     let name = webhook_secret_name(owner);
     match ensure_webhook_key_once(secrets, &name, owner, rotation).await {
-        // Created meanwhile, or taken as absent before the watch brought it
+        // Created or changed meanwhile, or taken as absent before the watch brought it
         // ([`Secrets::get_opt_unless_unseen`]): read it and decide again.
         Err(SecretError::Kube(kube::Error::Api(refused))) if refused.code == 409 => {
             secrets.forget(&name);

@@ -35,19 +35,10 @@ use kube::{
 use servicenow_operator::api::{ServiceNowConnection, SyncState};
 use support::{TestNamespace, install_crd, poll_until};
 
-use crate::measure::{ApiRequests, CpuLedger, InstanceCalls, load, process_usage};
+use crate::measure::{ApiRequests, CpuLedger, InstanceCalls, env_number, load, process_usage};
 
 /// Credentials Secret changes measured (fewer when N is smaller).
 const SECRET_CHANGES: usize = 100;
-
-fn env_number(name: &str, default: usize) -> usize {
-    match std::env::var(name) {
-        Ok(value) => value
-            .parse()
-            .unwrap_or_else(|_| panic!("{name}={value:?} is not a whole number; set it to e.g. 1000")),
-        Err(_) => default,
-    }
-}
 
 fn is_ready(connection: &ServiceNowConnection) -> bool {
     connection

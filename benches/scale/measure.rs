@@ -230,3 +230,14 @@ impl CpuLedger {
             .join(", ")
     }
 }
+
+/// The whole number above 0 in the environment variable `name`, or `default` when it is unset.
+pub fn env_number(name: &str, default: usize) -> usize {
+    std::env::var(name).map_or(default, |value| {
+        value
+            .parse::<usize>()
+            .ok()
+            .filter(|&value| value > 0)
+            .unwrap_or_else(|| panic!("{name}={value:?} is not a whole number above 0; set it to e.g. 1000"))
+    })
+}
